@@ -1,0 +1,98 @@
+//! A fully connected layer and activations: the bricks of every MLP.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::params::{Init, ParamBuilder};
+
+/// Activation between layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// No activation.
+    Linear,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.relu()?,
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+            Activation::Tanh => x.tanh()?,
+            Activation::Linear => x.clone(),
+        })
+    }
+}
+
+/// `y = x W + b` with `W: [in, out]` (stored input-major so that the forward is
+/// one matmul without a transpose), PyTorch's `U(+-1/sqrt(in))` init.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(pb: &ParamBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = pb.get("weight", &[d_in, d_out], Init::FanIn(d_in))?;
+        let bias = if bias {
+            Some(pb.get("bias", &[d_out], Init::FanIn(d_in))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// A stack of linear layers, each followed by the activation: every layer
+/// reads the previous layer's output (a known bug of public code applies
+/// every layer to the original input).
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub layers: Vec<Linear>,
+    pub activation: Activation,
+}
+
+impl Stack {
+    pub fn new(pb: &ParamBuilder, d_in: usize, units: &[usize], activation: Activation) -> Result<Self> {
+        let mut layers = Vec::with_capacity(units.len());
+        let mut d = d_in;
+        for (i, &u) in units.iter().enumerate() {
+            layers.push(Linear::new(&pb.pp(i.to_string()), d, u, true)?);
+            d = u;
+        }
+        Ok(Self { layers, activation })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = self.activation.apply(&l.forward(&h)?)?;
+        }
+        Ok(h)
+    }
+}
+
+/// Validates a `units` list: non-empty, no zero.
+pub fn check_units(node: &crate::graph::NodeSpec, units: &[usize], allow_empty: bool) -> Result<()> {
+    if units.is_empty() && !allow_empty {
+        return Err(node.error("`units` must list at least one layer width, e.g. units = [16]"));
+    }
+    if units.contains(&0) {
+        return Err(node.error(format!("`units` = {units:?} has a zero width")));
+    }
+    Ok(())
+}

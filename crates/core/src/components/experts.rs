@@ -1,0 +1,108 @@
+//! `mlp-experts`: a bank of identical-shaped MLP experts run as batched matmuls.
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use super::dense::{check_units, Activation};
+use crate::component::{Component, Expert, Port, Role};
+use crate::error::Result;
+use crate::graph::{GraphEnv, NodeIo, NodeSpec};
+use crate::inputs::ForwardCtx;
+use crate::params::{Init, ParamBuilder};
+use crate::registry::{ComponentKind, ComponentRegistration};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Number of experts in the bank.
+    count: usize,
+    /// Layer widths of each expert, e.g. `[16]` (the MMoE paper) or `[256, 128]`.
+    units: Vec<usize>,
+    #[serde(default)]
+    activation: Activation,
+}
+
+/// Weights `[n, in, out]` per layer, biases `[n, 1, out]`: the `n` experts'
+/// layer `l` is one batched matmul. Each expert draws its own initial values
+/// (identical experts would stay identical: a known bug of public code).
+pub struct MlpExperts {
+    count: usize,
+    d_in: usize,
+    weights: Vec<Tensor>,
+    biases: Vec<Tensor>,
+    activation: Activation,
+}
+
+impl MlpExperts {
+    pub fn new(pb: &ParamBuilder, count: usize, d_in: usize, units: &[usize], activation: Activation) -> Result<Self> {
+        let mut weights = Vec::new();
+        let mut biases = Vec::new();
+        let mut d = d_in;
+        for (i, &u) in units.iter().enumerate() {
+            let l = pb.pp(i.to_string());
+            weights.push(l.get("weight", &[count, d, u], Init::FanIn(d))?);
+            biases.push(l.get("bias", &[count, 1, u], Init::FanIn(d))?);
+            d = u;
+        }
+        Ok(Self {
+            count,
+            d_in,
+            weights,
+            biases,
+            activation,
+        })
+    }
+}
+
+impl Expert for MlpExperts {
+    fn in_width(&self) -> usize {
+        self.d_in
+    }
+    fn out_width(&self) -> usize {
+        self.weights.last().map_or(self.d_in, |w| w.dims()[2])
+    }
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
+        let (b, d) = x.dims2()?;
+        // All experts read the same rows: broadcast (no copy) over the bank.
+        let mut h = x.unsqueeze(0)?.broadcast_as((self.count, b, d))?;
+        for (w, bias) in self.weights.iter().zip(&self.biases) {
+            h = self.activation.apply(&h.matmul(w)?.broadcast_add(bias)?)?;
+        }
+        Ok(h)
+    }
+}
+
+pub struct MlpExpertsKind;
+
+impl ComponentKind for MlpExpertsKind {
+    fn name(&self) -> &'static str {
+        "mlp-experts"
+    }
+    fn role(&self) -> Role {
+        Role::Expert
+    }
+    fn summary(&self) -> &'static str {
+        "bank of `count` MLP experts with layers `units`, run as batched matmuls"
+    }
+    fn check(&self, node: &NodeSpec, _io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if p.count == 0 {
+            return Err(node.error("`count` must be at least 1"));
+        }
+        check_units(node, &p.units, false)?;
+        Ok(Port::Bank {
+            count: p.count,
+            width: *p.units.last().unwrap_or(&0),
+        })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let p: Params = node.parse_params()?;
+        let e = MlpExperts::new(pb, p.count, io.inputs[0].width(), &p.units, p.activation)?;
+        Ok(Component::Expert(Box::new(e)))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&MlpExpertsKind));

@@ -1,0 +1,36 @@
+//! mtrec core: what every architecture and every tool of mtrec builds on.
+//!
+//! - [`component`]: the `Expert`, `Gate`, `Fusion`, `Tower` (and `Layer`) traits;
+//! - [`graph`]: the graph description every architecture expands into, and
+//!   its validation before any weight exists;
+//! - [`registry`]: the inventory registries of architectures and component kinds;
+//! - [`model`]: the one runtime that runs any validated graph;
+//! - [`components`]: the built-in component kinds (MLP experts, softmax gate,
+//!   fusions, towers); [`loss`]: stable per-task losses with sample-space masks.
+pub mod atomic;
+pub mod component;
+pub mod components;
+pub mod error;
+pub mod features;
+pub mod graph;
+pub mod graph_arch;
+pub mod inputs;
+pub mod loss;
+pub mod model;
+pub mod params;
+pub mod registry;
+pub mod task;
+pub mod template;
+
+pub use component::{Component, Expert, Fusion, Gate, Layer, Port, Role, Tower};
+pub use error::{Error, Result};
+pub use features::{FeatureSpec, SparseFeature};
+pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
+pub use inputs::{Domains, ForwardCtx, Inputs};
+pub use model::{GateRecord, Model, ModelOutput};
+pub use params::{Init, ParamBuilder, ParamStore};
+pub use registry::{ArchRegistration, Architecture, ComponentKind, ComponentRegistration};
+pub use task::{TaskInfo, TaskKind};
+
+// Re-exported so that plugin crates register with the same inventory version.
+pub use inventory;

@@ -1,0 +1,221 @@
+//! The one model runtime: a validated graph of built components over the
+//! feature input layer.
+
+use candle_core::{Device, Tensor};
+
+use crate::component::{Component, Port};
+use crate::components::gate::mix;
+use crate::error::{Error, Result};
+use crate::features::{FeatureInput, FeatureSpec};
+use crate::graph::{self, CheckedGraph, GraphEnv, GraphSpec, Source};
+use crate::inputs::{ForwardCtx, Inputs};
+use crate::params::{ParamBuilder, ParamStore};
+use crate::task::TaskInfo;
+
+struct Node {
+    id: String,
+    comp: Component,
+    inputs: Vec<Source>,
+    experts: Vec<Source>,
+    /// For gates: a label per expert mixed, `bank#i`.
+    expert_labels: Vec<String>,
+}
+
+/// The gate weights of one gate node for one batch.
+#[derive(Clone, Debug)]
+pub struct GateRecord {
+    pub node: String,
+    /// One label per expert, `bank#i`, in the order of the weight columns.
+    pub experts: Vec<String>,
+    /// `[B, n]`, rows non-negative and summing to 1.
+    pub weights: Tensor,
+}
+
+/// What a forward pass returns.
+#[derive(Clone, Debug)]
+pub struct ModelOutput {
+    /// Per task (in task order): `[B]` logits (binary) or predictions (regression).
+    pub outputs: Vec<Tensor>,
+    /// Every gate's weights, in evaluation order.
+    pub gates: Vec<GateRecord>,
+}
+
+pub struct Model {
+    features: FeatureInput,
+    nodes: Vec<Node>,
+    order: Vec<usize>,
+    towers: Vec<usize>,
+    tasks: Vec<TaskInfo>,
+    graph: GraphSpec,
+    store: ParamStore,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("nodes", &self.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
+            .field("parameters", &self.store.parameter_count())
+            .finish()
+    }
+}
+
+enum Value {
+    Dense(Tensor),
+    Bank(Tensor),
+}
+
+impl Model {
+    /// Validates `graph` and builds every weight, drawing initial values from
+    /// `seed` in a fixed order (features, then nodes in evaluation order).
+    pub fn build(
+        graph: &GraphSpec,
+        features: &FeatureSpec,
+        tasks: &[TaskInfo],
+        domains: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let env = GraphEnv {
+            input_width: features.width(),
+            tasks: tasks.to_vec(),
+            domains,
+        };
+        let checked = graph::validate(graph, &env)?;
+        Self::from_checked(checked, features, &env, seed, device)
+    }
+
+    fn from_checked(
+        checked: CheckedGraph,
+        features: &FeatureSpec,
+        env: &GraphEnv,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(&store, seed, device);
+        let input = FeatureInput::new(features, &pb.pp("features"))?;
+        let (inputs, experts) = graph::resolve(&checked.spec)?;
+        let mut built: Vec<Option<Node>> = (0..checked.spec.nodes.len()).map(|_| None).collect();
+        for &i in &checked.order {
+            let spec = &checked.spec.nodes[i];
+            let kind = crate::registry::component(&spec.kind)?;
+            let comp = kind.build(spec, &checked.io[i], env, &pb.pp(&spec.id))?;
+            if comp.role() != kind.role() {
+                return Err(spec.error(format!(
+                    "component kind `{}` declared role {} but built a {}",
+                    spec.kind,
+                    kind.role().as_str(),
+                    comp.role().as_str()
+                )));
+            }
+            let mut expert_labels = Vec::new();
+            for (name, port) in spec.experts.iter().zip(&checked.io[i].experts) {
+                if let Port::Bank { count, .. } = port {
+                    expert_labels.extend((0..*count).map(|k| format!("{name}#{k}")));
+                }
+            }
+            built[i] = Some(Node {
+                id: spec.id.clone(),
+                comp,
+                inputs: inputs[i].clone(),
+                experts: experts[i].clone(),
+                expert_labels,
+            });
+        }
+        let nodes = built
+            .into_iter()
+            .map(|n| n.ok_or_else(|| Error::GraphWide("internal: a node was not built".into())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            features: input,
+            nodes,
+            order: checked.order,
+            towers: checked.towers,
+            tasks: env.tasks.clone(),
+            graph: checked.spec,
+            store,
+            device: device.clone(),
+        })
+    }
+
+    pub fn tasks(&self) -> &[TaskInfo] {
+        &self.tasks
+    }
+    pub fn graph(&self) -> &GraphSpec {
+        &self.graph
+    }
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn features(&self) -> &FeatureSpec {
+        self.features.spec()
+    }
+
+    pub fn forward(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
+        let ctx = ForwardCtx {
+            train,
+            domains: inputs.domains.as_ref(),
+        };
+        let x = self.features.forward(inputs)?;
+        let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
+        let mut gates = Vec::new();
+        for &i in &self.order {
+            let node = &self.nodes[i];
+            let get = |s: &Source| -> Result<&Tensor> {
+                match s {
+                    Source::Input => Ok(&x),
+                    Source::Node(j) => match &values[*j] {
+                        Some(Value::Dense(t)) | Some(Value::Bank(t)) => Ok(t),
+                        None => Err(Error::GraphWide(format!("internal: `{}` read before it ran", node.id))),
+                    },
+                }
+            };
+            let out = match &node.comp {
+                Component::Expert(e) => Value::Bank(e.forward(get(&node.inputs[0])?, &ctx)?),
+                Component::Layer(l) => Value::Dense(l.forward(get(&node.inputs[0])?, &ctx)?),
+                Component::Tower(t) => Value::Dense(t.forward(get(&node.inputs[0])?, &ctx)?),
+                Component::Fusion(f) => {
+                    let xs = node
+                        .inputs
+                        .iter()
+                        .map(|s| get(s).cloned())
+                        .collect::<Result<Vec<_>>>()?;
+                    Value::Dense(f.forward(&xs, &ctx)?)
+                }
+                Component::Gate(g) => {
+                    let w = g.weights(get(&node.inputs[0])?, &ctx)?;
+                    let banks = node
+                        .experts
+                        .iter()
+                        .map(|s| get(s).cloned())
+                        .collect::<Result<Vec<_>>>()?;
+                    let bank = if banks.len() == 1 {
+                        banks[0].clone()
+                    } else {
+                        Tensor::cat(&banks, 0)?
+                    };
+                    gates.push(GateRecord {
+                        node: node.id.clone(),
+                        experts: node.expert_labels.clone(),
+                        weights: w.clone(),
+                    });
+                    Value::Dense(mix(&w, &bank)?)
+                }
+            };
+            values[i] = Some(out);
+        }
+        let outputs = self
+            .towers
+            .iter()
+            .map(|&t| match &values[t] {
+                Some(Value::Dense(v)) => Ok(v.squeeze(1)?),
+                _ => Err(Error::GraphWide("internal: tower produced no value".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelOutput { outputs, gates })
+    }
+}

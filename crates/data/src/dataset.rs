@@ -1,0 +1,664 @@
+//! A columnar, host-side dataset and the tensor batches gathered from it.
+//!
+//! Data stays on the host as flat row-major vectors: splitting, shuffling and
+//! subsetting are then plain index work, and only the rows of one batch are
+//! copied to the device, as tensors of the shapes [`mtrec_core::Inputs`] expects.
+
+use std::collections::HashSet;
+
+use candle_core::{Device, Tensor};
+use mtrec_core::{Domains, Inputs, TaskInfo, TaskKind};
+
+use crate::error::{DataError, Result};
+
+/// Categorical features: one column per field, already mapped into
+/// `0..vocab[f]` (out-of-vocabulary values included), as embeddings need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseColumns {
+    /// One name per field.
+    pub fields: Vec<String>,
+    /// Vocabulary size of each field; every id of field `f` is below `vocab[f]`.
+    pub vocab: Vec<usize>,
+    /// Row-major `[rows, fields.len()]`.
+    pub ids: Vec<u32>,
+}
+
+/// Numeric features, already scaled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseColumns {
+    /// One name per feature.
+    pub names: Vec<String>,
+    /// Row-major `[rows, names.len()]`.
+    pub values: Vec<f32>,
+}
+
+/// The domain (scenario) of every row, for multi-domain models.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainColumn {
+    /// One name per domain; the domain id is the index into this list.
+    pub names: Vec<String>,
+    /// One id per row, each below `names.len()`.
+    pub ids: Vec<u32>,
+}
+
+/// A whole dataset on the host, columnar.
+///
+/// Labels and masks are row-major `[rows, K]` with `K = tasks.len()`: a row
+/// may carry the labels of only some tasks (e.g. conversion only after a
+/// click), and `masks` says which (1 = carries task `k`'s label, 0 = not; the
+/// label value is then ignored). Build it with [`Dataset::new`], which checks
+/// that everything fits together, so batching never meets bad data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub tasks: Vec<TaskInfo>,
+    pub sparse: Option<SparseColumns>,
+    pub dense: Option<DenseColumns>,
+    /// Row-major `[rows, K]`.
+    pub labels: Vec<f32>,
+    /// Row-major `[rows, K]`: 1 where the row carries task `k`'s label, else 0.
+    pub masks: Vec<f32>,
+    pub domains: Option<DomainColumn>,
+    rows: usize,
+}
+
+/// The tensors of one batch of rows.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub inputs: Inputs,
+    /// `[B, K]` `f32`.
+    pub labels: Tensor,
+    /// `[B, K]` `f32`: 1 where the row carries task `k`'s label, else 0.
+    pub masks: Tensor,
+}
+
+impl Batch {
+    /// Number of rows `B` of the batch.
+    pub fn rows(&self) -> usize {
+        self.inputs.rows()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> DataError {
+    DataError::InvalidDataset(message.into())
+}
+
+/// Copies the listed rows of a row-major `[_, width]` matrix.
+fn gather<T: Copy>(values: &[T], width: usize, rows: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        out.extend_from_slice(&values[r * width..(r + 1) * width]);
+    }
+    out
+}
+
+impl Dataset {
+    /// Builds a dataset and checks it: at least one task, unique non-empty task
+    /// names; at least one input column (sparse, dense or domains); every column
+    /// holding `rows` rows (`rows = labels.len() / K`); sparse ids below their
+    /// field's vocabulary; domain ids below the number of domains; finite dense
+    /// values; masks 0 or 1; where a mask is 1, a finite label, and 0 or 1 for
+    /// a binary task.
+    pub fn new(
+        tasks: Vec<TaskInfo>,
+        sparse: Option<SparseColumns>,
+        dense: Option<DenseColumns>,
+        labels: Vec<f32>,
+        masks: Vec<f32>,
+        domains: Option<DomainColumn>,
+    ) -> Result<Self> {
+        let k = tasks.len();
+        if k == 0 {
+            return Err(invalid("a dataset needs at least one task"));
+        }
+        let mut seen = HashSet::new();
+        for t in &tasks {
+            if t.name.is_empty() {
+                return Err(invalid("a task has an empty name"));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(invalid(format!("task name `{}` appears twice", t.name)));
+            }
+        }
+        if labels.len() % k != 0 {
+            return Err(invalid(format!(
+                "labels has {} values, not a multiple of the {k} tasks",
+                labels.len()
+            )));
+        }
+        let rows = labels.len() / k;
+        if masks.len() != labels.len() {
+            return Err(invalid(format!(
+                "masks has {} values but labels has {} ({rows} rows x {k} tasks)",
+                masks.len(),
+                labels.len()
+            )));
+        }
+        if sparse.is_none() && dense.is_none() && domains.is_none() {
+            return Err(invalid(
+                "a dataset needs at least one input column (sparse, dense or domains)",
+            ));
+        }
+
+        if let Some(s) = &sparse {
+            let f = s.fields.len();
+            if f == 0 {
+                return Err(invalid("sparse columns have no fields"));
+            }
+            if s.vocab.len() != f {
+                return Err(invalid(format!(
+                    "sparse columns have {f} fields but {} vocabulary sizes",
+                    s.vocab.len()
+                )));
+            }
+            if s.ids.len() != rows * f {
+                return Err(invalid(format!(
+                    "sparse ids has {} values, expected {rows} rows x {f} fields = {}",
+                    s.ids.len(),
+                    rows * f
+                )));
+            }
+            if let Some(i) = s
+                .ids
+                .iter()
+                .enumerate()
+                .position(|(i, &id)| id as usize >= s.vocab[i % f])
+            {
+                let field = i % f;
+                return Err(invalid(format!(
+                    "sparse id {} of field `{}` at row {} is out of range: vocab is {}",
+                    s.ids[i],
+                    s.fields[field],
+                    i / f,
+                    s.vocab[field]
+                )));
+            }
+        }
+
+        if let Some(d) = &dense {
+            let n = d.names.len();
+            if n == 0 {
+                return Err(invalid("dense columns have no features"));
+            }
+            if d.values.len() != rows * n {
+                return Err(invalid(format!(
+                    "dense values has {} values, expected {rows} rows x {n} features = {}",
+                    d.values.len(),
+                    rows * n
+                )));
+            }
+            if let Some(i) = d.values.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "dense feature `{}` at row {} is not finite ({})",
+                    d.names[i % n],
+                    i / n,
+                    d.values[i]
+                )));
+            }
+        }
+
+        if let Some(d) = &domains {
+            if d.names.is_empty() {
+                return Err(invalid("the domain column names no domains"));
+            }
+            if d.ids.len() != rows {
+                return Err(invalid(format!(
+                    "domain ids has {} values, expected one per row ({rows} rows)",
+                    d.ids.len()
+                )));
+            }
+            if let Some(r) = d.ids.iter().position(|&id| id as usize >= d.names.len()) {
+                return Err(invalid(format!(
+                    "domain id {} at row {r} is out of range: there are {} domains",
+                    d.ids[r],
+                    d.names.len()
+                )));
+            }
+        }
+
+        for (i, (&label, &mask)) in labels.iter().zip(&masks).enumerate() {
+            let task = &tasks[i % k];
+            if mask != 0.0 && mask != 1.0 {
+                return Err(invalid(format!(
+                    "mask of task `{}` at row {} is {mask}, must be 0 or 1",
+                    task.name,
+                    i / k
+                )));
+            }
+            if mask == 0.0 {
+                continue;
+            }
+            if !label.is_finite() {
+                return Err(invalid(format!(
+                    "label of task `{}` at row {} is not finite ({label})",
+                    task.name,
+                    i / k
+                )));
+            }
+            if task.kind == TaskKind::Binary && label != 0.0 && label != 1.0 {
+                return Err(invalid(format!(
+                    "label of binary task `{}` at row {} is {label}, must be 0 or 1",
+                    task.name,
+                    i / k
+                )));
+            }
+        }
+
+        Ok(Self {
+            tasks,
+            sparse,
+            dense,
+            labels,
+            masks,
+            domains,
+            rows,
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of tasks `K`.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn check_rows(&self, rows: &[usize]) -> Result<()> {
+        match rows.iter().find(|&&r| r >= self.rows) {
+            Some(&row) => Err(DataError::RowOutOfRange { row, rows: self.rows }),
+            None => Ok(()),
+        }
+    }
+
+    /// A new dataset holding the listed rows, in the listed order (a row may
+    /// be listed more than once).
+    ///
+    /// # Panics
+    /// If a row index is `>= self.rows()`; see [`Dataset::try_subset`].
+    pub fn subset(&self, rows: &[usize]) -> Dataset {
+        match self.try_subset(rows) {
+            Ok(d) => d,
+            Err(e) => panic!("Dataset::subset: {e}"),
+        }
+    }
+
+    /// [`Dataset::subset`] that returns an error for an out-of-range row index.
+    pub fn try_subset(&self, rows: &[usize]) -> Result<Dataset> {
+        self.check_rows(rows)?;
+        let k = self.task_count();
+        Ok(Dataset {
+            tasks: self.tasks.clone(),
+            sparse: self.sparse.as_ref().map(|s| SparseColumns {
+                fields: s.fields.clone(),
+                vocab: s.vocab.clone(),
+                ids: gather(&s.ids, s.fields.len(), rows),
+            }),
+            dense: self.dense.as_ref().map(|d| DenseColumns {
+                names: d.names.clone(),
+                values: gather(&d.values, d.names.len(), rows),
+            }),
+            labels: gather(&self.labels, k, rows),
+            masks: gather(&self.masks, k, rows),
+            domains: self.domains.as_ref().map(|d| DomainColumn {
+                names: d.names.clone(),
+                ids: gather(&d.ids, 1, rows),
+            }),
+            rows: rows.len(),
+        })
+    }
+
+    /// Gathers the listed rows, in order, into tensors on `device`:
+    /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
+    pub fn batch(&self, rows: &[usize], device: &Device) -> Result<Batch> {
+        self.check_rows(rows)?;
+        let b = rows.len();
+        let k = self.task_count();
+        let sparse = match &self.sparse {
+            Some(s) => {
+                let f = s.fields.len();
+                Some(Tensor::from_vec(gather(&s.ids, f, rows), (b, f), device)?)
+            }
+            None => None,
+        };
+        let dense = match &self.dense {
+            Some(d) => {
+                let n = d.names.len();
+                Some(Tensor::from_vec(gather(&d.values, n, rows), (b, n), device)?)
+            }
+            None => None,
+        };
+        let domains = match &self.domains {
+            Some(d) => Some(Domains::new(gather(&d.ids, 1, rows), d.names.len(), device)?),
+            None => None,
+        };
+        let inputs = Inputs::new(sparse, dense, domains)?;
+        let labels = Tensor::from_vec(gather(&self.labels, k, rows), (b, k), device)?;
+        let masks = Tensor::from_vec(gather(&self.masks, k, rows), (b, k), device)?;
+        Ok(Batch { inputs, labels, masks })
+    }
+
+    /// The batches of `order`, taken `batch_size` rows at a time (the last
+    /// batch may be shorter). Visits every listed row once, in order; shuffle
+    /// `order` (e.g. with [`crate::shuffled`]) for a training epoch.
+    /// A `batch_size` of 0 yields one error and nothing else.
+    pub fn batches<'a>(
+        &'a self,
+        order: &'a [usize],
+        batch_size: usize,
+        device: &Device,
+    ) -> impl Iterator<Item = Result<Batch>> + 'a {
+        let device = device.clone();
+        let bad_size = (batch_size == 0).then(|| Err(DataError::setting("batch_size", batch_size, "at least 1")));
+        let usable = if batch_size == 0 { &order[..0] } else { order };
+        let chunks = usable.chunks(batch_size.max(1));
+        bad_size
+            .into_iter()
+            .chain(chunks.map(move |rows| self.batch(rows, &device)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str, kind: TaskKind) -> TaskInfo {
+        TaskInfo {
+            name: name.into(),
+            kind,
+        }
+    }
+
+    /// 5 rows, 2 sparse fields, 3 dense features, 2 tasks, 2 domains.
+    /// Row r: ids [r % 3, r % 4], dense [r, 10r, 100r], labels [r % 2, r/10],
+    /// masks [1, r % 2], domain r % 2.
+    fn small() -> Dataset {
+        let rows = 5;
+        let mut ids = Vec::new();
+        let mut values = Vec::new();
+        let mut labels = Vec::new();
+        let mut masks = Vec::new();
+        let mut dom = Vec::new();
+        for r in 0..rows {
+            ids.extend([(r % 3) as u32, (r % 4) as u32]);
+            let x = r as f32;
+            values.extend([x, 10.0 * x, 100.0 * x]);
+            labels.extend([(r % 2) as f32, x / 10.0]);
+            masks.extend([1.0, (r % 2) as f32]);
+            dom.push((r % 2) as u32);
+        }
+        Dataset::new(
+            vec![task("click", TaskKind::Binary), task("time", TaskKind::Regression)],
+            Some(SparseColumns {
+                fields: vec!["a".into(), "b".into()],
+                vocab: vec![3, 4],
+                ids,
+            }),
+            Some(DenseColumns {
+                names: vec!["x".into(), "y".into(), "z".into()],
+                values,
+            }),
+            labels,
+            masks,
+            Some(DomainColumn {
+                names: vec!["d0".into(), "d1".into()],
+                ids: dom,
+            }),
+        )
+        .expect("valid small dataset")
+    }
+
+    fn rebuild(d: Dataset) -> Result<Dataset> {
+        Dataset::new(d.tasks, d.sparse, d.dense, d.labels, d.masks, d.domains)
+    }
+
+    fn err_text(r: Result<Dataset>) -> String {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn counts() {
+        let d = small();
+        assert_eq!(d.rows(), 5);
+        assert_eq!(d.task_count(), 2);
+    }
+
+    #[test]
+    fn rejects_inconsistent_lengths() {
+        let mut d = small();
+        d.masks.pop();
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("masks has 9 values"), "{msg}");
+
+        let mut d = small();
+        d.labels.push(0.0);
+        d.masks.push(1.0);
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("not a multiple of the 2 tasks"), "{msg}");
+
+        let mut d = small();
+        d.dense.as_mut().expect("dense").values.pop();
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("dense values has 14 values"), "{msg}");
+
+        let mut d = small();
+        d.sparse.as_mut().expect("sparse").ids.push(0);
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("sparse ids has 11 values"), "{msg}");
+
+        let mut d = small();
+        d.sparse.as_mut().expect("sparse").vocab.pop();
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("2 fields but 1 vocabulary sizes"), "{msg}");
+
+        let mut d = small();
+        d.domains.as_mut().expect("domains").ids.pop();
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("domain ids has 4 values"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_id_beyond_vocab() {
+        let mut d = small();
+        // row 3, field `b` (vocab 4)
+        d.sparse.as_mut().expect("sparse").ids[7] = 4;
+        let msg = err_text(rebuild(d));
+        assert!(
+            msg.contains("sparse id 4 of field `b` at row 3 is out of range: vocab is 4"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rejects_domain_out_of_range() {
+        let mut d = small();
+        d.domains.as_mut().expect("domains").ids[2] = 2;
+        let msg = err_text(rebuild(d));
+        assert!(
+            msg.contains("domain id 2 at row 2 is out of range: there are 2 domains"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rejects_non_binary_label_only_where_masked_in() {
+        let mut d = small();
+        d.labels[4] = 0.5; // row 2, task `click` (mask 1)
+        let msg = err_text(rebuild(d));
+        assert!(
+            msg.contains("label of binary task `click` at row 2 is 0.5, must be 0 or 1"),
+            "{msg}"
+        );
+
+        // A masked-out label is ignored, whatever its value.
+        let mut d = small();
+        d.tasks[1].kind = TaskKind::Binary;
+        d.labels[1] = 7.0; // row 0, task `time`: mask 0
+        d.labels[3] = 1.0; // row 1 mask 1
+        d.labels[7] = 0.0; // row 3 mask 1
+        rebuild(d).expect("masked-out labels are not checked");
+    }
+
+    #[test]
+    fn rejects_bad_mask_and_nan() {
+        let mut d = small();
+        d.masks[3] = 0.5;
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("mask of task `time` at row 1 is 0.5"), "{msg}");
+
+        let mut d = small();
+        d.labels[3] = f32::NAN;
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("label of task `time` at row 1 is not finite"), "{msg}");
+
+        let mut d = small();
+        d.dense.as_mut().expect("dense").values[4] = f32::INFINITY;
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("dense feature `y` at row 1 is not finite"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_no_tasks_duplicate_tasks_no_inputs() {
+        let msg = err_text(Dataset::new(vec![], None, None, vec![], vec![], None));
+        assert!(msg.contains("at least one task"), "{msg}");
+
+        let mut d = small();
+        d.tasks[1].name = "click".into();
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("task name `click` appears twice"), "{msg}");
+
+        let mut d = small();
+        d.sparse = None;
+        d.dense = None;
+        d.domains = None;
+        let msg = err_text(rebuild(d));
+        assert!(msg.contains("at least one input column"), "{msg}");
+    }
+
+    #[test]
+    fn subset_keeps_given_order() {
+        let d = small();
+        let s = d.subset(&[4, 1, 3, 1]);
+        assert_eq!(s.rows(), 4);
+        let ids = &s.sparse.as_ref().expect("sparse").ids;
+        assert_eq!(ids, &[1, 0, 1, 1, 0, 3, 1, 1]);
+        let dense = &s.dense.as_ref().expect("dense").values;
+        assert_eq!(&dense[..3], &[4.0, 40.0, 400.0]);
+        assert_eq!(&dense[3..6], &[1.0, 10.0, 100.0]);
+        assert_eq!(&dense[6..9], &[3.0, 30.0, 300.0]);
+        assert_eq!(s.labels, vec![0.0, 0.4, 1.0, 0.1, 1.0, 0.3, 1.0, 0.1]);
+        assert_eq!(s.masks, vec![1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(s.domains.as_ref().expect("domains").ids, vec![0, 1, 1, 1]);
+        // Still a valid dataset.
+        rebuild(s).expect("subset is valid");
+    }
+
+    #[test]
+    fn subset_out_of_range_is_an_error() {
+        let d = small();
+        let msg = err_text(d.try_subset(&[0, 5]));
+        assert!(msg.contains("row index 5 is out of range"), "{msg}");
+    }
+
+    #[test]
+    fn batch_shapes_and_values() {
+        let d = small();
+        let rows = [3, 0, 4];
+        let b = d.batch(&rows, &Device::Cpu).expect("batch");
+        assert_eq!(b.rows(), 3);
+        let sparse = b.inputs.sparse.as_ref().expect("sparse");
+        assert_eq!(sparse.dims(), &[3, 2]);
+        assert_eq!(
+            sparse.to_vec2::<u32>().expect("u32"),
+            vec![vec![0, 3], vec![0, 0], vec![1, 0]]
+        );
+        let dense = b.inputs.dense.as_ref().expect("dense");
+        assert_eq!(dense.dims(), &[3, 3]);
+        assert_eq!(
+            dense.to_vec2::<f32>().expect("f32"),
+            vec![vec![3.0, 30.0, 300.0], vec![0.0, 0.0, 0.0], vec![4.0, 40.0, 400.0]]
+        );
+        assert_eq!(b.labels.dims(), &[3, 2]);
+        assert_eq!(
+            b.labels.to_vec2::<f32>().expect("f32"),
+            vec![vec![1.0, 0.3], vec![0.0, 0.0], vec![0.0, 0.4]]
+        );
+        assert_eq!(
+            b.masks.to_vec2::<f32>().expect("f32"),
+            vec![vec![1.0, 1.0], vec![1.0, 0.0], vec![1.0, 0.0]]
+        );
+        let domains = b.inputs.domains.as_ref().expect("domains");
+        assert_eq!(domains.ids(), &[1, 0, 0]);
+        assert_eq!(domains.count(), 2);
+    }
+
+    #[test]
+    fn batch_of_one_row() {
+        let d = small();
+        let b = d.batch(&[2], &Device::Cpu).expect("batch");
+        assert_eq!(b.rows(), 1);
+        assert_eq!(b.inputs.sparse.as_ref().expect("sparse").dims(), &[1, 2]);
+        assert_eq!(b.inputs.dense.as_ref().expect("dense").dims(), &[1, 3]);
+        assert_eq!(b.labels.to_vec2::<f32>().expect("f32"), vec![vec![0.0, 0.2]]);
+    }
+
+    #[test]
+    fn batch_row_out_of_range_is_an_error() {
+        let d = small();
+        let msg = match d.batch(&[1, 9], &Device::Cpu) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("row index 9 is out of range: the dataset has 5 rows"),
+            "{msg}"
+        );
+    }
+
+    /// The dense `x` column (= row index) of every batch.
+    fn visited(d: &Dataset, order: &[usize], batch_size: usize) -> (Vec<usize>, Vec<usize>) {
+        let mut rows = Vec::new();
+        let mut sizes = Vec::new();
+        for b in d.batches(order, batch_size, &Device::Cpu) {
+            let b = b.expect("batch");
+            sizes.push(b.rows());
+            let dense = b.inputs.dense.as_ref().expect("dense");
+            for row in dense.to_vec2::<f32>().expect("f32") {
+                rows.push(row[0] as usize);
+            }
+        }
+        (rows, sizes)
+    }
+
+    #[test]
+    fn batches_cover_every_row_once_in_order() {
+        let d = small();
+        let order = [2, 4, 0, 3, 1];
+        let (rows, sizes) = visited(&d, &order, 2);
+        assert_eq!(rows, order.to_vec());
+        assert_eq!(sizes, vec![2, 2, 1]);
+
+        let (rows, sizes) = visited(&d, &order, 1);
+        assert_eq!(rows, order.to_vec());
+        assert_eq!(sizes, vec![1; 5]);
+
+        let (rows, sizes) = visited(&d, &order, 100);
+        assert_eq!(rows, order.to_vec());
+        assert_eq!(sizes, vec![5]);
+    }
+
+    #[test]
+    fn batch_size_zero_is_an_error() {
+        let d = small();
+        let out: Vec<_> = d.batches(&[0, 1], 0, &Device::Cpu).collect();
+        assert_eq!(out.len(), 1);
+        let msg = match &out[0] {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("`batch_size` = 0"), "{msg}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Several architectures on the same data and the same seeds: test metric
+//! mean and spread per task, as the papers compare models.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LoadedConfig, ModelSection};
+use crate::error::Result;
+use crate::run::run;
+
+/// One architecture's results over the seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchSummary {
+    pub arch: String,
+    pub parameters: usize,
+    /// Per task: the test metric (AUC for binary tasks, MSE for regression) of each seed.
+    pub tasks: Vec<TaskSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub task: String,
+    /// `auc` or `mse`.
+    pub metric: String,
+    pub values: Vec<f64>,
+    pub mean: f64,
+    /// Sample standard deviation over the seeds (0 for one seed).
+    pub std: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub seeds: Vec<u64>,
+    pub archs: Vec<ArchSummary>,
+}
+
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Runs every architecture for every seed. Seed `s` sets `train.seed` and,
+/// for generated data, the generator's `seed` (new data and new
+/// initialisation per seed, as in the MMoE paper's repeated runs). An
+/// architecture other than the config's runs with its template defaults.
+pub fn compare(
+    base: &LoadedConfig,
+    archs: &[String],
+    seeds: &[u64],
+    mut progress: impl FnMut(&str),
+) -> Result<Comparison> {
+    let mut out = Vec::new();
+    for arch in archs {
+        let mut cfg = base.clone();
+        if &cfg.config.model.arch != arch {
+            cfg.config.model = ModelSection {
+                arch: arch.clone(),
+                params: toml::Table::new(),
+            };
+        }
+        let mut parameters = 0;
+        let mut per_task: Vec<TaskSummary> = Vec::new();
+        for &seed in seeds {
+            let mut c = cfg.clone();
+            c.config.train.seed = seed;
+            if c.config.data.source.ends_with("synthetic") {
+                c.config
+                    .data
+                    .params
+                    .insert("seed".into(), toml::Value::Integer(seed as i64));
+            }
+            let r = run(&c, |_| {})?;
+            parameters = r.report.parameters;
+            for (i, t) in r.report.test.tasks.iter().enumerate() {
+                let (metric, v) = match (t.metrics.auc, t.metrics.mse) {
+                    (Some(a), _) => ("auc", a),
+                    (None, Some(m)) => ("mse", m),
+                    _ => ("none", f64::NAN),
+                };
+                if per_task.len() <= i {
+                    per_task.push(TaskSummary {
+                        task: t.task.clone(),
+                        metric: metric.into(),
+                        values: vec![],
+                        mean: 0.0,
+                        std: 0.0,
+                    });
+                }
+                per_task[i].values.push(v);
+            }
+            progress(&format!(
+                "{arch} seed {seed}: {}",
+                r.report
+                    .test
+                    .tasks
+                    .iter()
+                    .map(|t| format!(
+                        "{} {}",
+                        t.task,
+                        t.metrics
+                            .auc
+                            .or(t.metrics.mse)
+                            .map_or("-".into(), |v| format!("{v:.4}"))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for t in &mut per_task {
+            (t.mean, t.std) = mean_std(&t.values);
+        }
+        out.push(ArchSummary {
+            arch: arch.clone(),
+            parameters,
+            tasks: per_task,
+        });
+    }
+    Ok(Comparison {
+        seeds: seeds.to_vec(),
+        archs: out,
+    })
+}
+
+impl Comparison {
+    /// A Markdown table: one row per architecture, `mean ± std` per task, and
+    /// the MTL gain over single-task where single-task was run.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let Some(first) = self.archs.first() else {
+            return s;
+        };
+        let single = self.archs.iter().find(|a| a.arch == "single-task");
+        let _ = write!(s, "| model | parameters |");
+        for t in &first.tasks {
+            let _ = write!(s, " {} test {} |", t.task, t.metric);
+            if single.is_some() {
+                let _ = write!(s, " {} gain |", t.task);
+            }
+        }
+        s.push('\n');
+        let cols = 2 + first.tasks.len() * if single.is_some() { 2 } else { 1 };
+        s.push_str(&"|---".repeat(cols));
+        s.push_str("|\n");
+        for a in &self.archs {
+            let _ = write!(s, "| {} | {} |", a.arch, a.parameters);
+            for (i, t) in a.tasks.iter().enumerate() {
+                let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
+                if let Some(st) = single {
+                    let base = st.tasks.get(i).map_or(f64::NAN, |b| b.mean);
+                    // Gain is "better than single-task": higher AUC, lower MSE.
+                    let gain = if t.metric == "mse" {
+                        base - t.mean
+                    } else {
+                        t.mean - base
+                    };
+                    let _ = write!(s, " {gain:+.4} |");
+                }
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(
+            s,
+            "\n{} seeds ({}); mean ± sample standard deviation of the test metric.",
+            self.seeds.len(),
+            self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        s
+    }
+}

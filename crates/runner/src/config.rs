@@ -1,0 +1,164 @@
+//! The run config: `[data]`, `[model]`, `[train]`, parsed strictly (an unknown
+//! key is an error naming its line), with `--set key=value` overrides, and
+//! resolved (every default written out) for the run folder.
+
+use std::path::{Path, PathBuf};
+
+use mtrec_core::registry;
+use mtrec_train::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Result, RunError};
+
+fn default_split() -> [f64; 3] {
+    [0.8, 0.1, 0.1]
+}
+
+/// `[data]`: where rows come from. `source` picks the reader or generator;
+/// the other keys are the source's own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataSection {
+    pub source: String,
+    /// Train / valid / test fractions of a seeded split.
+    #[serde(default = "default_split")]
+    pub split: [f64; 3],
+    /// Seed of the split; by default the source's `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+/// `[model]`: an architecture template and its parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelSection {
+    pub arch: String,
+    #[serde(flatten)]
+    pub params: toml::Table,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataSection,
+    pub model: ModelSection,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// A config and the file it came from (for error messages).
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub config: RunConfig,
+    pub file: PathBuf,
+    /// The original text, to locate keys named in later errors.
+    pub text: String,
+}
+
+impl LoadedConfig {
+    /// A config error about `[section] key`, with the key's line when the
+    /// file has it.
+    pub fn error(&self, section: &str, key: Option<&str>, message: impl std::fmt::Display) -> RunError {
+        let place = match key.and_then(|k| locate_key(&self.text, section, k)) {
+            Some(line) => format!("line {line}, [{section}] {}", key.unwrap_or_default()),
+            None => match key {
+                Some(k) => format!("[{section}] {k}"),
+                None => format!("[{section}]"),
+            },
+        };
+        RunError::Config {
+            file: self.file.clone(),
+            message: format!("{place}: {message}"),
+        }
+    }
+}
+
+/// The 1-based line of `key = ...` inside `[section]`, if written there.
+pub fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            current = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        if current == section {
+            let k = l.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if k == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+/// The first unknown key named in a serde message (`unknown field `x``).
+pub fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.split("unknown field `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// Applies `key.path=value` overrides; the value is read as TOML (number,
+/// bool, array, quoted string) or else taken as a plain string.
+pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for set in sets {
+        let (path, raw) = set
+            .split_once('=')
+            .ok_or_else(|| RunError::Usage(format!("--set `{set}`: expected KEY=VALUE, e.g. --set train.epochs=5")))?;
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let keys: Vec<&str> = path.trim().split('.').collect();
+        let mut cur = &mut *table;
+        for k in &keys[..keys.len() - 1] {
+            let entry = cur
+                .entry(k.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry
+                .as_table_mut()
+                .ok_or_else(|| RunError::Usage(format!("--set `{set}`: `{k}` is not a table")))?;
+        }
+        cur.insert(keys[keys.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
+/// Reads a config file, applies overrides, parses strictly.
+pub fn load(file: &Path, sets: &[String]) -> Result<LoadedConfig> {
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    parse(&text, file, sets)
+}
+
+pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
+    let cfg_err = |message: String| RunError::Config {
+        file: file.to_path_buf(),
+        message,
+    };
+    // Parse the text first so that syntax and type errors carry line and column.
+    let direct: std::result::Result<RunConfig, toml::de::Error> = toml::from_str(text);
+    let config = if sets.is_empty() {
+        direct.map_err(|e| cfg_err(e.to_string().trim_end().to_string()))?
+    } else {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg_err(e.to_string().trim_end().to_string()))?;
+        apply_overrides(&mut table, sets)?;
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| cfg_err(format!("after --set: {}", e.message())))?
+    };
+    let loaded = LoadedConfig {
+        config,
+        file: file.to_path_buf(),
+        text: text.to_string(),
+    };
+    // The architecture must exist (its parameters are checked at expansion).
+    registry::architecture(&loaded.config.model.arch).map_err(|e| loaded.error("model", Some("arch"), e))?;
+    Ok(loaded)
+}
+
+/// The default config of an architecture: the paper's synthetic data, the
+/// template's defaults, default training.
+pub fn default_for(arch: &str) -> Result<LoadedConfig> {
+    let text = format!("[data]\nsource = \"mmoe-synthetic\"\n\n[model]\narch = \"{arch}\"\n");
+    parse(&text, Path::new("<built-in default config>"), &[])
+}

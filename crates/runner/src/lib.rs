@@ -1,0 +1,21 @@
+//! The mtrec runner: from a declarative config to a trained, evaluated model
+//! and a run folder. The `mtrec` binary is a thin command line over it.
+pub mod compare;
+pub mod config;
+pub mod error;
+pub mod run;
+pub mod source;
+
+pub use error::{Result, RunError};
+
+/// References every built-in plugin so that the linker keeps their
+/// `inventory` registrations (an unreferenced crate is dropped whole).
+pub fn link_builtin_plugins() {
+    mtrec_single_task::link();
+    mtrec_shared_bottom::link();
+    mtrec_omoe::link();
+    mtrec_mmoe::link();
+}
+
+/// The architectures this runner ships with.
+pub const BUILTIN_ARCHS: &[&str] = &["graph", "mmoe", "omoe", "shared-bottom", "single-task"];

@@ -1,0 +1,191 @@
+//! `mtrec`: train, compare, list and print multi-task models.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mtrec_runner::compare::compare;
+use mtrec_runner::config::{self, LoadedConfig, ModelSection};
+use mtrec_runner::run::{default_run_dir, expand, run, write_run_folder};
+use mtrec_runner::source::prepare;
+use mtrec_runner::{link_builtin_plugins, Result, RunError};
+
+#[derive(Parser)]
+#[command(name = "mtrec", version, about = "Multi-task and multi-domain recommendation models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Architecture; overrides the config's `model.arch` (its model
+    /// parameters are then dropped unless the config names the same one).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Config file; without it, the architecture's defaults on the built-in
+    /// synthetic data.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.epochs=5 --set data.correlation=0.9`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train and evaluate one config; print per-task metrics; write a run folder.
+    Run {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Run folder (default: a fresh `runs/<arch>-<time>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print only the final report.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Train several architectures on the same data and seeds; print test
+    /// metric mean ± std per task.
+    Compare {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Comma-separated architectures.
+        #[arg(long, value_delimiter = ',', default_value = "single-task,shared-bottom,omoe,mmoe")]
+        archs: Vec<String>,
+        /// Number of seeds (1..=N).
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Folder for compare.md and compare.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the registered architectures and component kinds.
+    List,
+    /// Print the graph an architecture expands to, as a runnable config.
+    Graph {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+}
+
+fn load(args: &ConfigArgs) -> Result<LoadedConfig> {
+    let mut loaded = match (&args.config, &args.arch) {
+        (Some(file), _) => config::load(file, &args.sets)?,
+        (None, Some(arch)) => {
+            let mut c = config::default_for(arch)?;
+            if !args.sets.is_empty() {
+                let text = c.text.clone();
+                c = config::parse(&text, &c.file, &args.sets)?;
+            }
+            c
+        }
+        (None, None) => {
+            return Err(RunError::Usage(
+                "give --arch NAME or --config FILE (see `mtrec list`)".into(),
+            ))
+        }
+    };
+    if let Some(arch) = &args.arch {
+        mtrec_core::registry::architecture(arch)?;
+        if &loaded.config.model.arch != arch {
+            loaded.config.model = ModelSection {
+                arch: arch.clone(),
+                params: toml::Table::new(),
+            };
+        }
+    }
+    Ok(loaded)
+}
+
+fn main() -> ExitCode {
+    link_builtin_plugins();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { cfg, out, quiet } => {
+            let loaded = load(&cfg)?;
+            let arch = loaded.config.model.arch.clone();
+            let epochs = loaded.config.train.epochs;
+            let result = run(&loaded, |log| {
+                if !quiet {
+                    let losses: Vec<String> = log.train_loss.iter().map(|l| format!("{l:.4}")).collect();
+                    eprintln!(
+                        "epoch {:>3}/{epochs}  train loss [{}]  valid score {:.4}  {:.0} rows/s",
+                        log.epoch,
+                        losses.join(", "),
+                        log.valid_score,
+                        log.rows_per_second
+                    );
+                }
+            })?;
+            let dir = out.unwrap_or_else(|| default_run_dir(&arch));
+            write_run_folder(&dir, &result)?;
+            println!("{}", result.report.render());
+            println!("run folder: {}", dir.display());
+        }
+        Command::Compare { cfg, archs, seeds, out } => {
+            let loaded = load(&cfg)?;
+            if seeds == 0 {
+                return Err(RunError::Usage("--seeds must be at least 1".into()));
+            }
+            for a in &archs {
+                mtrec_core::registry::architecture(a)?;
+            }
+            let seeds: Vec<u64> = (1..=seeds).collect();
+            let cmp = compare(&loaded, &archs, &seeds, |line| eprintln!("{line}"))?;
+            let md = cmp.markdown();
+            println!("{md}");
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).map_err(|source| RunError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                mtrec_core::atomic::write_bytes(&dir.join("compare.md"), md.as_bytes())?;
+                let json = serde_json::to_string_pretty(&cmp).map_err(|e| RunError::Usage(e.to_string()))?;
+                mtrec_core::atomic::write_bytes(&dir.join("compare.json"), json.as_bytes())?;
+                println!("written: {}", dir.display());
+            }
+        }
+        Command::List => {
+            println!("architectures:");
+            for (name, a) in mtrec_core::registry::architectures()? {
+                println!("  {name:<16} {}", a.summary());
+            }
+            println!("\ncomponent kinds (for arch = \"graph\"):");
+            for (name, k) in mtrec_core::registry::components()? {
+                println!("  {name:<20} {:<7} {}", k.role().as_str(), k.summary());
+            }
+        }
+        Command::Graph { cfg } => {
+            let loaded = load(&cfg)?;
+            let prepared = prepare(&loaded)?;
+            let (graph, _) = expand(&loaded, &prepared)?;
+            let mut c = loaded.config.clone();
+            let mut params = toml::Table::new();
+            params.insert(
+                "nodes".into(),
+                toml::Value::try_from(&graph.nodes).map_err(|e| RunError::Usage(e.to_string()))?,
+            );
+            c.model = ModelSection {
+                arch: "graph".into(),
+                params,
+            };
+            let text = toml::to_string(&c).map_err(|e| RunError::Usage(e.to_string()))?;
+            println!(
+                "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
+                loaded.config.model.arch
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! mtrec training: the loop with early stopping, a resumable one-pass
+//! Adam(W), global-norm gradient clipping, evaluation metrics and the run report.
+pub mod clip;
+pub mod error;
+pub mod evaluate;
+pub mod metrics;
+pub mod optim;
+pub mod report;
+pub mod trainer;
+
+pub use clip::{clip_grad_norm, grad_global_norm};
+pub use error::{Result, TrainError};
+pub use evaluate::{evaluate, predict, Evaluation, GateUtilisation, TaskResult};
+pub use metrics::{auc, logloss, mse, TaskMetrics};
+pub use optim::{Adam, AdamConfig};
+pub use report::{Report, SplitRows};
+pub use trainer::{optimizer, train, train_step, EpochLog, TrainConfig, TrainOutcome};

@@ -1,0 +1,435 @@
+//! Evaluation metrics over host slices.
+//!
+//! Every function takes an optional mask of the same length: rows whose mask
+//! is `> 0` count (once; the mask is not a weight), rows with mask `0` (or
+//! negative, or NaN) are ignored. Errors ([`TrainError::Metric`]) for length
+//! mismatches, no masked-in rows, NaN inputs, labels out of range, and AUC
+//! without both classes. Sums are taken in f64.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Probabilities are clamped to `[PROB_EPS, 1 - PROB_EPS]` in [`logloss`].
+pub const PROB_EPS: f64 = 1e-7;
+
+fn err<T>(msg: String) -> Result<T> {
+    Err(TrainError::Metric(msg))
+}
+
+fn check_lengths(metric: &str, xs: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<()> {
+    if xs.len() != labels.len() {
+        return err(format!(
+            "{metric}: {} predictions but {} labels",
+            xs.len(),
+            labels.len()
+        ));
+    }
+    if let Some(m) = mask {
+        if m.len() != xs.len() {
+            return err(format!("{metric}: mask has {} rows, predictions {}", m.len(), xs.len()));
+        }
+    }
+    Ok(())
+}
+
+/// The masked-in rows: (row index, prediction, label).
+fn rows<'a>(xs: &'a [f32], labels: &'a [f32], mask: Option<&'a [f32]>) -> impl Iterator<Item = (usize, f32, f32)> + 'a {
+    xs.iter()
+        .zip(labels)
+        .enumerate()
+        .filter(move |(i, _)| match mask {
+            None => true,
+            Some(m) => m.get(*i).is_some_and(|&w| w > 0.0),
+        })
+        .map(|(i, (&x, &y))| (i, x, y))
+}
+
+fn no_nan(metric: &str, what: &str, i: usize, x: f32) -> Result<()> {
+    if x.is_nan() {
+        return err(format!("{metric}: {what} at row {i} is NaN"));
+    }
+    Ok(())
+}
+
+/// A label that must be exactly 0 or 1.
+fn binary_label(metric: &str, i: usize, y: f32) -> Result<bool> {
+    if y == 1.0 {
+        Ok(true)
+    } else if y == 0.0 {
+        Ok(false)
+    } else {
+        err(format!("{metric}: label at row {i} is {y}, expected 0 or 1"))
+    }
+}
+
+/// Exact ROC AUC: the probability that a random positive scores higher than
+/// a random negative, ties counting one half (Mann–Whitney U with average
+/// ranks). O(n log n). Any monotone score works (logits or probabilities);
+/// labels must be 0 or 1. Errors if one class is absent among the masked-in
+/// rows.
+pub fn auc(scores: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<f64> {
+    check_lengths("auc", scores, labels, mask)?;
+    let mut pairs = Vec::with_capacity(scores.len());
+    for (i, s, y) in rows(scores, labels, mask) {
+        no_nan("auc", "score", i, s)?;
+        // `+ 0.0` folds -0.0 into +0.0, so that the two count as a tie.
+        pairs.push((s + 0.0, binary_label("auc", i, y)?));
+    }
+    if pairs.is_empty() {
+        return err("auc: no rows (all masked out)".into());
+    }
+    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // Walk groups of equal scores upwards: every positive of a group beats
+    // all negatives below the group and ties with the negatives inside it.
+    // `twice` is twice the Mann–Whitney U, an exact integer.
+    let (mut negatives_below, mut positives, mut twice) = (0u64, 0u64, 0u128);
+    for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+        let pos = group.iter().filter(|(_, y)| *y).count() as u64;
+        let neg = group.len() as u64 - pos;
+        twice += 2 * u128::from(pos) * u128::from(negatives_below) + u128::from(pos) * u128::from(neg);
+        negatives_below += neg;
+        positives += pos;
+    }
+    let negatives = negatives_below;
+    if positives == 0 || negatives == 0 {
+        let only = if positives == 0 { "negative" } else { "positive" };
+        return err(format!("auc: undefined, all {} masked-in rows are {only}", pairs.len()));
+    }
+    Ok(twice as f64 / (2.0 * positives as f64 * negatives as f64))
+}
+
+/// Mean binary cross-entropy of probabilities `probs` against labels in
+/// `[0, 1]` (soft labels allowed), with probabilities clamped to
+/// `[1e-7, 1 - 1e-7]` so that the result is finite.
+pub fn logloss(probs: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<f64> {
+    check_lengths("logloss", probs, labels, mask)?;
+    let mut probabilities = Vec::new();
+    for (i, p, y) in rows(probs, labels, mask) {
+        no_nan("logloss", "probability", i, p)?;
+        probabilities.push((i, f64::from(p), y));
+    }
+    logloss_f64(probabilities.into_iter())
+}
+
+fn logloss_f64(rows: impl Iterator<Item = (usize, f64, f32)>) -> Result<f64> {
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (i, p, y) in rows {
+        if !(0.0..=1.0).contains(&y) {
+            return err(format!("logloss: label at row {i} is {y}, expected [0, 1]"));
+        }
+        let p = p.clamp(PROB_EPS, 1.0 - PROB_EPS);
+        let y = f64::from(y);
+        sum -= y * p.ln() + (1.0 - y) * (1.0 - p).ln();
+        n += 1;
+    }
+    if n == 0 {
+        return err("logloss: no rows (all masked out)".into());
+    }
+    Ok(sum / n as f64)
+}
+
+/// Mean squared error.
+pub fn mse(preds: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<f64> {
+    check_lengths("mse", preds, labels, mask)?;
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (i, p, y) in rows(preds, labels, mask) {
+        no_nan("mse", "prediction", i, p)?;
+        no_nan("mse", "label", i, y)?;
+        let d = f64::from(p) - f64::from(y);
+        sum += d * d;
+        n += 1;
+    }
+    if n == 0 {
+        return err("mse: no rows (all masked out)".into());
+    }
+    Ok(sum / n as f64)
+}
+
+/// Numerically stable logistic function in f64.
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// The metrics of one task on one evaluation set. `rows` is the number of
+/// masked-in rows; a metric that does not apply to the task kind, or is
+/// undefined on these rows (no rows; AUC with one class), is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskMetrics {
+    pub rows: usize,
+    pub auc: Option<f64>,
+    pub logloss: Option<f64>,
+    pub mse: Option<f64>,
+}
+
+impl TaskMetrics {
+    fn empty(rows: usize) -> Self {
+        TaskMetrics {
+            rows,
+            auc: None,
+            logloss: None,
+            mse: None,
+        }
+    }
+
+    /// A binary task from the model's raw outputs (**logits**): AUC on the
+    /// logits (no sigmoid saturation ties), logloss on `sigmoid(logit)`
+    /// computed in f64 and clamped as in [`logloss`]. Labels must be 0 or 1.
+    /// No masked-in rows give `rows: 0` and no metrics; one class only gives
+    /// `auc: None`.
+    pub fn binary_from_logits(logits: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<Self> {
+        Self::binary(logits, labels, mask, sigmoid)
+    }
+
+    /// As [`TaskMetrics::binary_from_logits`], from **probabilities**.
+    pub fn binary_from_probs(probs: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<Self> {
+        Self::binary(probs, labels, mask, |p| p)
+    }
+
+    fn binary(scores: &[f32], labels: &[f32], mask: Option<&[f32]>, to_prob: impl Fn(f64) -> f64) -> Result<Self> {
+        const NAME: &str = "binary metrics";
+        check_lengths(NAME, scores, labels, mask)?;
+        let (mut n, mut positives) = (0usize, 0usize);
+        let mut probabilities = Vec::new();
+        for (i, s, y) in rows(scores, labels, mask) {
+            no_nan(NAME, "prediction", i, s)?;
+            positives += usize::from(binary_label(NAME, i, y)?);
+            probabilities.push((i, to_prob(f64::from(s)), y));
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(Self::empty(0));
+        }
+        let auc = if positives > 0 && positives < n {
+            Some(auc(scores, labels, mask)?)
+        } else {
+            None
+        };
+        Ok(TaskMetrics {
+            auc,
+            logloss: Some(logloss_f64(probabilities.into_iter())?),
+            ..Self::empty(n)
+        })
+    }
+
+    /// A regression task: MSE of the predictions. No masked-in rows give
+    /// `rows: 0` and `mse: None`.
+    pub fn regression(preds: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<Self> {
+        check_lengths("mse", preds, labels, mask)?;
+        let n = rows(preds, labels, mask).count();
+        if n == 0 {
+            return Ok(Self::empty(0));
+        }
+        Ok(TaskMetrics {
+            mse: Some(mse(preds, labels, mask)?),
+            ..Self::empty(n)
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn auc_hand_case_with_ties() {
+        // negatives: 0.1, 0.4; positives: 0.35, 0.8, 0.4.
+        // pos 0.35: > 0.1 (1), < 0.4 (0)     -> 1
+        // pos 0.8 : > 0.1 (1), > 0.4 (1)     -> 2
+        // pos 0.4 : > 0.1 (1), = 0.4 (0.5)   -> 1.5
+        // 4.5 of 3 * 2 = 6 pairs: AUC = 0.75.
+        let scores = [0.1, 0.4, 0.35, 0.8, 0.4];
+        let labels = [0.0, 0.0, 1.0, 1.0, 1.0];
+        assert_eq!(auc(&scores, &labels, None).unwrap(), 0.75);
+        // Rank form: sorted 0.1(1) 0.35(2) 0.4,0.4(3.5 each) 0.8(5);
+        // positive ranks 2 + 3.5 + 5 = 10.5, U = 10.5 - 3*4/2 = 4.5.
+    }
+
+    #[test]
+    fn auc_extremes_and_all_ties() {
+        let labels = [0.0, 1.0, 0.0, 1.0];
+        assert_eq!(auc(&[0.1, 0.9, 0.2, 0.8], &labels, None).unwrap(), 1.0);
+        assert_eq!(auc(&[0.9, 0.1, 0.8, 0.2], &labels, None).unwrap(), 0.0);
+        assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &labels, None).unwrap(), 0.5);
+        // -0.0 and +0.0 are a tie, not an ordering.
+        assert_eq!(auc(&[-0.0, 0.0], &[1.0, 0.0], None).unwrap(), 0.5);
+        // Infinite scores are fine.
+        assert_eq!(
+            auc(&[f32::NEG_INFINITY, f32::INFINITY], &[0.0, 1.0], None).unwrap(),
+            1.0
+        );
+    }
+
+    #[test]
+    fn auc_matches_brute_force() {
+        // Many ties (scores from a small set) and an irregular label pattern.
+        let n = 200;
+        let scores: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 / 10.0).collect();
+        let labels: Vec<f32> = (0..n)
+            .map(|i| if (i * 13 + i / 7) % 5 < 2 { 1.0 } else { 0.0 })
+            .collect();
+        let mut num = 0.0;
+        let mut den = 0.0;
+        for i in 0..n {
+            for j in 0..n {
+                if labels[i] == 1.0 && labels[j] == 0.0 {
+                    den += 1.0;
+                    if scores[i] > scores[j] {
+                        num += 1.0;
+                    } else if scores[i] == scores[j] {
+                        num += 0.5;
+                    }
+                }
+            }
+        }
+        let got = auc(&scores, &labels, None).unwrap();
+        assert!(close(got, num / den, 1e-12), "{got} vs {}", num / den);
+        assert!(got != 0.5);
+    }
+
+    #[test]
+    fn auc_mask_and_errors() {
+        // Masked in: neg 0.1, pos 0.9 -> 1.0. With all rows: pos 0.9 beats
+        // neg 0.1 only, pos 0.01 beats nothing: 1 of 4 pairs -> 0.25.
+        let scores = [0.1, 0.9, 0.99, 0.01];
+        let labels = [0.0, 1.0, 0.0, 1.0];
+        let mask = [1.0, 1.0, 0.0, 0.0];
+        assert_eq!(auc(&scores, &labels, Some(&mask)).unwrap(), 1.0);
+        assert_eq!(auc(&scores, &labels, None).unwrap(), 0.25);
+        // Only one class among masked-in rows.
+        let e = auc(&scores, &labels, Some(&[0.0, 1.0, 0.0, 1.0])).unwrap_err();
+        assert!(e.to_string().contains("positive"), "{e}");
+        assert!(auc(&[0.1, 0.2], &[0.0, 0.0], None).is_err());
+        // Lengths, empty, NaN, non-binary labels.
+        assert!(auc(&[0.1, 0.2], &[0.0], None).is_err());
+        assert!(auc(&[0.1, 0.2], &[0.0, 1.0], Some(&[1.0])).is_err());
+        assert!(auc(&[0.1, 0.2], &[0.0, 1.0], Some(&[0.0, 0.0])).is_err());
+        assert!(auc(&[], &[], None).is_err());
+        assert!(auc(&[f32::NAN, 0.2], &[0.0, 1.0], None).is_err());
+        assert!(auc(&[0.1, 0.2], &[0.0, 0.5], None).is_err());
+        // A NaN in a masked-out row does not matter.
+        assert_eq!(
+            auc(&[f32::NAN, 0.1, 0.2], &[1.0, 0.0, 1.0], Some(&[0.0, 1.0, 1.0])).unwrap(),
+            1.0
+        );
+    }
+
+    #[test]
+    fn logloss_textbook_values() {
+        // -ln(0.9) = 0.105360516, -ln(1 - 0.2) = 0.223143551
+        assert!(close(
+            logloss(&[0.9], &[1.0], None).unwrap(),
+            0.105_360_515_657_826,
+            1e-7
+        ));
+        assert!(close(
+            logloss(&[0.2], &[0.0], None).unwrap(),
+            0.223_143_551_314_209_8,
+            1e-7
+        ));
+        // Mean of the two, and p = 0.5 gives ln 2 whatever the label.
+        assert!(close(
+            logloss(&[0.9, 0.2], &[1.0, 0.0], None).unwrap(),
+            (0.105_360_515_657_826 + 0.223_143_551_314_209_8) / 2.0,
+            1e-7
+        ));
+        assert!(close(
+            logloss(&[0.5, 0.5], &[1.0, 0.0], None).unwrap(),
+            std::f64::consts::LN_2,
+            1e-12
+        ));
+        // Soft label 0.3 at p = 0.5: still ln 2.
+        assert!(close(
+            logloss(&[0.5], &[0.3], None).unwrap(),
+            std::f64::consts::LN_2,
+            1e-12
+        ));
+    }
+
+    #[test]
+    fn logloss_clamps() {
+        // p = 0 with label 1 and p = 1 with label 0: -ln(1e-7) = 16.118095651.
+        let worst = logloss(&[0.0, 1.0], &[1.0, 0.0], None).unwrap();
+        assert!(worst.is_finite());
+        assert!(close(worst, 16.118_095_650_958_32, 1e-6), "{worst}");
+        // Right answers with certainty: -ln(1 - 1e-7) ~ 1e-7.
+        let best = logloss(&[1.0, 0.0], &[1.0, 0.0], None).unwrap();
+        assert!(best > 0.0 && best < 1.1e-7, "{best}");
+    }
+
+    #[test]
+    fn logloss_mask_and_errors() {
+        let got = logloss(&[0.9, 0.0001], &[1.0, 1.0], Some(&[1.0, 0.0])).unwrap();
+        assert!(close(got, 0.105_360_515_657_826, 1e-7));
+        assert!(logloss(&[0.9], &[1.0, 0.0], None).is_err());
+        assert!(logloss(&[0.9], &[1.0], Some(&[0.0])).is_err());
+        assert!(logloss(&[0.9], &[2.0], None).is_err());
+        assert!(logloss(&[f32::NAN], &[1.0], None).is_err());
+    }
+
+    #[test]
+    fn mse_hand_case() {
+        // ((1-0)^2 + (2-4)^2 + (3-3)^2) / 3 = 5/3; masking the second: 1/2.
+        let p = [1.0, 2.0, 3.0];
+        let y = [0.0, 4.0, 3.0];
+        assert!(close(mse(&p, &y, None).unwrap(), 5.0 / 3.0, 1e-12));
+        assert!(close(mse(&p, &y, Some(&[1.0, 0.0, 1.0])).unwrap(), 0.5, 1e-12));
+        assert!(mse(&p, &y[..2], None).is_err());
+        assert!(mse(&p, &y, Some(&[0.0; 3])).is_err());
+    }
+
+    #[test]
+    fn task_metrics_binary_from_logits() {
+        // logits 0 -> p 0.5 (loss ln 2 each); ln 9 -> p 0.9 (loss -ln 0.9).
+        let logits = [0.0, 9f32.ln(), -2.0, 100.0];
+        let labels = [0.0, 1.0, 0.0, 1.0];
+        let mask = [1.0, 1.0, 1.0, 0.0];
+        let m = TaskMetrics::binary_from_logits(&logits, &labels, Some(&mask)).unwrap();
+        assert_eq!(m.rows, 3);
+        assert_eq!(m.auc, Some(1.0));
+        let p_neg2 = 1.0 / (1.0 + 2f64.exp());
+        let want = (std::f64::consts::LN_2 - 0.9f64.ln() - (1.0 - p_neg2).ln()) / 3.0;
+        assert!(close(m.logloss.unwrap(), want, 1e-7), "{m:?} {want}");
+        assert_eq!(m.mse, None);
+        // Huge logits stay finite (clamped).
+        let m = TaskMetrics::binary_from_logits(&[-1000.0, 1000.0], &[1.0, 0.0], None).unwrap();
+        assert_eq!(m.auc, Some(0.0));
+        assert!(close(m.logloss.unwrap(), 16.118_095_650_958_32, 1e-6));
+        // One class: no AUC but a logloss; no rows: nothing.
+        let m = TaskMetrics::binary_from_logits(&[0.0, 1.0], &[1.0, 1.0], None).unwrap();
+        assert_eq!((m.rows, m.auc), (2, None));
+        assert!(m.logloss.is_some());
+        let m = TaskMetrics::binary_from_logits(&[0.0], &[1.0], Some(&[0.0])).unwrap();
+        assert_eq!(m, TaskMetrics::empty(0));
+        assert!(TaskMetrics::binary_from_logits(&[0.0], &[0.5], None).is_err());
+        assert!(TaskMetrics::binary_from_logits(&[0.0], &[1.0, 0.0], None).is_err());
+    }
+
+    #[test]
+    fn task_metrics_probs_regression_and_serde() {
+        let m = TaskMetrics::binary_from_probs(&[0.9, 0.2], &[1.0, 0.0], None).unwrap();
+        assert_eq!(m.auc, Some(1.0));
+        assert!(close(
+            m.logloss.unwrap(),
+            (0.105_360_515_657_826 + 0.223_143_551_314_209_8) / 2.0,
+            1e-7
+        ));
+        let r = TaskMetrics::regression(&[1.0, 2.0, 3.0], &[0.0, 4.0, 3.0], None).unwrap();
+        assert_eq!((r.rows, r.auc, r.logloss), (3, None, None));
+        assert!(close(r.mse.unwrap(), 5.0 / 3.0, 1e-12));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: TaskMetrics = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        assert!(json.contains("\"auc\":null"), "{json}");
+    }
+}

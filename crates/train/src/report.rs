@@ -1,0 +1,103 @@
+//! The run report: every split's metrics per task, expert utilisation and the
+//! training history; printed as a table and saved as `report.json`.
+
+use std::fmt::Write as _;
+
+use mtrec_core::TaskInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::{Evaluation, GateUtilisation};
+use crate::trainer::TrainOutcome;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub arch: String,
+    pub parameters: usize,
+    pub tasks: Vec<TaskInfo>,
+    pub rows: SplitRows,
+    pub train: Evaluation,
+    pub valid: Evaluation,
+    pub test: Evaluation,
+    pub outcome: TrainOutcome,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SplitRows {
+    pub train: usize,
+    pub valid: usize,
+    pub test: usize,
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+}
+
+impl Report {
+    /// The per-task metrics table of every split.
+    pub fn metrics_table(&self) -> String {
+        let mut s = String::new();
+        let width = self.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        let _ = writeln!(
+            s,
+            "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
+            "split", "task", "rows", "auc", "logloss", "mse"
+        );
+        for (split, ev) in [("train", &self.train), ("valid", &self.valid), ("test", &self.test)] {
+            for t in &ev.tasks {
+                let m = &t.metrics;
+                let _ = writeln!(
+                    s,
+                    "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
+                    split,
+                    t.task,
+                    m.rows,
+                    fmt_opt(m.auc),
+                    fmt_opt(m.logloss),
+                    fmt_opt(m.mse)
+                );
+            }
+        }
+        s
+    }
+
+    /// Mean gate weight per expert for each gate, on the test rows.
+    pub fn utilisation_table(&self) -> String {
+        utilisation_table(&self.test.utilisation)
+    }
+
+    /// Summary lines then the tables, as printed at the end of a run.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}: {} parameters, best epoch {} of {}{}, {:.1} s training\n\n",
+            self.arch,
+            self.parameters,
+            self.outcome.best_epoch,
+            self.outcome.history.len(),
+            if self.outcome.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            },
+            self.outcome.train_seconds
+        );
+        s.push_str(&self.metrics_table());
+        let u = self.utilisation_table();
+        if !u.is_empty() {
+            s.push_str("\nexpert utilisation (mean gate weight on test rows)\n");
+            s.push_str(&u);
+        }
+        s
+    }
+}
+
+pub fn utilisation_table(util: &[GateUtilisation]) -> String {
+    let mut s = String::new();
+    for g in util {
+        let _ = write!(s, "{:<16}", g.gate);
+        for (e, w) in g.experts.iter().zip(&g.mean_weight) {
+            let _ = write!(s, " {e}={w:.3}");
+        }
+        s.push('\n');
+    }
+    s
+}

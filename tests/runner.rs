@@ -1,0 +1,150 @@
+//! The runner: configs, their errors, run folders.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use mtrec_runner::config::{self, parse};
+use mtrec_runner::run::{run, write_run_folder};
+use mtrec_tests::root;
+
+fn parse_err(text: &str) -> String {
+    mtrec_runner::link_builtin_plugins();
+    match parse(text, Path::new("bad.toml"), &[]) {
+        Ok(c) => match run(&c, |_| {}) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+const SMALL: &str =
+    "[data]\nsource = \"mmoe-synthetic\"\nrows = 300\ndim = 8\n\n[model]\narch = \"mmoe\"\n\n[train]\nepochs = 1\n";
+
+#[test]
+fn unknown_field_in_train_names_file_line_and_key() {
+    let e = parse_err(&SMALL.replace("epochs = 1", "epoch = 1"));
+    assert!(e.starts_with("bad.toml"), "{e}");
+    assert!(e.contains("line 10") && e.contains("unknown field `epoch`"), "{e}");
+}
+
+#[test]
+fn unknown_field_in_data_and_model_names_line() {
+    let e = parse_err(&SMALL.replace("dim = 8", "dimm = 8"));
+    assert!(
+        e.contains("line 4, [data] dimm") && e.contains("unknown field `dimm`"),
+        "{e}"
+    );
+    let e = parse_err(&SMALL.replace("arch = \"mmoe\"", "arch = \"mmoe\"\nexpert = 4"));
+    assert!(
+        e.contains("line 8, [model] expert") && e.contains("unknown field `expert`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_architecture_and_source_are_named() {
+    let e = parse_err(&SMALL.replace("arch = \"mmoe\"", "arch = \"mmo\""));
+    assert!(
+        e.contains("line 7, [model] arch") && e.contains("unknown architecture `mmo`"),
+        "{e}"
+    );
+    let e = parse_err(&SMALL.replace("mmoe-synthetic", "csvv"));
+    assert!(
+        e.contains("line 2, [data] source") && e.contains("unknown source `csvv`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_value_type_names_line() {
+    let e = parse_err(&SMALL.replace("epochs = 1", "epochs = \"one\""));
+    assert!(e.contains("line 10") && e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn graph_node_with_unknown_input_is_named() {
+    let text = SMALL.replace(
+        "arch = \"mmoe\"\n",
+        r#"arch = "graph"
+
+[[model.nodes]]
+id = "bottom"
+kind = "mlp"
+inputs = ["input"]
+units = [8]
+
+[[model.nodes]]
+id = "tower-task1"
+kind = "mlp-tower"
+inputs = ["botom"]
+task = "task1"
+
+[[model.nodes]]
+id = "tower-task2"
+kind = "mlp-tower"
+inputs = ["bottom"]
+task = "task2"
+"#,
+    );
+    let e = parse_err(&text);
+    assert!(
+        e.contains("graph node `tower-task1`") && e.contains("unknown input `botom`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_train_values_name_the_key() {
+    let e = parse_err(&SMALL.replace("epochs = 1", "epochs = 1\nbatch_size = 0"));
+    assert!(e.contains("[train] batch_size") && e.contains("at least 1"), "{e}");
+    let e = parse_err(&SMALL.replace("epochs = 1", "epochs = 1\ntask_weights = { ctr = 1.0 }"));
+    assert!(e.contains("unknown task `ctr`") && e.contains("task1, task2"), "{e}");
+}
+
+/// Every shipped config parses, validates and trains (one short epoch here).
+#[test]
+fn every_shipped_config_trains_one_epoch() {
+    mtrec_runner::link_builtin_plugins();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let sets = ["train.epochs=1".to_string(), "data.rows=400".to_string()];
+        let cfg = config::load(&path, &sets).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let r = run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(r.report.outcome.history.len(), 1);
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} configs found");
+}
+
+#[test]
+fn run_folder_holds_config_graph_weights_and_every_split() {
+    mtrec_runner::link_builtin_plugins();
+    let cfg = parse(SMALL, Path::new("small.toml"), &[]).unwrap();
+    let r = run(&cfg, |_| {}).unwrap();
+    let dir = std::env::temp_dir().join(format!("mtrec-runfolder-{}", std::process::id()));
+    write_run_folder(&dir, &r).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    for split in ["train", "valid", "test"] {
+        let tasks = report[split]["tasks"].as_array().unwrap();
+        let names: Vec<&str> = tasks.iter().filter_map(|t| t["task"].as_str()).collect();
+        assert_eq!(names, ["task1", "task2"], "{split}");
+        assert!(tasks.iter().all(|t| t["mse"].as_f64().is_some()), "{split}: {tasks:?}");
+    }
+    // The resolved config is complete and runs again as written.
+    let text = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(text.contains("correlation") && text.contains("experts = 8"), "{text}");
+    let again = parse(&text, &dir.join("config.toml"), &[]).unwrap();
+    let r2 = run(&again, |_| {}).unwrap();
+    assert_eq!(
+        r.report.test.tasks[0].metrics.mse, r2.report.test.tasks[0].metrics.mse,
+        "same resolved config, same seed: same result"
+    );
+    assert!(dir.join("model.safetensors").exists() && dir.join("graph.toml").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
