@@ -2,16 +2,15 @@
 //! weight), learning, and working at batch size 1.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-
 use candle_core::Device;
 use mtrec_core::{registry, GraphEnv, Model, TaskKind};
 use mtrec_data::split;
 use mtrec_runner::source::features_of;
 use mtrec_tests::synthetic;
-use mtrec_train::{evaluate, optimizer, predict, train, train_step, TrainConfig};
+use mtrec_train::check::unchanged_after_one_step;
+use mtrec_train::{evaluate, predict, train, TrainConfig};
 
-const TEMPLATES: &[&str] = &["mmoe", "omoe", "shared-bottom", "single-task"];
+const TEMPLATES: &[&str] = &["cgc", "mmoe", "omoe", "ple", "shared-bottom", "single-task"];
 
 fn build(arch: &str, data: &mtrec_data::Dataset, seed: u64) -> Model {
     mtrec_runner::link_builtin_plugins();
@@ -69,20 +68,11 @@ fn every_variable_changes_after_one_step() {
         let batch = data.batch(&rows, &Device::Cpu).unwrap();
         for arch in TEMPLATES {
             let model = build(arch, &data, 1);
-            let before: BTreeMap<String, Vec<f32>> = model
-                .params()
-                .vars()
-                .into_iter()
-                .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-                .collect();
-            assert!(!before.is_empty());
-            let mut opt = optimizer(&model, &TrainConfig::default()).unwrap();
-            train_step(&model, &mut opt, &batch, &[1.0, 1.0], None).unwrap();
-            for (name, var) in model.params().vars() {
-                let after: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-                let changed = after.iter().zip(&before[&name]).filter(|(a, b)| a != b).count();
-                assert!(changed > 0, "{arch} ({kind:?}): `{name}` did not change after one step");
-            }
+            let unchanged = unchanged_after_one_step(&model, &batch).unwrap();
+            assert!(
+                unchanged.is_empty(),
+                "{arch} ({kind:?}): unchanged after one step: {unchanged:?}"
+            );
         }
     }
 }

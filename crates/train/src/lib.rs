@@ -1,5 +1,6 @@
 //! mtrec training: the loop with early stopping, a resumable one-pass
 //! Adam(W), global-norm gradient clipping, evaluation metrics and the run report.
+pub mod check;
 pub mod clip;
 pub mod error;
 pub mod evaluate;

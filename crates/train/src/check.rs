@@ -1,0 +1,35 @@
+//! Checks an architecture author runs in tests: does training reach every
+//! weight? A candle op without backward, a detached path or an unused weight
+//! cuts gradients silently; one optimizer step then leaves some variable
+//! unchanged.
+
+use std::collections::BTreeMap;
+
+use mtrec_core::Model;
+use mtrec_data::Batch;
+
+use crate::error::Result;
+use crate::trainer::{optimizer, train_step, TrainConfig};
+
+/// Takes one Adam step on `batch` (every task weighted 1) and returns the
+/// names of the trainable variables that did not change. Empty means every
+/// weight receives a gradient.
+pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<String>> {
+    let snapshot = |m: &Model| -> Result<BTreeMap<String, Vec<f32>>> {
+        m.params()
+            .vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+            .collect()
+    };
+    let before = snapshot(model)?;
+    let mut opt = optimizer(model, &TrainConfig::default())?;
+    let weights = vec![1.0; model.tasks().len()];
+    train_step(model, &mut opt, batch, &weights, None)?;
+    let after = snapshot(model)?;
+    Ok(after
+        .into_iter()
+        .filter(|(name, a)| before.get(name).is_some_and(|b| a == b))
+        .map(|(name, _)| name)
+        .collect())
+}
