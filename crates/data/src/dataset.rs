@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
-use mtrec_core::{Domains, Inputs, TaskInfo, TaskKind};
+use mtrec_core::{Domains, FeatureSpec, Inputs, SparseFeature, TaskInfo, TaskKind};
 
 use crate::error::{DataError, Result};
 
@@ -41,6 +41,28 @@ pub struct DomainColumn {
     pub ids: Vec<u32>,
 }
 
+/// A list-valued (multi-hot) field, e.g. the last items a user clicked:
+/// per row up to `max_len` ids, padded with 0.
+///
+/// Not yet read by the model: `mtrec_core::Inputs` has no sequence input, so
+/// [`Dataset::batch`] leaves sequences out. They are kept here so that a data
+/// set described once keeps them for the models that will pool them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequenceColumn {
+    pub name: String,
+    /// Ids per row (the width of `ids`), >= 1.
+    pub max_len: usize,
+    /// Row-major `[rows, max_len]`; 0 is padding (and out-of-vocabulary).
+    pub ids: Vec<u32>,
+    /// Per row, how many of its `max_len` ids are real (the rest are 0).
+    pub lengths: Vec<u32>,
+    /// Every id is below `vocab`.
+    pub vocab: usize,
+    /// The sparse field whose vocabulary and embedding table this sequence
+    /// shares, if any.
+    pub share_with: Option<String>,
+}
+
 /// A whole dataset on the host, columnar.
 ///
 /// Labels and masks are row-major `[rows, K]` with `K = tasks.len()`: a row
@@ -58,10 +80,15 @@ pub struct Dataset {
     /// Row-major `[rows, K]`: 1 where the row carries task `k`'s label, else 0.
     pub masks: Vec<f32>,
     pub domains: Option<DomainColumn>,
+    /// List-valued fields (empty unless set with [`Dataset::with_sequences`]);
+    /// not part of a [`Batch`] yet.
+    pub sequences: Vec<SequenceColumn>,
     rows: usize,
 }
 
-/// The tensors of one batch of rows.
+/// The tensors of one batch of rows. Sequence columns
+/// ([`Dataset::sequences`]) are not included: the model input has no slot for
+/// them yet.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub inputs: Inputs,
@@ -250,11 +277,131 @@ impl Dataset {
             labels,
             masks,
             domains,
+            sequences: Vec::new(),
             rows,
         })
     }
 
+    /// The dataset with these sequence columns (replacing any it had), after
+    /// checking them: unique non-empty names, `max_len >= 1`, `rows x max_len`
+    /// ids and `rows` lengths, every length `<= max_len`, every id below
+    /// `vocab`, and the ids past a row's length 0 (padding).
+    pub fn with_sequences(mut self, sequences: Vec<SequenceColumn>) -> Result<Self> {
+        let rows = self.rows;
+        let mut seen = HashSet::new();
+        for q in &sequences {
+            let name = &q.name;
+            if name.is_empty() {
+                return Err(invalid("a sequence column has an empty name"));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(invalid(format!("sequence column `{name}` appears twice")));
+            }
+            let len = q.max_len;
+            if len == 0 {
+                return Err(invalid(format!("sequence column `{name}` has max_len 0")));
+            }
+            if q.ids.len() != rows * len || q.lengths.len() != rows {
+                return Err(invalid(format!(
+                    "sequence column `{name}` has {} ids and {} lengths, expected {rows} rows x {len} and {rows}",
+                    q.ids.len(),
+                    q.lengths.len()
+                )));
+            }
+            for (r, &n) in q.lengths.iter().enumerate() {
+                if n as usize > len {
+                    return Err(invalid(format!(
+                        "sequence column `{name}` row {r} has length {n} > max_len {len}"
+                    )));
+                }
+                let row = &q.ids[r * len..(r + 1) * len];
+                if let Some(&id) = row.iter().find(|&&id| id as usize >= q.vocab) {
+                    return Err(invalid(format!(
+                        "sequence id {id} of `{name}` at row {r} is out of range: vocab is {}",
+                        q.vocab
+                    )));
+                }
+                if row[n as usize..].iter().any(|&id| id != 0) {
+                    return Err(invalid(format!(
+                        "sequence column `{name}` row {r} has non-zero ids past its length {n}"
+                    )));
+                }
+            }
+        }
+        self.sequences = sequences;
+        Ok(self)
+    }
+
+    /// The rows of `parts`, one after the other, as one dataset. The parts
+    /// must agree on everything but their rows: tasks, sparse fields and
+    /// vocabularies, dense names, domain names, sequence columns.
+    pub fn concat(parts: &[Dataset]) -> Result<Dataset> {
+        let Some(first) = parts.first() else {
+            return Err(invalid("nothing to concatenate"));
+        };
+        for (i, p) in parts.iter().enumerate().skip(1) {
+            let same = p.tasks == first.tasks
+                && p.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
+                    == first.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
+                && p.dense.as_ref().map(|d| &d.names) == first.dense.as_ref().map(|d| &d.names)
+                && p.domains.as_ref().map(|d| &d.names) == first.domains.as_ref().map(|d| &d.names)
+                && p.sequences.len() == first.sequences.len()
+                && p.sequences.iter().zip(&first.sequences).all(|(a, b)| {
+                    (&a.name, a.max_len, a.vocab, &a.share_with) == (&b.name, b.max_len, b.vocab, &b.share_with)
+                });
+            if !same {
+                return Err(invalid(format!(
+                    "cannot concatenate: part {i} differs from part 0 in its tasks or columns"
+                )));
+            }
+        }
+        let mut out = first.clone();
+        for p in &parts[1..] {
+            if let (Some(o), Some(s)) = (out.sparse.as_mut(), p.sparse.as_ref()) {
+                o.ids.extend_from_slice(&s.ids);
+            }
+            if let (Some(o), Some(d)) = (out.dense.as_mut(), p.dense.as_ref()) {
+                o.values.extend_from_slice(&d.values);
+            }
+            if let (Some(o), Some(d)) = (out.domains.as_mut(), p.domains.as_ref()) {
+                o.ids.extend_from_slice(&d.ids);
+            }
+            for (o, q) in out.sequences.iter_mut().zip(&p.sequences) {
+                o.ids.extend_from_slice(&q.ids);
+                o.lengths.extend_from_slice(&q.lengths);
+            }
+            out.labels.extend_from_slice(&p.labels);
+            out.masks.extend_from_slice(&p.masks);
+            out.rows += p.rows;
+        }
+        Ok(out)
+    }
+
     /// Number of rows.
+    /// The model input this data implies: every sparse field (embedded with
+    /// `embedding_dim`) then every dense column. Tabular data gets its
+    /// per-field dims from its `Preprocessor::features` instead.
+    pub fn features(&self, embedding_dim: usize) -> FeatureSpec {
+        FeatureSpec {
+            sparse: self
+                .sparse
+                .as_ref()
+                .map(|s| {
+                    s.fields
+                        .iter()
+                        .zip(&s.vocab)
+                        .map(|(name, &vocab)| SparseFeature {
+                            name: name.clone(),
+                            vocab,
+                            dim: embedding_dim,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            dense: self.dense.as_ref().map(|d| d.names.clone()).unwrap_or_default(),
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -304,12 +451,25 @@ impl Dataset {
                 names: d.names.clone(),
                 ids: gather(&d.ids, 1, rows),
             }),
+            sequences: self
+                .sequences
+                .iter()
+                .map(|q| SequenceColumn {
+                    name: q.name.clone(),
+                    max_len: q.max_len,
+                    ids: gather(&q.ids, q.max_len, rows),
+                    lengths: gather(&q.lengths, 1, rows),
+                    vocab: q.vocab,
+                    share_with: q.share_with.clone(),
+                })
+                .collect(),
             rows: rows.len(),
         })
     }
 
     /// Gathers the listed rows, in order, into tensors on `device`:
     /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
+    /// Sequence columns are not gathered (see [`Batch`]).
     pub fn batch(&self, rows: &[usize], device: &Device) -> Result<Batch> {
         self.check_rows(rows)?;
         let b = rows.len();

@@ -5,13 +5,32 @@
 //!   on construction, and the [`Batch`]es of tensors gathered from it;
 //! - [`split`](mod@split): seeded shuffles and train/valid/test splits of row indices;
 //! - [`synthetic`]: the MMoE paper's synthetic two-task generator, whose task
-//!   correlation is a setting.
+//!   correlation is a setting;
+//! - [`multidomain`]: a multi-domain generator (skewed domain sizes, a shared
+//!   preference function plus a domain shift of controllable strength);
+//! - [`schema`]: the description of a CSV/Parquet data set (`[data]` with
+//!   `source = "csv"` or `"parquet"`, and `[[tasks]]`);
+//! - [`read`]: streaming CSV (plain or gzip) and Parquet row readers;
+//! - [`preprocess`]: the [`Preprocessor`] fitted on training rows
+//!   (vocabularies, hashing, dense statistics, domains, task rules), which
+//!   encodes files into datasets and is saved as JSON;
+//! - [`tabular`]: loading a described data set ([`load_tabular`],
+//!   [`load_single`], [`load_split`]).
 pub mod dataset;
 pub mod error;
+pub mod multidomain;
+pub mod preprocess;
+pub mod read;
+pub mod schema;
 pub mod split;
 pub mod synthetic;
+pub mod tabular;
 
-pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, SparseColumns};
-pub use error::{DataError, Result};
+pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, SequenceColumn, SparseColumns};
+pub use error::{DataError, Place, Result};
+pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
+pub use preprocess::{Labels, Pass, Preprocessor, Progress, ProgressFn};
+pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
 pub use split::{shuffled, split, Split};
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
+pub use tabular::{count_rows, load_single, load_split, load_tabular, Loaded, LoadedSingle};

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LoadedConfig, ModelSection};
+use std::path::PathBuf;
+
+use crate::config::{self, LoadedConfig, ModelSection};
 use crate::error::Result;
 use crate::run::run;
 
@@ -46,25 +48,21 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs every architecture for every seed. Seed `s` sets `train.seed` and,
-/// for generated data, the generator's `seed` (new data and new
-/// initialisation per seed, as in the MMoE paper's repeated runs). An
-/// architecture other than the config's runs with its template defaults.
+/// Runs every model for every seed. Seed `s` sets `train.seed` and, for
+/// generated data, the generator's `seed` (new data and new initialisation
+/// per seed, as in the MMoE paper's repeated runs). Each model is a
+/// `[model]` section: see [`models_for`].
 pub fn compare(
     base: &LoadedConfig,
-    archs: &[String],
+    models: &[ModelSection],
     seeds: &[u64],
     mut progress: impl FnMut(&str),
 ) -> Result<Comparison> {
     let mut out = Vec::new();
-    for arch in archs {
+    for model in models {
+        let arch = &model.arch;
         let mut cfg = base.clone();
-        if &cfg.config.model.arch != arch {
-            cfg.config.model = ModelSection {
-                arch: arch.clone(),
-                params: toml::Table::new(),
-            };
-        }
+        cfg.config.model = model.clone();
         let mut parameters = 0;
         let mut per_task: Vec<TaskSummary> = Vec::new();
         for &seed in seeds {
@@ -126,6 +124,29 @@ pub fn compare(
         seeds: seeds.to_vec(),
         archs: out,
     })
+}
+
+/// The models to compare: the `[model]` section of each of `model_configs`
+/// (sized by their authors), then one per architecture of `archs`: the base
+/// config's own model when it has that architecture, else the template's
+/// defaults. Overrides (`--set model.x=..`) do not apply here.
+pub fn models_for(base: &LoadedConfig, archs: &[String], model_configs: &[PathBuf]) -> Result<Vec<ModelSection>> {
+    let mut models = Vec::new();
+    for file in model_configs {
+        models.push(config::load(file, &[])?.config.model);
+    }
+    for arch in archs {
+        mtrec_core::registry::architecture(arch)?;
+        models.push(if &base.config.model.arch == arch {
+            base.config.model.clone()
+        } else {
+            ModelSection {
+                arch: arch.clone(),
+                params: toml::Table::new(),
+            }
+        });
+    }
+    Ok(models)
 }
 
 impl Comparison {

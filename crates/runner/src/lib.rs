@@ -15,9 +15,19 @@ pub fn link_builtin_plugins() {
     mtrec_shared_bottom::link();
     mtrec_omoe::link();
     mtrec_mmoe::link();
+    mtrec_star::link();
     mtrec_cgc::link();
     mtrec_ple::link();
 }
 
 /// The architectures this runner ships with.
-pub const BUILTIN_ARCHS: &[&str] = &["cgc", "graph", "mmoe", "omoe", "ple", "shared-bottom", "single-task"];
+pub const BUILTIN_ARCHS: &[&str] = &[
+    "cgc",
+    "graph",
+    "mmoe",
+    "omoe",
+    "ple",
+    "shared-bottom",
+    "single-task",
+    "star",
+];

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mtrec_runner::compare::compare;
+use mtrec_runner::compare::{compare, models_for};
 use mtrec_runner::config::{self, LoadedConfig, ModelSection};
 use mtrec_runner::run::{default_run_dir, expand, run, write_run_folder};
 use mtrec_runner::source::prepare;
@@ -50,9 +50,14 @@ enum Command {
     Compare {
         #[command(flatten)]
         cfg: ConfigArgs,
-        /// Comma-separated architectures.
-        #[arg(long, value_delimiter = ',', default_value = "single-task,shared-bottom,omoe,mmoe")]
+        /// Comma-separated architectures, run with the config's model if it
+        /// has that architecture, else with the template's defaults.
+        #[arg(long, value_delimiter = ',')]
         archs: Vec<String>,
+        /// Comma-separated config files whose `[model]` sections are compared
+        /// (data and training always come from --config).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<PathBuf>,
         /// Number of seeds (1..=N).
         #[arg(long, default_value_t = 5)]
         seeds: u64,
@@ -133,16 +138,25 @@ fn real_main() -> Result<()> {
             println!("{}", result.report.render());
             println!("run folder: {}", dir.display());
         }
-        Command::Compare { cfg, archs, seeds, out } => {
+        Command::Compare {
+            cfg,
+            mut archs,
+            models,
+            seeds,
+            out,
+        } => {
             let loaded = load(&cfg)?;
             if seeds == 0 {
                 return Err(RunError::Usage("--seeds must be at least 1".into()));
             }
-            for a in &archs {
-                mtrec_core::registry::architecture(a)?;
+            if archs.is_empty() && models.is_empty() {
+                archs = ["single-task", "shared-bottom", "omoe", "mmoe"]
+                    .map(String::from)
+                    .to_vec();
             }
+            let models = models_for(&loaded, &archs, &models)?;
             let seeds: Vec<u64> = (1..=seeds).collect();
-            let cmp = compare(&loaded, &archs, &seeds, |line| eprintln!("{line}"))?;
+            let cmp = compare(&loaded, &models, &seeds, |line| eprintln!("{line}"))?;
             let md = cmp.markdown();
             println!("{md}");
             if let Some(dir) = out {

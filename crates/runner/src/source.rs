@@ -1,13 +1,13 @@
 //! `[data]` sources: from a config section to a dataset and its split.
 
-use mtrec_core::{FeatureSpec, SparseFeature};
-use mtrec_data::{split, Dataset, MmoeSynthetic, Split};
+use mtrec_core::FeatureSpec;
+use mtrec_data::{split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Split};
 
 use crate::config::{unknown_field, LoadedConfig};
 use crate::error::Result;
 
 /// The names of the built-in sources, for error messages.
-pub const SOURCES: &[&str] = &["mmoe-synthetic"];
+pub const SOURCES: &[&str] = &["mmoe-synthetic", "multi-domain-synthetic"];
 
 /// A loaded data set with its split and the model input it implies.
 #[derive(Debug)]
@@ -27,6 +27,14 @@ pub fn prepare(cfg: &LoadedConfig) -> Result<Prepared> {
     let (data, resolved, seed, generated) = match d.source.as_str() {
         "mmoe-synthetic" => {
             let gen: MmoeSynthetic = toml::Value::Table(d.params.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))?;
+            let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
+            let table = mtrec_core::registry::to_table(&gen);
+            (data, table, gen.seed, true)
+        }
+        "multi-domain-synthetic" => {
+            let gen: MultiDomainSynthetic = toml::Value::Table(d.params.clone())
                 .try_into()
                 .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
@@ -53,25 +61,8 @@ pub fn prepare(cfg: &LoadedConfig) -> Result<Prepared> {
     })
 }
 
-/// The model input a data set implies: its sparse fields (embedding dims from
-/// the data's schema) then its dense columns.
+/// The model input of generated data: every sparse field embedded in 4
+/// dimensions (as the public PyTorch peers do), then the dense columns.
 pub fn features_of(data: &Dataset) -> FeatureSpec {
-    FeatureSpec {
-        sparse: data
-            .sparse
-            .as_ref()
-            .map(|s| {
-                s.fields
-                    .iter()
-                    .zip(&s.vocab)
-                    .map(|(name, &vocab)| SparseFeature {
-                        name: name.clone(),
-                        vocab,
-                        dim: 4,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        dense: data.dense.as_ref().map(|d| d.names.clone()).unwrap_or_default(),
-    }
+    data.features(4)
 }

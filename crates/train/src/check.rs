@@ -23,6 +23,11 @@ pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<Stri
             .collect()
     };
     let before = snapshot(model)?;
+    if before.is_empty() {
+        return Err(crate::error::TrainError::Invalid(
+            "the model has no trainable variable: nothing can be checked".into(),
+        ));
+    }
     let mut opt = optimizer(model, &TrainConfig::default())?;
     let weights = vec![1.0; model.tasks().len()];
     train_step(model, &mut opt, batch, &weights, None)?;

@@ -11,7 +11,7 @@ pub mod trainer;
 
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, predict, Evaluation, GateUtilisation, TaskResult};
+pub use evaluate::{evaluate, predict, DomainResult, Evaluation, GateUtilisation, TaskResult};
 pub use metrics::{auc, logloss, mse, TaskMetrics};
 pub use optim::{Adam, AdamConfig};
 pub use report::{Report, SplitRows};

@@ -1,5 +1,6 @@
-//! The run report: every split's metrics per task, expert utilisation and the
-//! training history; printed as a table and saved as `report.json`.
+//! The run report: every split's metrics per task (and, for data with
+//! domains, per domain and task), expert utilisation and the training
+//! history; printed as a table and saved as `report.json`.
 
 use std::fmt::Write as _;
 
@@ -65,6 +66,30 @@ impl Report {
         utilisation_table(&self.test.utilisation)
     }
 
+    /// The domain x task grid of the test rows (empty for data without domains).
+    pub fn domain_table(&self) -> String {
+        domain_table(&self.test)
+    }
+
+    /// Mean gate weight per expert for each gate and domain, on the test rows.
+    pub fn domain_utilisation_table(&self) -> String {
+        let mut s = String::new();
+        let width = self
+            .test
+            .domains
+            .iter()
+            .map(|d| d.domain.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        for d in &self.test.domains {
+            for line in utilisation_table(&d.utilisation).lines() {
+                let _ = writeln!(s, "{:<width$} {line}", d.domain);
+            }
+        }
+        s
+    }
+
     /// Summary lines then the tables, as printed at the end of a run.
     pub fn render(&self) -> String {
         let mut s = format!(
@@ -81,13 +106,60 @@ impl Report {
             self.outcome.train_seconds
         );
         s.push_str(&self.metrics_table());
+        let d = self.domain_table();
+        if !d.is_empty() {
+            s.push_str("\ntest metrics per domain\n");
+            s.push_str(&d);
+        }
         let u = self.utilisation_table();
         if !u.is_empty() {
             s.push_str("\nexpert utilisation (mean gate weight on test rows)\n");
             s.push_str(&u);
         }
+        let du = self.domain_utilisation_table();
+        if !du.is_empty() {
+            s.push_str("\nexpert utilisation per domain (mean gate weight on test rows)\n");
+            s.push_str(&du);
+        }
         s
     }
+}
+
+/// One line per domain and task: rows, AUC, logloss, MSE (`-` where undefined).
+pub fn domain_table(ev: &Evaluation) -> String {
+    let mut s = String::new();
+    if ev.domains.is_empty() {
+        return s;
+    }
+    let dw = ev.domains.iter().map(|d| d.domain.len()).max().unwrap_or(6).max(6);
+    let tw = ev
+        .domains
+        .iter()
+        .flat_map(|d| d.tasks.iter().map(|t| t.task.len()))
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        s,
+        "{:<dw$} {:<tw$} {:>8} {:>8} {:>8} {:>8}",
+        "domain", "task", "rows", "auc", "logloss", "mse"
+    );
+    for d in &ev.domains {
+        for t in &d.tasks {
+            let m = &t.metrics;
+            let _ = writeln!(
+                s,
+                "{:<dw$} {:<tw$} {:>8} {:>8} {:>8} {:>8}",
+                d.domain,
+                t.task,
+                m.rows,
+                fmt_opt(m.auc),
+                fmt_opt(m.logloss),
+                fmt_opt(m.mse)
+            );
+        }
+    }
+    s
 }
 
 pub fn utilisation_table(util: &[GateUtilisation]) -> String {

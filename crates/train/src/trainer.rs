@@ -207,10 +207,13 @@ pub fn train(
         let improved = best.as_ref().is_none_or(|(s, _, _)| valid_score > *s);
         if improved {
             // A deep copy: the optimizer updates the variables in place.
+            // Buffers too (e.g. normalization moving averages, updated in
+            // place by training forwards): they belong to these weights.
             let snapshot = model
                 .params()
                 .vars()
                 .into_iter()
+                .chain(model.params().buffers())
                 .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
                 .collect::<Result<Vec<_>>>()?;
             best = Some((valid_score, epoch, snapshot));
@@ -221,7 +224,12 @@ pub fn train(
     }
     let mut best_epoch = history.len();
     if let Some((_, epoch, snapshot)) = best {
-        let vars: BTreeMap<String, candle_core::Var> = model.params().vars().into_iter().collect();
+        let vars: BTreeMap<String, candle_core::Var> = model
+            .params()
+            .vars()
+            .into_iter()
+            .chain(model.params().buffers())
+            .collect();
         for (name, t) in snapshot {
             if let Some(v) = vars.get(&name) {
                 v.set(&t)?;

@@ -1,0 +1,178 @@
+//! Loading a tabular data set described by a [`TabularSchema`]: fit the
+//! preprocessing on the training rows, then encode every part.
+//!
+//! Two layouts:
+//! - `train`, `valid`, `test` files: [`load_tabular`] fits on the train file
+//!   (one pass) and encodes each file (one pass each);
+//! - one `path`: [`load_single`] counts the rows (Parquet: from the metadata,
+//!   CSV: one pass), draws the seeded [`split`](crate::split()) of them, fits
+//!   on the train part only (one pass over the file, other rows skipped),
+//!   and encodes the whole file (one pass).
+//!
+//! [`load_split`] takes either layout and returns one dataset and a split,
+//! as the runner's data sources do.
+
+use std::path::Path;
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, Place, Result};
+use crate::preprocess::{Labels, Pass, Preprocessor, ProgressFn, Reporter, PROGRESS_EVERY};
+use crate::read;
+use crate::schema::{DataFiles, TabularSchema, TaskSpec};
+use crate::split::{split, Split};
+
+/// The three parts of a data set given as three files, and the
+/// preprocessing fitted on the train file.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub train: Dataset,
+    pub valid: Dataset,
+    pub test: Dataset,
+    pub preprocessor: Preprocessor,
+}
+
+/// One data set, a split of its rows, and the preprocessing fitted on the
+/// split's train rows.
+#[derive(Clone, Debug)]
+pub struct LoadedSingle {
+    pub data: Dataset,
+    pub split: Split,
+    pub preprocessor: Preprocessor,
+}
+
+impl Loaded {
+    /// The three parts as one dataset (train rows, then valid, then test,
+    /// each in file order) and the split that names them (each part in file
+    /// order: shuffle for training, as with any split).
+    pub fn combined(self) -> Result<LoadedSingle> {
+        let (a, b, c) = (self.train.rows(), self.valid.rows(), self.test.rows());
+        let data = Dataset::concat(&[self.train, self.valid, self.test])?;
+        Ok(LoadedSingle {
+            data,
+            split: Split {
+                train: (0..a).collect(),
+                valid: (a..a + b).collect(),
+                test: (a + b..a + b + c).collect(),
+            },
+            preprocessor: self.preprocessor,
+        })
+    }
+}
+
+/// Reads `train`, `valid` and `test` files: fits on train, encodes each.
+/// Errors when the schema gives one `path` instead (see [`load_single`]).
+pub fn load_tabular(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    progress: ProgressFn<'_>,
+) -> Result<Loaded> {
+    let (train, valid, test) = match schema.resolve(base)? {
+        DataFiles::Separate { train, valid, test } => (train, valid, test),
+        DataFiles::Single { .. } => {
+            return Err(DataError::schema(
+                "this data set is one `path`: load it with a split (load_single / load_split)",
+            ))
+        }
+    };
+    let mut reporter = Reporter::new(progress);
+    let pre = Preprocessor::fit_selected(schema, tasks, &train, None, &mut reporter)?;
+    let train = pre.encode_with(&train, Labels::Required, &mut reporter)?;
+    let valid = pre.encode_with(&valid, Labels::Required, &mut reporter)?;
+    let test = pre.encode_with(&test, Labels::Required, &mut reporter)?;
+    Ok(Loaded {
+        train,
+        valid,
+        test,
+        preprocessor: pre,
+    })
+}
+
+/// Counts the data rows of a file (Parquet: from its metadata).
+pub fn count_rows(path: &Path, schema: &TabularSchema, progress: ProgressFn<'_>) -> Result<u64> {
+    let mut reporter = Reporter::new(progress);
+    count_with(path, &read::ReadOptions::of(schema), &mut reporter)
+}
+
+fn count_with(path: &Path, options: &read::ReadOptions, reporter: &mut Reporter<'_>) -> Result<u64> {
+    let mut src = read::open(path, options)?;
+    if let Some(n) = src.known_rows() {
+        reporter.report(Pass::Count, path, n, Some(n));
+        return Ok(n);
+    }
+    let mut record = csv::StringRecord::new();
+    let mut n = 0u64;
+    while src.next_row(&mut record)?.is_some() {
+        n += 1;
+        if n % PROGRESS_EVERY == 0 {
+            reporter.report(Pass::Count, path, n, None);
+        }
+    }
+    reporter.report(Pass::Count, path, n, Some(n));
+    Ok(n)
+}
+
+/// Reads one `path`: splits its rows by `fractions` and `seed` (as
+/// [`split`](crate::split())), fits on the train rows only, encodes all rows.
+/// Errors when the schema gives `train`/`valid`/`test` instead.
+pub fn load_single(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    fractions: [f64; 3],
+    seed: u64,
+    progress: ProgressFn<'_>,
+) -> Result<LoadedSingle> {
+    let path = match schema.resolve(base)? {
+        DataFiles::Single { path } => path,
+        DataFiles::Separate { .. } => {
+            return Err(DataError::schema(
+                "this data set is `train`, `valid` and `test` files: load it with load_tabular",
+            ))
+        }
+    };
+    schema.check(tasks)?;
+    let mut reporter = Reporter::new(progress);
+    let n = count_with(&path, &read::ReadOptions::of(schema), &mut reporter)?;
+    if n == 0 {
+        return Err(DataError::input(&path, Place::File, None, "no data rows"));
+    }
+    let rows = usize::try_from(n).map_err(|_| DataError::input(&path, Place::File, None, "too many rows"))?;
+    let split = split(rows, fractions, seed)?;
+    let mut is_train = vec![false; rows];
+    for &i in &split.train {
+        is_train[i] = true;
+    }
+    let pre = Preprocessor::fit_selected(schema, tasks, &path, Some(&is_train), &mut reporter)?;
+    let data = pre.encode_with(&path, Labels::Required, &mut reporter)?;
+    if data.rows() != rows {
+        return Err(DataError::input(
+            &path,
+            Place::File,
+            None,
+            format!("the file changed while being read: {rows} rows, then {}", data.rows()),
+        ));
+    }
+    Ok(LoadedSingle {
+        data,
+        split,
+        preprocessor: pre,
+    })
+}
+
+/// Either layout as one dataset and a split: [`load_single`] for one `path`
+/// (using `fractions` and `seed`), [`load_tabular`] then
+/// [`Loaded::combined`] for three files (ignoring them).
+pub fn load_split(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    fractions: [f64; 3],
+    seed: u64,
+    progress: ProgressFn<'_>,
+) -> Result<LoadedSingle> {
+    match schema.resolve(base)? {
+        DataFiles::Single { .. } => load_single(schema, tasks, base, fractions, seed, progress),
+        DataFiles::Separate { .. } => load_tabular(schema, tasks, base, progress)?.combined(),
+    }
+}

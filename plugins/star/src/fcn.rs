@@ -1,0 +1,160 @@
+//! `star-fcn`: STAR's star-topology fully connected network.
+//!
+//! Per layer, shared `W [in, out]`, `b [out]` and per-domain `W_p`, `b_p`;
+//! domain `p`'s effective layer is `W*_p = W (elementwise *) W_p`,
+//! `b*_p = b + b_p`, and `out_p = act(in_p W*_p + b*_p)`, with the activation
+//! after every layer (public code without activation between the layers
+//! collapses the FCN into one linear map: a known bug). `W_p` starts at ones
+//! and `b_p` at zeros, so training starts from the shared network; `W`, `b`
+//! use PyTorch's `U(+-1/sqrt(in))`. Rows are grouped by domain: one matmul per
+//! domain present and layer.
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use mtrec_core::components::dense::{check_units, Activation};
+use mtrec_core::{
+    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
+    Port, Result, Role,
+};
+
+use crate::groups::{domains_of, DomainGroups};
+
+/// One star-topology linear layer. Parameter names (under its prefix):
+/// `weight [in, out]`, `bias [out]`, `domain_weight [D, in, out]`,
+/// `domain_bias [D, out]`.
+#[derive(Clone, Debug)]
+pub struct StarLinear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub domain_weight: Tensor,
+    pub domain_bias: Tensor,
+}
+
+impl StarLinear {
+    pub fn new(pb: &ParamBuilder, d_in: usize, d_out: usize, domains: usize) -> Result<Self> {
+        Ok(Self {
+            weight: pb.get("weight", &[d_in, d_out], Init::FanIn(d_in))?,
+            bias: pb.get("bias", &[d_out], Init::FanIn(d_in))?,
+            domain_weight: pb.get("domain_weight", &[domains, d_in, d_out], Init::Ones)?,
+            domain_bias: pb.get("domain_bias", &[domains, d_out], Init::Zeros)?,
+        })
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Domain `p`'s effective weight `W * W_p` `[in, out]` and bias
+    /// `b + b_p` `[1, out]`.
+    pub fn effective(&self, p: usize) -> Result<(Tensor, Tensor)> {
+        let w = self.weight.mul(&self.domain_weight.get(p)?)?;
+        let b = self.bias.add(&self.domain_bias.get(p)?)?.unsqueeze(0)?;
+        Ok((w, b))
+    }
+
+    /// `x W*_p + b*_p` for rows `x` `[n, in]` all of domain `p`.
+    pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
+        let (w, b) = self.effective(p)?;
+        Ok(x.matmul(&w)?.broadcast_add(&b)?)
+    }
+}
+
+/// Star-topology layers with the activation after each.
+#[derive(Clone, Debug)]
+pub struct StarStack {
+    pub layers: Vec<StarLinear>,
+    pub activation: Activation,
+}
+
+impl StarStack {
+    /// Layer `i` is named `<prefix>.<i>.*`.
+    pub fn new(
+        pb: &ParamBuilder,
+        d_in: usize,
+        units: &[usize],
+        domains: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(units.len());
+        let mut d = d_in;
+        for (i, &u) in units.iter().enumerate() {
+            layers.push(StarLinear::new(&pb.pp(i.to_string()), d, u, domains)?);
+            d = u;
+        }
+        Ok(Self { layers, activation })
+    }
+
+    /// The stack on rows `x` all of domain `p`.
+    pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = self.activation.apply(&l.forward_domain(&h, p)?)?;
+        }
+        Ok(h)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Layer widths, e.g. `[64, 32]`.
+    units: Vec<usize>,
+    #[serde(default)]
+    activation: Activation,
+}
+
+pub struct StarFcn {
+    d_in: usize,
+    domains: usize,
+    pub stack: StarStack,
+}
+
+impl Layer for StarFcn {
+    fn in_width(&self) -> usize {
+        self.d_in
+    }
+    fn out_width(&self) -> usize {
+        self.stack.layers.last().map_or(self.d_in, StarLinear::out_width)
+    }
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let doms = domains_of(ctx, "star-fcn", self.domains)?;
+        DomainGroups::new(doms)?.map(x, |p, xp| self.stack.forward_domain(xp, p))
+    }
+}
+
+pub struct StarFcnKind;
+
+impl ComponentKind for StarFcnKind {
+    fn name(&self) -> &'static str {
+        "star-fcn"
+    }
+    fn role(&self) -> Role {
+        Role::Layer
+    }
+    fn summary(&self) -> &'static str {
+        "STAR star-topology FCN: per layer act(x (W*W_p) + b + b_p), shared W, b and per-domain W_p, b_p"
+    }
+    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if env.domains == 0 {
+            return Err(node.error("`star-fcn` has per-domain weights, but the data has no domains (no domain column)"));
+        }
+        check_units(node, &p.units, false)?;
+        Ok(Port::Dense {
+            width: p.units.last().copied().unwrap_or(0),
+        })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        self.check(node, io, env)?;
+        let p: Params = node.parse_params()?;
+        let d_in = io.inputs.first().map_or(0, |p| p.width());
+        Ok(Component::Layer(Box::new(StarFcn {
+            d_in,
+            domains: env.domains,
+            stack: StarStack::new(pb, d_in, &p.units, env.domains, p.activation)?,
+        })))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&StarFcnKind));

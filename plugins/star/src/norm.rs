@@ -1,0 +1,180 @@
+//! `partitioned-norm`: STAR's partitioned normalization (PN).
+//!
+//! Training: for the rows of domain `p` in the batch, with their mean `mu_p`
+//! and biased variance `var_p` (per feature),
+//! `z' = (gamma * gamma_p) * (z - mu_p) / sqrt(var_p + eps) + (beta + beta_p)`.
+//! Evaluation: the per-domain moving averages `E_p`, `Var_p` replace the batch
+//! statistics. The moving averages are saved buffers (not trained), updated in
+//! every training forward, `E_p <- (1 - m) E_p + m mu_p` (likewise `Var_p`),
+//! only for the domains present in the batch. Written from basic
+//! differentiable ops: candle's fused `layer_norm` has no backward, and its
+//! `BatchNorm` divides by `N - 1` (a domain with one row would give inf/NaN).
+//! Here a domain with one row has variance 0, which `eps` absorbs.
+
+use candle_core::{Tensor, Var};
+use serde::Deserialize;
+
+use mtrec_core::{
+    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
+    Port, Result, Role,
+};
+
+use crate::groups::{domains_of, DomainGroups};
+
+fn default_momentum() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Weight `m` of the current batch in the moving averages, in (0, 1].
+    #[serde(default = "default_momentum")]
+    momentum: f64,
+    /// Added to the variance, > 0.
+    #[serde(default = "default_eps")]
+    eps: f64,
+}
+
+/// The built PN layer. Parameter names (under the node id): `gamma`, `beta`
+/// `[d]`; `domain_gamma`, `domain_beta` `[D, d]`; buffers `moving_mean`,
+/// `moving_var` `[D, d]` (start at 0 and 1).
+pub struct PartitionedNorm {
+    width: usize,
+    domains: usize,
+    momentum: f64,
+    eps: f64,
+    gamma: Tensor,
+    beta: Tensor,
+    domain_gamma: Tensor,
+    domain_beta: Tensor,
+    moving_mean: Var,
+    moving_var: Var,
+}
+
+impl PartitionedNorm {
+    pub fn new(pb: &ParamBuilder, width: usize, domains: usize, momentum: f64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            width,
+            domains,
+            momentum,
+            eps,
+            gamma: pb.get("gamma", &[width], Init::Ones)?,
+            beta: pb.get("beta", &[width], Init::Zeros)?,
+            domain_gamma: pb.get("domain_gamma", &[domains, width], Init::Ones)?,
+            domain_beta: pb.get("domain_beta", &[domains, width], Init::Zeros)?,
+            moving_mean: pb.buffer("moving_mean", &[domains, width], Init::Zeros)?,
+            moving_var: pb.buffer("moving_var", &[domains, width], Init::Ones)?,
+        })
+    }
+
+    /// Folds the batch statistics `(domain, mean [1, d], var [1, d])` of the
+    /// domains present into the moving averages; absent domains are untouched.
+    fn update(&self, stats: &[(usize, Tensor, Tensor)]) -> Result<()> {
+        let d = self.width;
+        let m = self.momentum as f32;
+        let mut mean: Vec<f32> = self.moving_mean.as_tensor().flatten_all()?.to_vec1()?;
+        let mut var: Vec<f32> = self.moving_var.as_tensor().flatten_all()?.to_vec1()?;
+        for (p, mu, v) in stats {
+            let mu: Vec<f32> = mu.flatten_all()?.to_vec1()?;
+            let v: Vec<f32> = v.flatten_all()?.to_vec1()?;
+            for j in 0..d {
+                let i = p * d + j;
+                mean[i] = (1.0 - m) * mean[i] + m * mu[j];
+                var[i] = (1.0 - m) * var[i] + m * v[j];
+            }
+        }
+        let device = self.moving_mean.device();
+        self.moving_mean
+            .set(&Tensor::from_vec(mean, (self.domains, d), device)?)?;
+        self.moving_var
+            .set(&Tensor::from_vec(var, (self.domains, d), device)?)?;
+        Ok(())
+    }
+}
+
+impl Layer for PartitionedNorm {
+    fn in_width(&self) -> usize {
+        self.width
+    }
+    fn out_width(&self) -> usize {
+        self.width
+    }
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let doms = domains_of(ctx, "partitioned-norm", self.domains)?;
+        let groups = DomainGroups::new(doms)?;
+        let gamma = self.gamma.unsqueeze(0)?;
+        let beta = self.beta.unsqueeze(0)?;
+        let mut stats = Vec::new();
+        let out = groups.map(x, |p, xp| {
+            let (mean, var) = if ctx.train {
+                let mean = xp.mean_keepdim(0)?;
+                // Biased (divide by n): a domain with one row has variance 0.
+                let var = xp.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
+                stats.push((p, mean.detach(), var.detach()));
+                (mean, var)
+            } else {
+                (
+                    self.moving_mean.as_tensor().narrow(0, p, 1)?.detach(),
+                    self.moving_var.as_tensor().narrow(0, p, 1)?.detach(),
+                )
+            };
+            let z = xp.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            // Multiplicative gamma, additive beta (the paper's PN).
+            let scale = gamma.mul(&self.domain_gamma.narrow(0, p, 1)?)?;
+            let shift = beta.add(&self.domain_beta.narrow(0, p, 1)?)?;
+            Ok(z.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+        })?;
+        if ctx.train {
+            self.update(&stats)?;
+        }
+        Ok(out)
+    }
+}
+
+pub struct PartitionedNormKind;
+
+impl ComponentKind for PartitionedNormKind {
+    fn name(&self) -> &'static str {
+        "partitioned-norm"
+    }
+    fn role(&self) -> Role {
+        Role::Layer
+    }
+    fn summary(&self) -> &'static str {
+        "STAR partitioned normalization: per-domain batch statistics (moving averages in eval), gamma*gamma_p, beta+beta_p"
+    }
+    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if env.domains == 0 {
+            return Err(
+                node.error("`partitioned-norm` normalizes per domain, but the data has no domains (no domain column)")
+            );
+        }
+        if !(p.momentum > 0.0 && p.momentum <= 1.0) {
+            return Err(node.error(format!("`momentum` = {} must be in (0, 1]", p.momentum)));
+        }
+        if !(p.eps.is_finite() && p.eps > 0.0) {
+            return Err(node.error(format!("`eps` = {} must be a finite number > 0", p.eps)));
+        }
+        Ok(Port::Dense {
+            width: io.inputs.first().map_or(0, |p| p.width()),
+        })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let width = self.check(node, io, env)?.width();
+        let p: Params = node.parse_params()?;
+        Ok(Component::Layer(Box::new(PartitionedNorm::new(
+            pb,
+            width,
+            env.domains,
+            p.momentum,
+            p.eps,
+        )?)))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&PartitionedNormKind));

@@ -1,0 +1,169 @@
+//! `star-tower`: a task's head in STAR. The main network's logit `s_m` (star
+//! layers to one output, per domain) plus the auxiliary network's `s_a`
+//! (domain-indicator embedding -> 2-layer MLP -> scalar); the task's output
+//! is the logit `s_m + s_a`, so that the prediction is `sigmoid(s_m + s_a)`.
+//!
+//! Why one node and not a graph-level sum: a task's output must be its tower
+//! (towers end the graph and read exactly one input), so a separate
+//! `domain-aux` node could only be concatenated into the tower's input, which
+//! would make `s_a` a feature of the main network, not an additive logit. The
+//! auxiliary network reads only the domain id, which every component receives
+//! in its forward context, so the tower can hold it without extra wiring.
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use mtrec_core::components::dense::{check_units, Activation, Linear, Stack};
+use mtrec_core::{
+    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, NodeIo, NodeSpec, ParamBuilder, Port,
+    Result, Role, Tower,
+};
+
+use crate::fcn::{StarLinear, StarStack};
+use crate::groups::{domains_of, DomainGroups};
+
+fn default_true() -> bool {
+    true
+}
+fn default_embedding_dim() -> usize {
+    8
+}
+fn default_aux_units() -> Vec<usize> {
+    vec![8]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Hidden star-topology layers before the star output layer; may be empty.
+    #[serde(default)]
+    units: Vec<usize>,
+    #[serde(default)]
+    activation: Activation,
+    /// Add the auxiliary network's logit.
+    #[serde(default = "default_true")]
+    aux: bool,
+    /// Width of the domain-indicator embedding of the auxiliary network.
+    #[serde(default = "default_embedding_dim")]
+    aux_embedding_dim: usize,
+    /// Hidden layers of the auxiliary MLP (ReLU), then a linear map to one
+    /// output: `[8]` is the paper's small 2-layer MLP.
+    #[serde(default = "default_aux_units")]
+    aux_units: Vec<usize>,
+}
+
+/// The auxiliary network. Parameter names: `embedding [D, e]`,
+/// `hidden.<i>.{weight,bias}`, `out.{weight,bias}`.
+pub struct AuxNet {
+    embedding: Tensor,
+    hidden: Stack,
+    out: Linear,
+}
+
+impl AuxNet {
+    pub fn new(pb: &ParamBuilder, domains: usize, dim: usize, units: &[usize]) -> Result<Self> {
+        let embedding = pb.get("embedding", &[domains, dim], Init::Uniform { lo: -0.05, hi: 0.05 })?;
+        let hidden = Stack::new(&pb.pp("hidden"), dim, units, Activation::Relu)?;
+        let out = Linear::new(&pb.pp("out"), units.last().copied().unwrap_or(dim), 1, true)?;
+        Ok(Self { embedding, hidden, out })
+    }
+
+    /// `s_a` of every domain, `[D, 1]`: the network reads only the domain
+    /// indicator, so it runs once per domain, not once per row.
+    pub fn per_domain(&self) -> Result<Tensor> {
+        self.out.forward(&self.hidden.forward(&self.embedding)?)
+    }
+}
+
+pub struct StarTower {
+    d_in: usize,
+    domains: usize,
+    hidden: StarStack,
+    out: StarLinear,
+    aux: Option<AuxNet>,
+}
+
+impl StarTower {
+    /// The main network's logit `s_m` `[B, 1]` (without the auxiliary logit).
+    pub fn main_logit(&self, x: &Tensor, groups: &DomainGroups) -> Result<Tensor> {
+        groups.map(x, |p, xp| {
+            self.out.forward_domain(&self.hidden.forward_domain(xp, p)?, p)
+        })
+    }
+}
+
+impl Tower for StarTower {
+    fn in_width(&self) -> usize {
+        self.d_in
+    }
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let doms = domains_of(ctx, "star-tower", self.domains)?;
+        let s_m = self.main_logit(x, &DomainGroups::new(doms)?)?;
+        match &self.aux {
+            None => Ok(s_m),
+            Some(aux) => {
+                let s_a = aux.per_domain()?.index_select(doms.tensor(), 0)?;
+                Ok((s_m + s_a)?)
+            }
+        }
+    }
+}
+
+pub struct StarTowerKind;
+
+impl ComponentKind for StarTowerKind {
+    fn name(&self) -> &'static str {
+        "star-tower"
+    }
+    fn role(&self) -> Role {
+        Role::Tower
+    }
+    fn summary(&self) -> &'static str {
+        "STAR task head: star-topology layers to the logit s_m, plus the auxiliary network's s_a (domain embedding -> MLP)"
+    }
+    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if env.domains == 0 {
+            return Err(
+                node.error("`star-tower` has per-domain weights, but the data has no domains (no domain column)")
+            );
+        }
+        check_units(node, &p.units, true)?;
+        if p.aux {
+            if p.aux_embedding_dim == 0 {
+                return Err(node.error("`aux_embedding_dim` must be at least 1"));
+            }
+            if p.aux_units.contains(&0) {
+                return Err(node.error(format!("`aux_units` = {:?} has a zero width", p.aux_units)));
+            }
+        }
+        Ok(Port::Dense { width: 1 })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        self.check(node, io, env)?;
+        let p: Params = node.parse_params()?;
+        let d_in = io.inputs.first().map_or(0, |p| p.width());
+        let hidden = StarStack::new(&pb.pp("hidden"), d_in, &p.units, env.domains, p.activation)?;
+        let last = p.units.last().copied().unwrap_or(d_in);
+        let out = StarLinear::new(&pb.pp("out"), last, 1, env.domains)?;
+        let aux = if p.aux {
+            Some(AuxNet::new(
+                &pb.pp("aux"),
+                env.domains,
+                p.aux_embedding_dim,
+                &p.aux_units,
+            )?)
+        } else {
+            None
+        };
+        Ok(Component::Tower(Box::new(StarTower {
+            d_in,
+            domains: env.domains,
+            hidden,
+            out,
+            aux,
+        })))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&StarTowerKind));
