@@ -3,29 +3,13 @@
 #![allow(clippy::unwrap_used)]
 
 use candle_core::Device;
-use mtrec_core::{registry, GraphEnv, Model, TaskKind};
+use mtrec_core::{registry, TaskKind};
 use mtrec_data::split;
-use mtrec_runner::source::features_of;
-use mtrec_tests::synthetic;
+use mtrec_tests::{build, synthetic};
 use mtrec_train::check::unchanged_after_one_step;
 use mtrec_train::{evaluate, predict, train, TrainConfig};
 
 const TEMPLATES: &[&str] = &["cgc", "mmoe", "omoe", "ple", "shared-bottom", "single-task"];
-
-fn build(arch: &str, data: &mtrec_data::Dataset, seed: u64) -> Model {
-    mtrec_runner::link_builtin_plugins();
-    let features = features_of(data);
-    let env = GraphEnv {
-        input_width: features.width(),
-        tasks: data.tasks.clone(),
-        domains: 0,
-    };
-    let graph = registry::architecture(arch)
-        .unwrap()
-        .expand(&toml::Table::new(), &env)
-        .unwrap();
-    Model::build(&graph, &features, &data.tasks, 0, seed, &Device::Cpu).unwrap()
-}
 
 #[test]
 fn registry_holds_every_builtin() {

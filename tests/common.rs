@@ -25,3 +25,50 @@ pub fn synthetic(rows: usize, kind: TaskKind, seed: u64) -> Dataset {
         Err(e) => panic!("generator failed: {e}"),
     }
 }
+
+/// The folder of the real data sets: `MTREC_DATA_DIR`, else `../shared/data`
+/// beside the workspace. `None` (the caller skips, saying so) when absent,
+/// unless `MTREC_REQUIRE_DATA=1` (CI), which turns absence into a failure.
+pub fn data_dir(what: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("MTREC_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("MTREC_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("{what}: data folder {} missing and MTREC_REQUIRE_DATA=1", dir.display());
+    }
+    eprintln!(
+        "SKIPPED {what}: no data folder at {} (set MTREC_DATA_DIR)",
+        dir.display()
+    );
+    None
+}
+
+/// A built-in architecture with its default parameters, built for `data`
+/// (sparse fields embedded in 4 dimensions).
+pub fn build(arch: &str, data: &Dataset, seed: u64) -> mtrec_core::Model {
+    mtrec_runner::link_builtin_plugins();
+    let features = data.features(4);
+    let env = mtrec_core::GraphEnv {
+        input_width: features.width(),
+        tasks: data.tasks.clone(),
+        domains: data.domains.as_ref().map_or(0, |d| d.names.len()),
+    };
+    let graph = match mtrec_core::registry::architecture(arch).and_then(|a| a.expand(&toml::Table::new(), &env)) {
+        Ok(g) => g,
+        Err(e) => panic!("{arch}: {e}"),
+    };
+    match mtrec_core::Model::build(
+        &graph,
+        &features,
+        &data.tasks,
+        env.domains,
+        seed,
+        &candle_core::Device::Cpu,
+    ) {
+        Ok(m) => m,
+        Err(e) => panic!("{arch}: {e}"),
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mtrec_runner::config::{self, parse};
-use mtrec_runner::run::{run, write_run_folder};
+use mtrec_runner::run::{run, run_with, RunOptions};
 use mtrec_tests::root;
 
 fn parse_err(text: &str) -> String {
@@ -112,8 +112,20 @@ fn every_shipped_config_trains_one_epoch() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let sets = ["train.epochs=1".to_string(), "data.rows=400".to_string()];
-        let cfg = config::load(&path, &sets).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tabular = text.contains("source = \"csv\"") || text.contains("source = \"parquet\"");
+        let mut sets = vec!["train.epochs=1".to_string()];
+        let data_dir = if tabular {
+            match mtrec_tests::data_dir(&path.display().to_string()) {
+                Some(d) => Some(d),
+                None => continue,
+            }
+        } else {
+            sets.push("data.rows=400".to_string());
+            None
+        };
+        let mut cfg = config::load(&path, &sets).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.data_dir = data_dir;
         let r = run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(r.report.outcome.history.len(), 1);
         seen += 1;
@@ -125,9 +137,13 @@ fn every_shipped_config_trains_one_epoch() {
 fn run_folder_holds_config_graph_weights_and_every_split() {
     mtrec_runner::link_builtin_plugins();
     let cfg = parse(SMALL, Path::new("small.toml"), &[]).unwrap();
-    let r = run(&cfg, |_| {}).unwrap();
     let dir = std::env::temp_dir().join(format!("mtrec-runfolder-{}", std::process::id()));
-    write_run_folder(&dir, &r).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = RunOptions {
+        out: Some(dir.clone()),
+        ..RunOptions::default()
+    };
+    let r = run_with(&cfg, opts, |_| {}).unwrap();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     for split in ["train", "valid", "test"] {
@@ -146,5 +162,17 @@ fn run_folder_holds_config_graph_weights_and_every_split() {
         "same resolved config, same seed: same result"
     );
     assert!(dir.join("model.safetensors").exists() && dir.join("graph.toml").exists());
+    assert!(dir.join("checkpoint").join("state.json").exists());
+    // The folder now holds a run: a second run into it must not overwrite it.
+    let again = run_with(
+        &cfg,
+        RunOptions {
+            out: Some(dir.clone()),
+            ..RunOptions::default()
+        },
+        |_| {},
+    );
+    let err = again.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("--resume"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("census-income not found at {} (set MTREC_DATA_DIR)", train.display());
         return Ok(());
     }
-    let c: Config = toml::from_str(include_str!("../tests/data/census-income.toml"))?;
+    let c: Config = toml::from_str(include_str!("../../../configs/census-income.toml"))?;
     let (schema, tasks) = (c.data, c.tasks);
     let repeats = 5;
 

@@ -1,5 +1,5 @@
 //! The UCI census-income files through the MMoE paper's task group 1 schema
-//! (`tests/data/census-income.toml`). Skipped, with a message, when the data
+//! (`configs/census-income.toml`). Skipped, with a message, when the data
 //! folder is absent; failing instead when `MTREC_REQUIRE_DATA=1`.
 
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ fn census_dir() -> Option<PathBuf> {
 }
 
 fn schema() -> (TabularSchema, Vec<TaskSpec>) {
-    let text = include_str!("data/census-income.toml");
+    let text = include_str!("../../../configs/census-income.toml");
     let c: Config = toml::from_str(text).expect("census schema parses");
     (c.data, c.tasks)
 }

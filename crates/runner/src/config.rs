@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use mtrec_core::registry;
+use mtrec_data::TaskSpec;
 use mtrec_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,9 @@ pub struct RunConfig {
     pub model: ModelSection,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Tasks of tabular sources (`[[tasks]]`); generated sources define theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
 }
 
 /// A config and the file it came from (for error messages).
@@ -53,6 +57,8 @@ pub struct LoadedConfig {
     pub file: PathBuf,
     /// The original text, to locate keys named in later errors.
     pub text: String,
+    /// `--data-dir`: where relative data paths start (before `MTREC_DATA_DIR`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl LoadedConfig {
@@ -150,6 +156,7 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
         config,
         file: file.to_path_buf(),
         text: text.to_string(),
+        data_dir: None,
     };
     // The architecture must exist (its parameters are checked at expansion).
     registry::architecture(&loaded.config.model.arch).map_err(|e| loaded.error("model", Some("arch"), e))?;

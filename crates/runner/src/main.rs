@@ -6,9 +6,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mtrec_runner::compare::{compare, models_for};
 use mtrec_runner::config::{self, LoadedConfig, ModelSection};
-use mtrec_runner::run::{default_run_dir, expand, run, write_run_folder};
+use std::cell::RefCell;
+
+use mtrec_runner::progress::RunProgress;
+use mtrec_runner::run::{
+    default_run_dir, eval_file, expand, load_run_config, predict_file, run_with, RunOptions, CHECKPOINT_DIR,
+};
 use mtrec_runner::source::prepare;
 use mtrec_runner::{link_builtin_plugins, Result, RunError};
+use mtrec_train::{domain_table, metrics_table};
 
 #[derive(Parser)]
 #[command(name = "mtrec", version, about = "Multi-task and multi-domain recommendation models")]
@@ -30,6 +36,10 @@ struct ConfigArgs {
     /// Override a config key, e.g. `--set train.epochs=5 --set data.correlation=0.9`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Folder that relative data paths start from (default: $MTREC_DATA_DIR,
+    /// else the config file's folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -39,8 +49,12 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArgs,
         /// Run folder (default: a fresh `runs/<arch>-<time>`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         out: Option<PathBuf>,
+        /// Continue the interrupted run in this folder from its last finished
+        /// epoch, with the config saved there.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["arch", "config", "sets"])]
+        resume: Option<PathBuf>,
         /// Print only the final report.
         #[arg(long)]
         quiet: bool,
@@ -65,6 +79,26 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write one score column per task for the rows of a file (probabilities
+    /// for binary tasks), with a model trained on tabular data.
+    Predict {
+        /// A finished run folder.
+        #[arg(long, value_name = "RUN_DIR")]
+        model: PathBuf,
+        /// A file in the training data's format (labels not needed).
+        #[arg(long)]
+        input: PathBuf,
+        /// The CSV file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print the metrics of a trained model on a labelled file.
+    Eval {
+        #[arg(long, value_name = "RUN_DIR")]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// List the registered architectures and component kinds.
     List,
     /// Print the graph an architecture expands to, as a runnable config.
@@ -75,6 +109,12 @@ enum Command {
 }
 
 fn load(args: &ConfigArgs) -> Result<LoadedConfig> {
+    let mut loaded = load_inner(args)?;
+    loaded.data_dir = args.data_dir.clone();
+    Ok(loaded)
+}
+
+fn load_inner(args: &ConfigArgs) -> Result<LoadedConfig> {
     let mut loaded = match (&args.config, &args.arch) {
         (Some(file), _) => config::load(file, &args.sets)?,
         (None, Some(arch)) => {
@@ -117,26 +157,51 @@ fn main() -> ExitCode {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { cfg, out, quiet } => {
-            let loaded = load(&cfg)?;
-            let arch = loaded.config.model.arch.clone();
-            let epochs = loaded.config.train.epochs;
-            let result = run(&loaded, |log| {
-                if !quiet {
-                    let losses: Vec<String> = log.train_loss.iter().map(|l| format!("{l:.4}")).collect();
-                    eprintln!(
-                        "epoch {:>3}/{epochs}  train loss [{}]  valid score {:.4}  {:.0} rows/s",
-                        log.epoch,
-                        losses.join(", "),
-                        log.valid_score,
-                        log.rows_per_second
-                    );
+        Command::Run {
+            cfg,
+            out,
+            resume,
+            quiet,
+        } => {
+            let resuming = resume.is_some();
+            let (loaded, dir) = match resume {
+                Some(dir) => {
+                    check_resumable(&dir)?;
+                    let mut c = load_run_config(&dir)?;
+                    c.data_dir = cfg.data_dir.clone();
+                    (c, dir)
                 }
-            })?;
-            let dir = out.unwrap_or_else(|| default_run_dir(&arch));
-            write_run_folder(&dir, &result)?;
+                None => {
+                    let c = load(&cfg)?;
+                    let dir = out.unwrap_or_else(|| default_run_dir(&c.config.model.arch));
+                    (c, dir)
+                }
+            };
+            let progress = RefCell::new(RunProgress::new(loaded.config.train.epochs, quiet));
+            let mut on_read = |p: &mtrec_data::Progress<'_>| progress.borrow_mut().on_read(p);
+            let mut on_batch = |b: &mtrec_train::BatchProgress| progress.borrow_mut().on_batch(b);
+            let opts = RunOptions {
+                out: Some(dir.clone()),
+                resume: resuming,
+                on_read: Some(&mut on_read),
+                on_batch: Some(&mut on_batch),
+            };
+            let result = run_with(&loaded, opts, |log| progress.borrow_mut().on_epoch(log));
+            progress.borrow().finish();
+            let result = result?;
             println!("{}", result.report.render());
             println!("run folder: {}", dir.display());
+        }
+        Command::Predict { model, input, output } => {
+            let rows = predict_file(&model, &input, &output)?;
+            println!("{rows} rows scored: {}", output.display());
+        }
+        Command::Eval { model, input } => {
+            let ev = eval_file(&model, &input)?;
+            print!("{}", metrics_table(&[("eval", &ev)]));
+            if !ev.domains.is_empty() {
+                print!("\n{}", domain_table(&ev));
+            }
         }
         Command::Compare {
             cfg,
@@ -182,7 +247,7 @@ fn real_main() -> Result<()> {
         }
         Command::Graph { cfg } => {
             let loaded = load(&cfg)?;
-            let prepared = prepare(&loaded)?;
+            let prepared = prepare(&loaded, None)?;
             let (graph, _) = expand(&loaded, &prepared)?;
             let mut c = loaded.config.clone();
             let mut params = toml::Table::new();
@@ -202,4 +267,16 @@ fn real_main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--resume DIR` continues only a run that has a checkpoint.
+fn check_resumable(dir: &std::path::Path) -> Result<()> {
+    if dir.join(CHECKPOINT_DIR).join("state.json").exists() {
+        Ok(())
+    } else {
+        Err(RunError::Usage(format!(
+            "{} has no checkpoint: the run stopped before its first epoch ended (start it again), or it is not a run folder",
+            dir.display()
+        )))
+    }
 }

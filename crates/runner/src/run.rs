@@ -1,14 +1,35 @@
-//! One run: data, model, training, evaluation, report, run folder.
+//! One run: data, model, training, evaluation, report, run folder; and the
+//! reverse: a model loaded back from its run folder.
+//!
+//! A run folder holds, each written atomically:
+//! - `config.toml`: the resolved config (every default written out), written
+//!   before training so that `--resume` finds it;
+//! - `graph.toml`: the expanded graph;
+//! - `preprocess.json`: vocabularies and scaling fitted on the training rows
+//!   (tabular data);
+//! - `checkpoint/`: weights, optimizer state and history after every epoch;
+//! - `model.safetensors`: the best epoch's weights, and `report.json`.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use mtrec_core::{registry, GraphEnv, GraphSpec, Model};
-use mtrec_train::{evaluate, train, EpochLog, Report, SplitRows};
+use mtrec_data::preprocess::Progress;
+use mtrec_data::{Labels, Preprocessor};
+use mtrec_train::{
+    evaluate, predict, train_with, BatchProgress, Checkpointer, EpochLog, Evaluation, Report, SplitRows, TrainOptions,
+};
 
-use crate::config::{unknown_field, LoadedConfig, RunConfig};
+use crate::config::{self, unknown_field, LoadedConfig, RunConfig};
 use crate::error::{io, Result, RunError};
 use crate::source::{prepare, Prepared};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const GRAPH_FILE: &str = "graph.toml";
+pub const PREPROCESS_FILE: &str = "preprocess.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const REPORT_FILE: &str = "report.json";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// What a finished run hands back.
 #[derive(Debug)]
@@ -18,6 +39,18 @@ pub struct RunResult {
     pub graph: GraphSpec,
     /// The trained weights (those of the best validation epoch).
     pub params: mtrec_core::ParamStore,
+    pub preprocessor: Option<Preprocessor>,
+}
+
+/// Where a run writes, and whether it continues an earlier one.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    /// Run folder; `None`: nothing is written (e.g. inside `compare`).
+    pub out: Option<PathBuf>,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    pub on_read: Option<&'a mut dyn FnMut(&Progress<'_>)>,
+    pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
 }
 
 /// Expands the config's architecture into a graph for the given data.
@@ -27,7 +60,7 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     let env = GraphEnv {
         input_width: prepared.features.width(),
         tasks: prepared.data.tasks.clone(),
-        domains: prepared.data.domains.as_ref().map_or(0, |d| d.names.len()),
+        domains: domain_count(prepared),
     };
     let graph = arch.expand(&m.params, &env).map_err(|e| match &e {
         mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
@@ -41,25 +74,82 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     Ok((graph, params))
 }
 
-/// Trains and evaluates one config. `on_epoch` sees every epoch's log.
+fn domain_count(p: &Prepared) -> usize {
+    p.data.domains.as_ref().map_or(0, |d| d.names.len())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(mtrec_core::atomic::write_bytes(path, bytes)?)
+}
+
+/// Trains and evaluates one config. `on_epoch` sees every epoch's log (on
+/// resume, the earlier epochs' logs first).
 pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
-    let prepared = prepare(cfg)?;
+    run_with(cfg, RunOptions::default(), on_epoch)
+}
+
+/// [`run`] with a run folder, checkpoints, resumption and progress hooks.
+pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+    let prepared = prepare(cfg, opts.on_read)?;
     let (graph, model_params) = expand(cfg, &prepared)?;
-    let device = Device::Cpu;
-    let t = &cfg.config.train;
+    let mut train_cfg = cfg.config.train.clone();
+    for t in &cfg.config.tasks {
+        if t.weight != 1.0 && !train_cfg.task_weights.contains_key(&t.name) {
+            train_cfg.task_weights.insert(t.name.clone(), t.weight);
+        }
+    }
     let model = Model::build(
         &graph,
         &prepared.features,
         &prepared.data.tasks,
-        prepared.data.domains.as_ref().map_or(0, |d| d.names.len()),
-        t.seed,
-        &device,
+        domain_count(&prepared),
+        train_cfg.seed,
+        &Device::Cpu,
     )
     .map_err(|e| cfg.error("model", None, e))?;
     let names: Vec<String> = prepared.data.tasks.iter().map(|t| t.name.clone()).collect();
-    t.validate(&names).map_err(|e| cfg.error("train", None, e))?;
-    let outcome = train(&model, &prepared.data, &prepared.split, t, on_epoch)?;
-    let eval = |rows: &[usize]| evaluate(&model, &prepared.data, rows, t.eval_batch_size);
+    train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
+
+    let mut resolved = cfg.config.clone();
+    resolved.data.params = prepared.resolved.clone();
+    resolved.model.params = model_params;
+    let checkpoint = match &opts.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            if !opts.resume {
+                if dir.join(CHECKPOINT_DIR).join("state.json").exists() {
+                    return Err(RunError::Usage(format!(
+                        "{} already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
+                        dir.display(),
+                        dir.display()
+                    )));
+                }
+                let text = toml::to_string(&resolved)
+                    .map_err(|e| RunError::Usage(format!("cannot write the resolved config: {e}")))?;
+                write(&dir.join(CONFIG_FILE), text.as_bytes())?;
+                write(&dir.join(GRAPH_FILE), graph.to_toml()?.as_bytes())?;
+                if let Some(p) = &prepared.preprocessor {
+                    p.save(&dir.join(PREPROCESS_FILE))?;
+                }
+            }
+            Some(Checkpointer::new(dir.join(CHECKPOINT_DIR)))
+        }
+        None => None,
+    };
+    let train_opts = TrainOptions {
+        checkpoint,
+        resume: opts.resume,
+        on_batch: opts.on_batch,
+    };
+    let outcome = train_with(
+        &model,
+        &prepared.data,
+        &prepared.split,
+        &train_cfg,
+        train_opts,
+        on_epoch,
+    )?;
+    let eval = |rows: &[usize]| evaluate(&model, &prepared.data, rows, train_cfg.eval_batch_size);
     let report = Report {
         arch: cfg.config.model.arch.clone(),
         parameters: model.params().parameter_count(),
@@ -74,15 +164,20 @@ pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunRes
         test: eval(&prepared.split.test)?,
         outcome,
     };
-    let mut resolved = cfg.config.clone();
-    resolved.data.params = prepared.resolved.clone();
-    resolved.model.params = model_params;
-    Ok(RunResult {
+    let result = RunResult {
         report,
         resolved,
         graph,
         params: model.params().clone(),
-    })
+        preprocessor: prepared.preprocessor,
+    };
+    if let Some(dir) = &opts.out {
+        result.params.save(&dir.join(WEIGHTS_FILE))?;
+        let json = serde_json::to_string_pretty(&result.report)
+            .map_err(|e| RunError::Usage(format!("cannot write the report: {e}")))?;
+        write(&dir.join(REPORT_FILE), json.as_bytes())?;
+    }
+    Ok(result)
 }
 
 /// A fresh run folder under `runs/`: `<arch>-<UTC timestamp>`.
@@ -101,17 +196,102 @@ pub fn default_run_dir(arch: &str) -> PathBuf {
     dir
 }
 
-/// Writes the resolved config, the graph, the weights and `report.json`,
-/// each atomically.
-pub fn write_run_folder(dir: &Path, result: &RunResult) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let config = toml::to_string(&result.resolved)
-        .map_err(|e| RunError::Usage(format!("cannot write the resolved config: {e}")))?;
-    mtrec_core::atomic::write_bytes(&dir.join("config.toml"), config.as_bytes())?;
-    mtrec_core::atomic::write_bytes(&dir.join("graph.toml"), result.graph.to_toml()?.as_bytes())?;
-    let json = serde_json::to_string_pretty(&result.report)
-        .map_err(|e| RunError::Usage(format!("cannot write the report: {e}")))?;
-    mtrec_core::atomic::write_bytes(&dir.join("report.json"), json.as_bytes())?;
-    result.params.save(&dir.join("model.safetensors"))?;
-    Ok(())
+/// The config a run folder was trained with.
+pub fn load_run_config(dir: &Path) -> Result<LoadedConfig> {
+    let file = dir.join(CONFIG_FILE);
+    if !file.exists() {
+        return Err(RunError::Usage(format!(
+            "{} is not a run folder: it has no {CONFIG_FILE}",
+            dir.display()
+        )));
+    }
+    config::load(&file, &[])
+}
+
+/// A trained model loaded back from its run folder, with the mapping of its
+/// inputs: what `predict` and `eval` use.
+pub struct Trained {
+    pub model: Model,
+    pub preprocessor: Preprocessor,
+    pub config: RunConfig,
+}
+
+/// Loads `dir`'s graph, preprocessing and best weights. Only models trained
+/// on tabular data can read new files (generated data has no file format).
+pub fn load_trained(dir: &Path) -> Result<Trained> {
+    let cfg = load_run_config(dir)?;
+    let pre_path = dir.join(PREPROCESS_FILE);
+    if !pre_path.exists() {
+        return Err(RunError::Usage(format!(
+            "{} has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on",
+            dir.display()
+        )));
+    }
+    let preprocessor = Preprocessor::load(&pre_path)?;
+    let graph_path = dir.join(GRAPH_FILE);
+    let text = std::fs::read_to_string(&graph_path).map_err(io(&graph_path))?;
+    let graph = GraphSpec::from_toml(&text)?;
+    let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
+    let model = Model::build(
+        &graph,
+        &preprocessor.features(),
+        &preprocessor.task_infos(),
+        domains,
+        cfg.config.train.seed,
+        &Device::Cpu,
+    )?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.exists() {
+        return Err(RunError::Usage(format!(
+            "{} has no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)",
+            dir.display()
+        )));
+    }
+    model.params().load(&weights)?;
+    Ok(Trained {
+        model,
+        preprocessor,
+        config: cfg.config,
+    })
+}
+
+/// Scores every row of `input` with the model of run folder `model_dir` and
+/// writes `output` (CSV): one column per task, named after it, in task
+/// order: the probability for binary tasks, the prediction for regression
+/// tasks. Labels are not needed; an unseen category maps to the
+/// out-of-vocabulary id. Written atomically. Returns the number of rows.
+pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usize> {
+    let trained = load_trained(model_dir)?;
+    let data = trained.preprocessor.encode_file(input, Labels::Optional, None)?;
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let outputs = predict(&trained.model, &data, &rows, trained.config.train.eval_batch_size)?;
+    let tasks = trained.model.tasks();
+    let csv_err = |e: csv::Error| RunError::Usage(format!("cannot write {}: {e}", output.display()));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
+    for r in 0..data.rows() {
+        let record = tasks.iter().zip(&outputs).map(|(t, o)| match t.kind {
+            mtrec_core::TaskKind::Binary => format!("{:.7}", 1.0 / (1.0 + (-o[r]).exp())),
+            mtrec_core::TaskKind::Regression => format!("{}", o[r]),
+        });
+        w.write_record(record).map_err(csv_err)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| RunError::Usage(format!("cannot write {}: {e}", output.display())))?;
+    write(output, &bytes)?;
+    Ok(data.rows())
+}
+
+/// The metrics of run folder `model_dir`'s model on a labelled file.
+pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
+    let trained = load_trained(model_dir)?;
+    let data = trained.preprocessor.load_file(input)?;
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    Ok(evaluate(
+        &trained.model,
+        &data,
+        &rows,
+        trained.config.train.eval_batch_size,
+    )?)
 }

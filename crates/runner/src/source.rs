@@ -1,13 +1,28 @@
 //! `[data]` sources: from a config section to a dataset and its split.
+//!
+//! Generated sources (`mmoe-synthetic`, `multi-domain-synthetic`) need no
+//! file and define their own tasks. Tabular sources (`csv`, `parquet`) read
+//! files described by a `TabularSchema`, with tasks from `[[tasks]]`; paths
+//! are relative to `--data-dir`, else `MTREC_DATA_DIR`, else the config
+//! file's folder.
+
+use std::path::PathBuf;
 
 use mtrec_core::FeatureSpec;
-use mtrec_data::{split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Split};
+use mtrec_data::preprocess::Progress;
+use mtrec_data::schema::FileFormat;
+use mtrec_data::tabular::load_split;
+use mtrec_data::{split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Preprocessor, Split, TabularSchema};
+use serde::de::DeserializeOwned;
 
 use crate::config::{unknown_field, LoadedConfig};
 use crate::error::Result;
 
 /// The names of the built-in sources, for error messages.
-pub const SOURCES: &[&str] = &["mmoe-synthetic", "multi-domain-synthetic"];
+pub const SOURCES: &[&str] = &["csv", "mmoe-synthetic", "multi-domain-synthetic", "parquet"];
+
+/// The environment variable naming the folder real data sets live in.
+pub const DATA_DIR_ENV: &str = "MTREC_DATA_DIR";
 
 /// A loaded data set with its split and the model input it implies.
 #[derive(Debug)]
@@ -19,46 +34,104 @@ pub struct Prepared {
     pub resolved: toml::Table,
     /// Whether `seed` in the section regenerates the data (synthetic sources).
     pub generated: bool,
+    /// The mapping fitted on the training rows (tabular sources), saved with
+    /// the model so that prediction on new files uses the same ids and scaling.
+    pub preprocessor: Option<Preprocessor>,
 }
 
-/// Reads or generates the data described by `[data]`.
-pub fn prepare(cfg: &LoadedConfig) -> Result<Prepared> {
+fn section<T: DeserializeOwned>(cfg: &LoadedConfig) -> Result<T> {
+    toml::Value::Table(cfg.config.data.params.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))
+}
+
+/// The folder relative data paths start from.
+pub fn data_dir(cfg: &LoadedConfig) -> Option<PathBuf> {
+    cfg.data_dir
+        .clone()
+        .or_else(|| std::env::var_os(DATA_DIR_ENV).map(PathBuf::from))
+        .or_else(|| cfg.file.parent().map(|p| p.to_path_buf()))
+}
+
+/// Reads or generates the data described by `[data]`. `progress` sees the
+/// reading of tabular files.
+pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>)>) -> Result<Prepared> {
     let d = &cfg.config.data;
-    let (data, resolved, seed, generated) = match d.source.as_str() {
+    let generated = |data: Dataset, table: toml::Table, seed: u64| -> Result<Prepared> {
+        if !cfg.config.tasks.is_empty() {
+            return Err(cfg.error(
+                "tasks",
+                None,
+                format!("source `{}` defines its own tasks; remove [[tasks]]", d.source),
+            ));
+        }
+        let split = split(data.rows(), d.split, d.split_seed.unwrap_or(seed))
+            .map_err(|e| cfg.error("data", Some("split"), e))?;
+        let features = features_of(&data);
+        Ok(Prepared {
+            data,
+            split,
+            features,
+            resolved: table,
+            generated: true,
+            preprocessor: None,
+        })
+    };
+    match d.source.as_str() {
         "mmoe-synthetic" => {
-            let gen: MmoeSynthetic = toml::Value::Table(d.params.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))?;
+            let gen: MmoeSynthetic = section(cfg)?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            let table = mtrec_core::registry::to_table(&gen);
-            (data, table, gen.seed, true)
+            generated(data, mtrec_core::registry::to_table(&gen), gen.seed)
         }
         "multi-domain-synthetic" => {
-            let gen: MultiDomainSynthetic = toml::Value::Table(d.params.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))?;
+            let gen: MultiDomainSynthetic = section(cfg)?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            let table = mtrec_core::registry::to_table(&gen);
-            (data, table, gen.seed, true)
+            generated(data, mtrec_core::registry::to_table(&gen), gen.seed)
         }
-        other => {
-            return Err(cfg.error(
-                "data",
-                Some("source"),
-                format!("unknown source `{other}`; known: {}", SOURCES.join(", ")),
-            ))
+        "csv" | "parquet" => {
+            let mut schema: TabularSchema = section(cfg)?;
+            schema.source = Some(if d.source == "csv" {
+                FileFormat::Csv
+            } else {
+                FileFormat::Parquet
+            });
+            if cfg.config.tasks.is_empty() {
+                return Err(cfg.error(
+                    "tasks",
+                    None,
+                    "a tabular source needs at least one [[tasks]] table (name, kind, label)",
+                ));
+            }
+            let base = data_dir(cfg);
+            let seed = d.split_seed.unwrap_or(cfg.config.train.seed);
+            let loaded =
+                load_split(&schema, &cfg.config.tasks, base.as_deref(), d.split, seed, progress).map_err(|e| {
+                    let hint = if cfg.data_dir.is_none() && std::env::var_os(DATA_DIR_ENV).is_none() {
+                        format!(" (paths are relative to the config's folder; set --data-dir DIR or {DATA_DIR_ENV})")
+                    } else {
+                        String::new()
+                    };
+                    cfg.error("data", None, format!("{e}{hint}"))
+                })?;
+            let mut resolved = cfg.config.data.params.clone();
+            // Keep the schema as written (paths relative): it must run again
+            // from another data folder.
+            resolved.remove("source");
+            Ok(Prepared {
+                features: loaded.preprocessor.features(),
+                data: loaded.data,
+                split: loaded.split,
+                resolved,
+                generated: false,
+                preprocessor: Some(loaded.preprocessor),
+            })
         }
-    };
-    let split =
-        split(data.rows(), d.split, d.split_seed.unwrap_or(seed)).map_err(|e| cfg.error("data", Some("split"), e))?;
-    let features = features_of(&data);
-    Ok(Prepared {
-        data,
-        split,
-        features,
-        resolved,
-        generated,
-    })
+        other => Err(cfg.error(
+            "data",
+            Some("source"),
+            format!("unknown source `{other}`; known: {}", SOURCES.join(", ")),
+        )),
+    }
 }
 
 /// The model input of generated data: every sparse field embedded in 4

@@ -1,6 +1,7 @@
 //! mtrec training: the loop with early stopping, a resumable one-pass
 //! Adam(W), global-norm gradient clipping, evaluation metrics and the run report.
 pub mod check;
+pub mod checkpoint;
 pub mod clip;
 pub mod error;
 pub mod evaluate;
@@ -9,10 +10,13 @@ pub mod optim;
 pub mod report;
 pub mod trainer;
 
+pub use checkpoint::{Checkpointer, TrainState};
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, predict, DomainResult, Evaluation, GateUtilisation, TaskResult};
 pub use metrics::{auc, logloss, mse, TaskMetrics};
 pub use optim::{Adam, AdamConfig};
-pub use report::{Report, SplitRows};
-pub use trainer::{optimizer, train, train_step, EpochLog, TrainConfig, TrainOutcome};
+pub use report::{domain_table, metrics_table, Report, SplitRows};
+pub use trainer::{
+    optimizer, train, train_step, train_with, BatchProgress, EpochLog, TrainConfig, TrainOptions, TrainOutcome,
+};

@@ -36,29 +36,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 impl Report {
     /// The per-task metrics table of every split.
     pub fn metrics_table(&self) -> String {
-        let mut s = String::new();
-        let width = self.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-        let _ = writeln!(
-            s,
-            "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-            "split", "task", "rows", "auc", "logloss", "mse"
-        );
-        for (split, ev) in [("train", &self.train), ("valid", &self.valid), ("test", &self.test)] {
-            for t in &ev.tasks {
-                let m = &t.metrics;
-                let _ = writeln!(
-                    s,
-                    "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                    split,
-                    t.task,
-                    m.rows,
-                    fmt_opt(m.auc),
-                    fmt_opt(m.logloss),
-                    fmt_opt(m.mse)
-                );
-            }
-        }
-        s
+        metrics_table(&[("train", &self.train), ("valid", &self.valid), ("test", &self.test)])
     }
 
     /// Mean gate weight per expert for each gate, on the test rows.
@@ -126,6 +104,38 @@ impl Report {
 }
 
 /// One line per domain and task: rows, AUC, logloss, MSE (`-` where undefined).
+/// One row per split and task: rows, AUC, logloss, MSE.
+pub fn metrics_table(splits: &[(&str, &Evaluation)]) -> String {
+    let mut s = String::new();
+    let width = splits
+        .iter()
+        .flat_map(|(_, ev)| ev.tasks.iter().map(|t| t.task.len()))
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        s,
+        "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
+        "split", "task", "rows", "auc", "logloss", "mse"
+    );
+    for (split, ev) in splits {
+        for t in &ev.tasks {
+            let m = &t.metrics;
+            let _ = writeln!(
+                s,
+                "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
+                split,
+                t.task,
+                m.rows,
+                fmt_opt(m.auc),
+                fmt_opt(m.logloss),
+                fmt_opt(m.mse)
+            );
+        }
+    }
+    s
+}
+
 pub fn domain_table(ev: &Evaluation) -> String {
     let mut s = String::new();
     if ev.domains.is_empty() {

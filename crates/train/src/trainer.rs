@@ -9,6 +9,7 @@ use mtrec_core::{loss, Model};
 use mtrec_data::{shuffled, Dataset, Split};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpointer, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate, Evaluation};
@@ -23,8 +24,13 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub eval_batch_size: usize,
     pub lr: f64,
-    /// Decoupled (AdamW) weight decay; 0 disables it.
+    /// Weight decay; 0 disables it.
     pub weight_decay: f64,
+    /// `true`: decoupled (AdamW, `theta -= lr * wd * theta`); `false`: L2
+    /// added to the gradient, as PyTorch's `Adam(weight_decay=..)`, which
+    /// through Adam's scaling shrinks rarely-updated weights (e.g. rare
+    /// categories' embeddings) much more.
+    pub decoupled_weight_decay: bool,
     /// Clip the global gradient norm to this value; absent: no clipping.
     pub clip_norm: Option<f64>,
     /// Stop after this many epochs without a better validation score
@@ -44,6 +50,7 @@ impl Default for TrainConfig {
             eval_batch_size: 4096,
             lr: 1e-3,
             weight_decay: 0.0,
+            decoupled_weight_decay: true,
             clip_norm: None,
             patience: 5,
             seed: 1,
@@ -144,9 +151,31 @@ pub fn optimizer(model: &Model, cfg: &TrainConfig) -> Result<Adam> {
     let acfg = AdamConfig {
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
+        decoupled: cfg.decoupled_weight_decay,
         ..AdamConfig::default()
     };
     Adam::new(model.params().vars(), acfg)
+}
+
+/// Progress within an epoch, for progress bars.
+#[derive(Clone, Debug)]
+pub struct BatchProgress {
+    pub epoch: usize,
+    pub rows_done: usize,
+    pub rows_total: usize,
+    /// This batch's loss per task.
+    pub losses: Vec<f64>,
+}
+
+/// Options of [`train_with`].
+#[derive(Default)]
+pub struct TrainOptions<'a> {
+    /// Save a checkpoint after every epoch into this folder.
+    pub checkpoint: Option<Checkpointer>,
+    /// Continue from the checkpoint folder's last finished epoch.
+    pub resume: bool,
+    /// Called after every training batch.
+    pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
 }
 
 /// Trains `model` on `split.train`, early-stopping on `split.valid`; at the
@@ -156,6 +185,34 @@ pub fn train(
     data: &Dataset,
     split: &Split,
     cfg: &TrainConfig,
+    on_epoch: impl FnMut(&EpochLog),
+) -> Result<TrainOutcome> {
+    train_with(model, data, split, cfg, TrainOptions::default(), on_epoch)
+}
+
+fn snapshot(model: &Model) -> Result<Vec<(String, Tensor)>> {
+    // A deep copy: the optimizer updates the variables in place. Buffers
+    // too (e.g. normalization moving averages, updated in place by training
+    // forwards): they belong to these weights.
+    model
+        .params()
+        .vars()
+        .into_iter()
+        .chain(model.params().buffers())
+        .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
+        .collect()
+}
+
+/// [`train`] with checkpoints, resumption and per-batch progress. A resumed
+/// run ends with the same weights and history as an uninterrupted one: batch
+/// order is a function of the seed and the epoch, and the optimizer state is
+/// restored with the weights.
+pub fn train_with(
+    model: &Model,
+    data: &Dataset,
+    split: &Split,
+    cfg: &TrainConfig,
+    mut opts: TrainOptions<'_>,
     mut on_epoch: impl FnMut(&EpochLog),
 ) -> Result<TrainOutcome> {
     let names: Vec<String> = model.tasks().iter().map(|t| t.name.clone()).collect();
@@ -169,7 +226,29 @@ pub fn train(
     let mut history = Vec::new();
     let mut best: Option<Best> = None;
     let mut stopped_early = false;
-    for epoch in 1..=cfg.epochs {
+    let mut first_epoch = 1;
+    let mut seconds_before = 0.0;
+    if opts.resume {
+        let ckpt = opts
+            .checkpoint
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("resume needs a checkpoint folder".into()))?;
+        let resumed = ckpt.load(model, &mut opt)?;
+        first_epoch = resumed.state.epoch + 1;
+        seconds_before = resumed.state.train_seconds;
+        best = Some((resumed.state.best_score, resumed.state.best_epoch, resumed.best));
+        history = resumed.state.history;
+        for log in &history {
+            on_epoch(log);
+        }
+        if let Some((_, e, _)) = &best {
+            stopped_early = cfg.patience > 0 && history.len() - e >= cfg.patience;
+        }
+    }
+    for epoch in first_epoch..=cfg.epochs {
+        if stopped_early {
+            break;
+        }
         let t0 = Instant::now();
         // A different, reproducible order each epoch.
         let perm = shuffled(
@@ -179,12 +258,23 @@ pub fn train(
         let order: Vec<usize> = perm.iter().map(|&i| split.train[i]).collect();
         let mut sums = vec![0.0; names.len()];
         let mut batches = 0usize;
+        let mut done = 0usize;
         for batch in data.batches(&order, cfg.batch_size, model.device()) {
-            let losses = train_step(model, &mut opt, &batch?, &weights, cfg.clip_norm)?;
+            let batch = batch?;
+            let losses = train_step(model, &mut opt, &batch, &weights, cfg.clip_norm)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
                 return Err(TrainError::Diverged {
                     epoch,
                     task: names[bad].clone(),
+                });
+            }
+            done += batch.rows();
+            if let Some(f) = opts.on_batch.as_mut() {
+                f(&BatchProgress {
+                    epoch,
+                    rows_done: done,
+                    rows_total: order.len(),
+                    losses: losses.clone(),
                 });
             }
             for (s, l) in sums.iter_mut().zip(losses) {
@@ -204,22 +294,20 @@ pub fn train(
         };
         on_epoch(&log);
         history.push(log);
-        let improved = best.as_ref().is_none_or(|(s, _, _)| valid_score > *s);
-        if improved {
-            // A deep copy: the optimizer updates the variables in place.
-            // Buffers too (e.g. normalization moving averages, updated in
-            // place by training forwards): they belong to these weights.
-            let snapshot = model
-                .params()
-                .vars()
-                .into_iter()
-                .chain(model.params().buffers())
-                .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
-                .collect::<Result<Vec<_>>>()?;
-            best = Some((valid_score, epoch, snapshot));
+        if best.as_ref().is_none_or(|(s, _, _)| valid_score > *s) {
+            best = Some((valid_score, epoch, snapshot(model)?));
         } else if cfg.patience > 0 && best.as_ref().is_some_and(|(_, e, _)| epoch - e >= cfg.patience) {
             stopped_early = true;
-            break;
+        }
+        if let (Some(ckpt), Some((score, best_epoch, weights))) = (&opts.checkpoint, &best) {
+            let state = TrainState {
+                epoch,
+                best_epoch: *best_epoch,
+                best_score: *score,
+                history: history.clone(),
+                train_seconds: seconds_before + started.elapsed().as_secs_f64(),
+            };
+            ckpt.save(model, &opt, weights, &state)?;
         }
     }
     let mut best_epoch = history.len();
@@ -241,6 +329,6 @@ pub fn train(
         history,
         best_epoch,
         stopped_early,
-        train_seconds: started.elapsed().as_secs_f64(),
+        train_seconds: seconds_before + started.elapsed().as_secs_f64(),
     })
 }

@@ -1,0 +1,150 @@
+//! Resumable training: after every epoch the weights, the optimizer state,
+//! the best epoch's weights and the history are saved, so that a killed run
+//! continues from its last finished epoch and ends as an uninterrupted run
+//! would (batch order is a function of seed and epoch).
+//!
+//! Layout of the checkpoint folder: `epoch-NNNN.{weights,optimizer,best}.safetensors`
+//! and `state.json`, written last and atomically, naming the epoch whose
+//! files are complete. A crash mid-save leaves `state.json` pointing at the
+//! previous, complete epoch; files of older epochs are removed afterwards.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use mtrec_core::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::Adam;
+use crate::trainer::EpochLog;
+
+/// What `state.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The last finished epoch (1-based).
+    pub epoch: usize,
+    pub best_epoch: usize,
+    pub best_score: f64,
+    pub history: Vec<EpochLog>,
+    /// Training time of all sessions so far.
+    pub train_seconds: f64,
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct Resumed {
+    pub state: TrainState,
+    /// The best epoch's weights and buffers by name.
+    pub best: Vec<(String, Tensor)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Checkpointer {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Checkpointer {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, epoch: usize, what: &str) -> PathBuf {
+        self.dir.join(format!("epoch-{epoch:04}.{what}.safetensors"))
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Saves the end of `state.epoch`.
+    pub fn save(&self, model: &Model, opt: &Adam, best: &[(String, Tensor)], state: &TrainState) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let e = state.epoch;
+        model.params().save(&self.file(e, "weights"))?;
+        opt.save(self.file(e, "optimizer"))?;
+        let best: HashMap<String, Tensor> = best.iter().cloned().collect();
+        let best_path = self.file(e, "best");
+        mtrec_core::atomic::write_with(&best_path, |tmp| {
+            candle_core::safetensors::save(&best, tmp).map_err(mtrec_core::Error::from)
+        })?;
+        let json =
+            serde_json::to_vec_pretty(state).map_err(|e| TrainError::Invalid(format!("cannot encode state: {e}")))?;
+        mtrec_core::atomic::write_bytes(&self.state_path(), &json)?;
+        // Only now are older epochs' files garbage.
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(n) = name
+                .strip_prefix("epoch-")
+                .and_then(|r| r.get(..4))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                if n != e {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint exists here.
+    pub fn exists(&self) -> bool {
+        self.state_path().exists()
+    }
+
+    /// Loads the last complete epoch into `model` and `opt`, returning the
+    /// history and the best weights. Strict: a checkpoint written by another
+    /// model is an error naming the mismatch.
+    pub fn load(&self, model: &Model, opt: &mut Adam) -> Result<Resumed> {
+        let path = self.state_path();
+        let bad = |message: String| TrainError::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        let state: TrainState = serde_json::from_slice(&text)
+            .map_err(|e| bad(format!("not a training state ({e}); remove the folder to start over")))?;
+        if state.history.len() != state.epoch || state.best_epoch == 0 || state.best_epoch > state.epoch {
+            return Err(bad(format!(
+                "inconsistent: epoch {}, {} history entries, best epoch {}",
+                state.epoch,
+                state.history.len(),
+                state.best_epoch
+            )));
+        }
+        model.params().load(&self.file(state.epoch, "weights"))?;
+        opt.load(self.file(state.epoch, "optimizer"))?;
+        let best_path = self.file(state.epoch, "best");
+        let best = candle_core::safetensors::load(&best_path, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
+            path: best_path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut best: Vec<(String, Tensor)> = best.into_iter().collect();
+        best.sort_by(|a, b| a.0.cmp(&b.0));
+        let known: std::collections::BTreeSet<String> = model
+            .params()
+            .vars()
+            .into_iter()
+            .chain(model.params().buffers())
+            .map(|(n, _)| n)
+            .collect();
+        if let Some((n, _)) = best.iter().find(|(n, _)| !known.contains(n)) {
+            return Err(TrainError::Checkpoint {
+                path: best_path,
+                message: format!("holds `{n}`, which this model does not have"),
+            });
+        }
+        Ok(Resumed { state, best })
+    }
+}

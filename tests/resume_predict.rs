@@ -1,0 +1,246 @@
+//! A run survives being killed (resume gives the uninterrupted result), and a
+//! trained model scores new files exactly as it was evaluated.
+#![allow(clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use mtrec_core::{Model, TaskKind};
+use mtrec_data::split;
+use mtrec_runner::config::parse;
+use mtrec_runner::run::{eval_file, load_trained, predict_file, run_with, RunOptions};
+use mtrec_tests::{build, synthetic};
+use mtrec_train::{auc, train_with, Checkpointer, TrainConfig, TrainOptions};
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mtrec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
+    m.params()
+        .vars()
+        .into_iter()
+        .chain(m.params().buffers())
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+/// Train 6 epochs straight; versus 3 epochs (the process "killed" after its
+/// third checkpoint), then a fresh process (other initial weights) resuming
+/// to 6: identical weights, bit for bit, and identical history.
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let data = synthetic(500, TaskKind::Binary, 21);
+    let sp = split(500, [0.6, 0.2, 0.2], 2).unwrap();
+    let cfg = TrainConfig {
+        epochs: 6,
+        batch_size: 32,
+        patience: 0,
+        ..TrainConfig::default()
+    };
+    let a = build("ple", &data, 1);
+    let dir_a = temp("resume-a");
+    let opts = |dir: &Path, resume| TrainOptions {
+        checkpoint: Some(Checkpointer::new(dir)),
+        resume,
+        on_batch: None,
+    };
+    let full = train_with(&a, &data, &sp, &cfg, opts(&dir_a, false), |_| {}).unwrap();
+
+    let dir_b = temp("resume-b");
+    let b = build("ple", &data, 1);
+    let killed = TrainConfig {
+        epochs: 3,
+        ..cfg.clone()
+    };
+    train_with(&b, &data, &sp, &killed, opts(&dir_b, false), |_| {}).unwrap();
+    let c = build("ple", &data, 99);
+    let mut replayed = 0;
+    let resumed = train_with(&c, &data, &sp, &cfg, opts(&dir_b, true), |_| replayed += 1).unwrap();
+
+    assert_eq!(
+        replayed, 6,
+        "the resumed run reports the 3 saved epochs then 3 new ones"
+    );
+    assert_eq!(weights(&a), weights(&c));
+    assert_eq!(full.best_epoch, resumed.best_epoch);
+    let scores = |o: &mtrec_train::TrainOutcome| o.history.iter().map(|h| h.valid_score).collect::<Vec<_>>();
+    assert_eq!(scores(&full), scores(&resumed));
+    std::fs::remove_dir_all(&dir_a).ok();
+    std::fs::remove_dir_all(&dir_b).ok();
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_model() {
+    let data = synthetic(200, TaskKind::Binary, 3);
+    let sp = split(200, [0.6, 0.2, 0.2], 2).unwrap();
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let dir = temp("resume-other");
+    let a = build("ple", &data, 1);
+    let opts = |resume| TrainOptions {
+        checkpoint: Some(Checkpointer::new(&dir)),
+        resume,
+        on_batch: None,
+    };
+    train_with(&a, &data, &sp, &cfg, opts(false), |_| {}).unwrap();
+    // An MMoE cannot continue a PLE's checkpoint.
+    let m = build("mmoe", &data, 1);
+    let err = train_with(&m, &data, &sp, &cfg, opts(true), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checkpoint") && err.contains("does not have"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A small CSV data set with signal in a category and a number.
+fn write_csv(path: &Path, rows: usize, seed: u64, unseen: bool) {
+    let mut s = String::from("user,city,age,click,spend\n");
+    let mut x = seed;
+    for r in 0..rows {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let user = (x >> 33) % 20;
+        let city = ["paris", "lyon", "nice"][((x >> 40) % 3) as usize];
+        let age = 18 + (x >> 45) % 60;
+        let noise = ((x >> 20) % 100) as f64 / 100.0;
+        let score = (user as f64 / 20.0) + (age as f64 - 48.0) / 60.0 + noise - 0.5;
+        let click = u8::from(score > 0.0);
+        let user = if unseen && r % 10 == 0 {
+            "new-user".to_string()
+        } else {
+            format!("u{user}")
+        };
+        let _ = writeln!(s, "{user},{city},{age},{click},{:.3}", 2.0 * score + 1.0);
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+const CSV_CONFIG: &str = r#"
+[data]
+source = "csv"
+train = "train.csv"
+valid = "valid.csv"
+test = "test.csv"
+sparse = ["user", "city"]
+dense = ["age"]
+
+[model]
+arch = "mmoe"
+experts = 4
+
+[train]
+epochs = 3
+batch_size = 32
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = { column = "click" }
+
+[[tasks]]
+name = "spend"
+kind = "regression"
+label = { column = "spend" }
+"#;
+
+/// Train on CSV files, then `predict` on the test file reproduces the run's
+/// test AUC and MSE, and `eval` prints the same metrics; unseen categories
+/// in a new file are scored (out-of-vocabulary), not rejected.
+#[test]
+fn predict_on_the_test_file_reproduces_the_evaluation() {
+    mtrec_runner::link_builtin_plugins();
+    let data = temp("csv-data");
+    write_csv(&data.join("train.csv"), 600, 1, false);
+    write_csv(&data.join("valid.csv"), 200, 2, false);
+    write_csv(&data.join("test.csv"), 200, 3, false);
+    let mut cfg = parse(CSV_CONFIG, &data.join("config.toml"), &[]).unwrap();
+    cfg.data_dir = Some(data.clone());
+    let out = temp("csv-run");
+    let result = run_with(
+        &cfg,
+        RunOptions {
+            out: Some(out.clone()),
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let test_auc = result.report.test.tasks[0].metrics.auc.unwrap();
+    let test_mse = result.report.test.tasks[1].metrics.mse.unwrap();
+    assert!(test_auc > 0.7, "the model should learn: AUC {test_auc}");
+    assert!(out.join("preprocess.json").exists());
+
+    let scores = out.join("scores.csv");
+    let n = predict_file(&out, &data.join("test.csv"), &scores).unwrap();
+    assert_eq!(n, 200);
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("click,spend"));
+    let rows: Vec<Vec<f32>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r[0])));
+    let test_text = std::fs::read_to_string(data.join("test.csv")).unwrap();
+    let labels: Vec<(f32, f32)> = test_text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[3].parse().unwrap(), f[4].parse().unwrap())
+        })
+        .collect();
+    let probs: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+    let clicks: Vec<f32> = labels.iter().map(|l| l.0).collect();
+    let got_auc = auc(&probs, &clicks, None).unwrap();
+    assert!(
+        (got_auc - test_auc).abs() < 1e-6,
+        "predict AUC {got_auc} vs eval {test_auc}"
+    );
+    let got_mse = rows
+        .iter()
+        .zip(&labels)
+        .map(|(r, l)| ((r[1] - l.1) as f64).powi(2))
+        .sum::<f64>()
+        / 200.0;
+    assert!(
+        (got_mse - test_mse).abs() < 1e-4,
+        "predict MSE {got_mse} vs eval {test_mse}"
+    );
+
+    let ev = eval_file(&out, &data.join("test.csv")).unwrap();
+    assert!((ev.tasks[0].metrics.auc.unwrap() - test_auc).abs() < 1e-9);
+
+    // New users at prediction time: scored through the out-of-vocabulary id.
+    write_csv(&data.join("new.csv"), 50, 9, true);
+    predict_file(&out, &data.join("new.csv"), &out.join("new-scores.csv")).unwrap();
+    // And a trained model reloads with the same graph and weights.
+    let trained = load_trained(&out).unwrap();
+    assert_eq!(trained.model.params().parameter_count(), result.report.parameters);
+    std::fs::remove_dir_all(&data).ok();
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn missing_data_folder_gives_the_fix() {
+    mtrec_runner::link_builtin_plugins();
+    let cfg = parse(CSV_CONFIG, Path::new("/nonexistent/config.toml"), &[]).unwrap();
+    let err = mtrec_runner::run::run(&cfg, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("train.csv"), "{err}");
+    if std::env::var_os("MTREC_DATA_DIR").is_none() {
+        assert!(err.contains("--data-dir") && err.contains("MTREC_DATA_DIR"), "{err}");
+    }
+}
+
+#[test]
+fn generated_source_rejects_tasks_tables() {
+    mtrec_runner::link_builtin_plugins();
+    let text = "[data]\nsource = \"mmoe-synthetic\"\nrows = 100\n\n[model]\narch = \"mmoe\"\n\n[[tasks]]\nname = \"x\"\nkind = \"binary\"\nlabel = { column = \"y\" }\n";
+    let cfg = parse(text, Path::new("gen.toml"), &[]).unwrap();
+    let err = mtrec_runner::run::run(&cfg, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("defines its own tasks"), "{err}");
+}
