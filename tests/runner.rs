@@ -107,8 +107,12 @@ fn bad_train_values_name_the_key() {
 fn every_shipped_config_trains_one_epoch() {
     mtrec_runner::link_builtin_plugins();
     let mut seen = 0;
-    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
-        let path = entry.unwrap().path();
+    let mut examples = 0;
+    let dirs = [root().join("configs"), root().join("configs").join("examples")];
+    let paths = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()));
+    for path in paths {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
@@ -129,8 +133,20 @@ fn every_shipped_config_trains_one_epoch() {
         let r = run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(r.report.outcome.history.len(), 1);
         seen += 1;
+        if path.parent().is_some_and(|p| p.ends_with("examples")) {
+            assert!(
+                text.starts_with("# Why: "),
+                "{}: say why one would want it",
+                path.display()
+            );
+            examples += 1;
+        }
     }
     assert!(seen >= 4, "only {seen} configs found");
+    assert!(
+        examples >= 3,
+        "only {examples} example configs found in configs/examples"
+    );
 }
 
 #[test]

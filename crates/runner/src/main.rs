@@ -10,9 +10,8 @@ use std::cell::RefCell;
 
 use mtrec_runner::progress::RunProgress;
 use mtrec_runner::run::{
-    default_run_dir, eval_file, expand, load_run_config, predict_file, run_with, RunOptions, CHECKPOINT_DIR,
+    default_run_dir, eval_file, graph_config_text, load_run_config, predict_file, run_with, RunOptions, CHECKPOINT_DIR,
 };
-use mtrec_runner::source::prepare;
 use mtrec_runner::{link_builtin_plugins, Result, RunError};
 use mtrec_train::{domain_table, metrics_table};
 
@@ -247,23 +246,7 @@ fn real_main() -> Result<()> {
         }
         Command::Graph { cfg } => {
             let loaded = load(&cfg)?;
-            let prepared = prepare(&loaded, None)?;
-            let (graph, _) = expand(&loaded, &prepared)?;
-            let mut c = loaded.config.clone();
-            let mut params = toml::Table::new();
-            params.insert(
-                "nodes".into(),
-                toml::Value::try_from(&graph.nodes).map_err(|e| RunError::Usage(e.to_string()))?,
-            );
-            c.model = ModelSection {
-                arch: "graph".into(),
-                params,
-            };
-            let text = toml::to_string(&c).map_err(|e| RunError::Usage(e.to_string()))?;
-            println!(
-                "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
-                loaded.config.model.arch
-            );
+            print!("{}", graph_config_text(&loaded)?);
         }
     }
     Ok(())

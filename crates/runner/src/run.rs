@@ -62,16 +62,144 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
         tasks: prepared.data.tasks.clone(),
         domains: domain_count(prepared),
     };
-    let graph = arch.expand(&m.params, &env).map_err(|e| match &e {
+    let origins = if m.arch == GRAPH_ARCH {
+        Some(check_graph_nodes(cfg)?)
+    } else {
+        None
+    };
+    let mut graph = arch.expand(&m.params, &env).map_err(|e| match &e {
         mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
         _ => cfg.error("model", None, &e),
     })?;
+    if let Some(origins) = origins {
+        for (node, origin) in graph.nodes.iter_mut().zip(origins) {
+            node.origin = origin;
+        }
+    }
     // The parameters as run: defaults, then what the config set.
     let mut params = arch.defaults();
     for (k, v) in &m.params {
         params.insert(k.clone(), v.clone());
     }
     Ok((graph, params))
+}
+
+/// The name of the config-only architecture (`[[model.nodes]]`).
+pub const GRAPH_ARCH: &str = "graph";
+
+/// The 1-based lines of the `[[model.nodes]]` headers of a config text, in order.
+pub fn node_header_lines(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim();
+            t.strip_prefix("[[")
+                .and_then(|r| r.split("]]").next())
+                .is_some_and(|h| h.split('.').map(str::trim).eq(["model", "nodes"]))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// The 1-based line of `key = ...` between line `from` (a node's header) and
+/// the next table header.
+fn key_line_in_node(text: &str, from: usize, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| l.split('=').next().is_some_and(|k| k.trim().trim_matches('"') == key))
+        .map(|(i, _)| i + 1)
+}
+
+/// For `arch = "graph"`: checks each node's own keys (`id`, `kind`,
+/// `inputs`, `experts`, `task`) with errors naming the node and its line, and
+/// returns each node's origin ("FILE line L") for later graph errors. When
+/// the nodes are not written as `[[model.nodes]]` tables (inline, or replaced
+/// by `--set`), origins name the file only.
+fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<Option<String>>> {
+    let file = cfg.file.display().to_string();
+    let Some(toml::Value::Array(nodes)) = cfg.config.model.params.get("nodes") else {
+        // A missing or mistyped `nodes` is reported by the expansion.
+        return Ok(Vec::new());
+    };
+    let lines = node_header_lines(&cfg.text);
+    let lines_fit = lines.len() == nodes.len();
+    let mut origins = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let header = lines_fit.then(|| lines[i]);
+        let origin = match header {
+            Some(l) => format!("{file} line {l}"),
+            None => format!("{file}, [[model.nodes]] #{}", i + 1),
+        };
+        let id = node
+            .get("id")
+            .and_then(toml::Value::as_str)
+            .map(|s| format!("graph node `{s}`"))
+            .unwrap_or_else(|| format!("graph node #{}", i + 1));
+        let err = |key: Option<&str>, message: String| {
+            let place = match (key, header) {
+                (Some(k), Some(h)) => match key_line_in_node(&cfg.text, h, k) {
+                    Some(l) => format!("{file} line {l}, key `{k}`"),
+                    None => format!("{origin}, key `{k}`"),
+                },
+                (Some(k), None) => format!("{origin}, key `{k}`"),
+                (None, _) => origin.clone(),
+            };
+            RunError::Config {
+                file: cfg.file.clone(),
+                message: format!("{id} ({place}): {message}"),
+            }
+        };
+        let Some(table) = node.as_table() else {
+            return Err(err(None, "a node must be a table ([[model.nodes]])".into()));
+        };
+        for key in ["id", "kind"] {
+            match table.get(key) {
+                None => return Err(err(None, format!("missing required key `{key}`"))),
+                Some(toml::Value::String(_)) => {}
+                Some(v) => {
+                    return Err(err(
+                        Some(key),
+                        format!("invalid type: {} `{v}`, expected a string", v.type_str()),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = table.get("task") {
+            if !v.is_str() {
+                return Err(err(
+                    Some("task"),
+                    format!("invalid type: {} `{v}`, expected a task name (string)", v.type_str()),
+                ));
+            }
+        }
+        for key in ["inputs", "experts"] {
+            if let Some(v) = table.get(key) {
+                let ok = v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str));
+                if !ok {
+                    return Err(err(
+                        Some(key),
+                        format!("invalid type: {} `{v}`, expected a list of node ids", v.type_str()),
+                    ));
+                }
+            }
+        }
+        origins.push(Some(origin));
+    }
+    Ok(origins)
+}
+
+/// Maps a core error of a graph built from `cfg` to a config error: errors
+/// about one node already carry its origin; graph-wide ones name `[model]`.
+fn graph_error(cfg: &LoadedConfig, e: mtrec_core::Error) -> RunError {
+    match e {
+        mtrec_core::Error::Graph { .. } => RunError::Config {
+            file: cfg.file.clone(),
+            message: e.to_string(),
+        },
+        other => cfg.error("model", Some("arch"), other),
+    }
 }
 
 fn domain_count(p: &Prepared) -> usize {
@@ -106,7 +234,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&
         train_cfg.seed,
         &Device::Cpu,
     )
-    .map_err(|e| cfg.error("model", None, e))?;
+    .map_err(|e| graph_error(cfg, e))?;
     let names: Vec<String> = prepared.data.tasks.iter().map(|t| t.name.clone()).collect();
     train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
 
@@ -178,6 +306,31 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
     }
     Ok(result)
+}
+
+/// The graph `cfg`'s architecture expands to, as a runnable config: the same
+/// `[data]`, `[train]` and tasks, and `[model] arch = "graph"` with one
+/// `[[model.nodes]]` per node. Parsed back, it expands to the same graph
+/// (node ids, hence parameter names, included), so with the same seed it
+/// trains to the same weights and metrics.
+pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
+    let prepared = prepare(cfg, None)?;
+    let (graph, _) = expand(cfg, &prepared)?;
+    let mut c = cfg.config.clone();
+    let mut params = toml::Table::new();
+    params.insert(
+        "nodes".into(),
+        toml::Value::try_from(&graph.nodes).map_err(|e| RunError::Usage(e.to_string()))?,
+    );
+    c.model = crate::config::ModelSection {
+        arch: GRAPH_ARCH.into(),
+        params,
+    };
+    let text = toml::to_string(&c).map_err(|e| RunError::Usage(e.to_string()))?;
+    Ok(format!(
+        "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
+        cfg.config.model.arch
+    ))
 }
 
 /// A fresh run folder under `runs/`: `<arch>-<UTC timestamp>`.
