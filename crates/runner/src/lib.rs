@@ -19,6 +19,9 @@ pub fn link_builtin_plugins() {
     mtrec_star::link();
     mtrec_cgc::link();
     mtrec_ple::link();
+    // Third-party architecture crates, each behind its own cargo feature.
+    #[cfg(feature = "esmm")]
+    mtrec_esmm::link();
 }
 
 /// The architectures this runner ships with.
