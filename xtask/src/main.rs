@@ -5,12 +5,15 @@
 //! - `list`: registered architectures and component kinds;
 //! - `graph <arch> [options]`: the graph a template expands to, as a runnable config;
 //! - `compare [mtrec compare options]`: several architectures over seeds;
+//! - `new-arch NAME`: scaffolds a third-party architecture crate in examples/NAME;
 //! - `test`: the test suite (the command README.md gives).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-fn root() -> PathBuf {
+mod new_arch;
+
+pub(crate) fn root() -> PathBuf {
     // xtask/ sits at the workspace root.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -40,7 +43,7 @@ fn mtrec(args: &[String]) -> Command {
     c
 }
 
-const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | test [cargo test args]>";
+const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | new-arch NAME | test [cargo test args]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             a.extend(rest.iter().cloned());
             mtrec(&a)
         }
+        "new-arch" => return new_arch::scaffold(rest),
         "test" => {
             let mut c = cargo();
             c.args(["test", "--workspace"]);
