@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod config;
 pub mod error;
+pub mod plot;
 pub mod progress;
 pub mod run;
 pub mod source;
