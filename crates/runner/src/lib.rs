@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod plot;
 pub mod progress;
+pub mod reproduce;
 pub mod run;
 pub mod source;
 
