@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             a.extend(rest[1..].iter().cloned());
             mtrec(&a)
         }
-        "list" | "compare" => {
+        "list" | "compare" | "reproduce" => {
             let mut a = vec![task.clone()];
             a.extend(rest.iter().cloned());
             mtrec(&a)

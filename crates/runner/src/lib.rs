@@ -3,7 +3,9 @@
 pub mod compare;
 pub mod config;
 pub mod error;
+pub mod plot;
 pub mod progress;
+pub mod reproduce;
 pub mod run;
 pub mod source;
 

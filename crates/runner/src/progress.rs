@@ -92,8 +92,23 @@ impl RunProgress {
             return;
         }
         let losses: Vec<String> = log.train_loss.iter().map(|l| format!("{l:.4}")).collect();
+        // Gradient cosine per task pair on the shared parameters: mean and
+        // share of sampled steps in conflict (negative).
+        let conflict: String = log
+            .conflict
+            .iter()
+            .map(|c| {
+                format!(
+                    "  cos({},{}) {:+.3} ({:.0}% neg)",
+                    c.a,
+                    c.b,
+                    c.mean_cosine,
+                    100.0 * c.negative_share
+                )
+            })
+            .collect();
         eprintln!(
-            "epoch {:>3}/{}  train loss [{}]  valid score {:.4}  {:.0} rows/s",
+            "epoch {:>3}/{}  train loss [{}]  valid score {:.4}  {:.0} rows/s{conflict}",
             log.epoch,
             self.epochs,
             losses.join(", "),

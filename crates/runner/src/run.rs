@@ -8,7 +8,12 @@
 //! - `preprocess.json`: vocabularies and scaling fitted on the training rows
 //!   (tabular data);
 //! - `checkpoint/`: weights, optimizer state and history after every epoch;
-//! - `model.safetensors`: the best epoch's weights, and `report.json`.
+//! - `history.jsonl`: one JSON line per finished epoch (the `EpochLog`:
+//!   losses, validation metrics, balancer weights, gradient conflict),
+//!   appended as training goes (rewritten from the checkpoint on resume);
+//! - `model.safetensors`: the best epoch's weights, and `report.json`;
+//! - plots (PNG + SVG): `train-loss`, `valid-metric`, `grad-cosine`,
+//!   `utilisation` and, with domains, `utilisation-<gate>` (domain x expert).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +35,7 @@ pub const PREPROCESS_FILE: &str = "preprocess.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const REPORT_FILE: &str = "report.json";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const HISTORY_FILE: &str = "history.jsonl";
 
 /// What a finished run hands back.
 #[derive(Debug)]
@@ -217,7 +223,7 @@ pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunRes
 }
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
-pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
     let prepared = prepare(cfg, opts.on_read)?;
     let (graph, model_params) = expand(cfg, &prepared)?;
     let mut train_cfg = cfg.config.train.clone();
@@ -269,14 +275,34 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&
         resume: opts.resume,
         on_batch: opts.on_batch,
     };
+    // history.jsonl: truncated at the start (a resumed run replays its
+    // earlier epochs first), then one line appended per epoch.
+    let mut history_file = match &opts.out {
+        Some(dir) => {
+            let path = dir.join(HISTORY_FILE);
+            Some((std::fs::File::create(&path).map_err(io(&path))?, path))
+        }
+        None => None,
+    };
+    let mut history_error: Option<RunError> = None;
     let outcome = train_with(
         &model,
         &prepared.data,
         &prepared.split,
         &train_cfg,
         train_opts,
-        on_epoch,
+        |log: &EpochLog| {
+            if let (Some((f, path)), None) = (&mut history_file, &history_error) {
+                if let Err(e) = append_history(f, path, log) {
+                    history_error = Some(e);
+                }
+            }
+            on_epoch(log)
+        },
     )?;
+    if let Some(e) = history_error {
+        return Err(e);
+    }
     let eval = |rows: &[usize]| evaluate(&model, &prepared.data, rows, train_cfg.eval_batch_size);
     let report = Report {
         arch: cfg.config.model.arch.clone(),
@@ -304,6 +330,10 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&
         let json = serde_json::to_string_pretty(&result.report)
             .map_err(|e| RunError::Usage(format!("cannot write the report: {e}")))?;
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
+        // Plots are feedback: a drawing failure must not lose a finished run.
+        if let Err(e) = crate::plot::run_plots(dir, &result.report) {
+            eprintln!("warning: {e}");
+        }
     }
     Ok(result)
 }
@@ -331,6 +361,15 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
         "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
         cfg.config.model.arch
     ))
+}
+
+fn append_history(f: &mut std::fs::File, path: &Path, log: &EpochLog) -> Result<()> {
+    use std::io::Write as _;
+    let mut line = serde_json::to_string(log).map_err(|e| RunError::Usage(format!("cannot write the history: {e}")))?;
+    line.push('\n');
+    f.write_all(line.as_bytes()).map_err(io(path))?;
+    f.flush().map_err(io(path))?;
+    Ok(())
 }
 
 /// A fresh run folder under `runs/`: `<arch>-<UTC timestamp>`.

@@ -8,13 +8,19 @@ use std::collections::BTreeMap;
 use mtrec_core::Model;
 use mtrec_data::Batch;
 
+use crate::balance::{Balancer, BalancerConfig};
 use crate::error::Result;
-use crate::trainer::{optimizer, train_step, TrainConfig};
+use crate::trainer::{optimizer, TrainConfig};
 
 /// Takes one Adam step on `batch` (every task weighted 1) and returns the
 /// names of the trainable variables that did not change. Empty means every
 /// weight receives a gradient.
 pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<String>> {
+    unchanged_after_one_step_with(model, batch, &BalancerConfig::Fixed)
+}
+
+/// [`unchanged_after_one_step`] under a given loss balancer.
+pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &BalancerConfig) -> Result<Vec<String>> {
     let snapshot = |m: &Model| -> Result<BTreeMap<String, Vec<f32>>> {
         m.params()
             .vars()
@@ -28,9 +34,14 @@ pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<Stri
             "the model has no trainable variable: nothing can be checked".into(),
         ));
     }
-    let mut opt = optimizer(model, &TrainConfig::default())?;
-    let weights = vec![1.0; model.tasks().len()];
-    train_step(model, &mut opt, batch, &weights, None)?;
+    let cfg = TrainConfig {
+        balancer: balancer.clone(),
+        ..TrainConfig::default()
+    };
+    let mut opt = optimizer(model, &cfg)?;
+    let mut b = Balancer::new(model, &cfg)?;
+    b.begin_epoch(1, &[]);
+    b.step(model, &mut opt, batch, None)?;
     let after = snapshot(model)?;
     Ok(after
         .into_iter()

@@ -1,5 +1,6 @@
 //! mtrec training: the loop with early stopping, a resumable one-pass
 //! Adam(W), global-norm gradient clipping, evaluation metrics and the run report.
+pub mod balance;
 pub mod check;
 pub mod checkpoint;
 pub mod clip;
@@ -10,6 +11,7 @@ pub mod optim;
 pub mod report;
 pub mod trainer;
 
+pub use balance::{Balancer, BalancerConfig, PairConflict};
 pub use checkpoint::{Checkpointer, TrainState};
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{Tensor, D};
-use mtrec_core::{loss, Model};
+use candle_core::Tensor;
+use mtrec_core::Model;
 use mtrec_data::{shuffled, Dataset, Split};
 use serde::{Deserialize, Serialize};
 
+use crate::balance::{task_losses, weighted_backward, Balancer, BalancerConfig, PairConflict};
 use crate::checkpoint::{Checkpointer, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
@@ -38,8 +39,14 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Seeds weight initialisation and batch order.
     pub seed: u64,
-    /// Per-task loss weights by task name; missing tasks weigh 1.
+    /// Per-task loss weights by task name; missing tasks weigh 1 (used by
+    /// the `fixed` and `pcgrad` balancers).
     pub task_weights: BTreeMap<String, f64>,
+    /// How task losses are combined (`crate::balance`); default `fixed`.
+    pub balancer: BalancerConfig,
+    /// Every this many batches of an epoch, record the cosine between the
+    /// tasks' gradients on the shared parameters; 0 disables.
+    pub conflict_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +62,8 @@ impl Default for TrainConfig {
             patience: 5,
             seed: 1,
             task_weights: BTreeMap::new(),
+            balancer: BalancerConfig::Fixed,
+            conflict_every: 50,
         }
     }
 }
@@ -88,6 +97,10 @@ impl TrainConfig {
                 return bad("task_weights", format!("weight of `{name}` must be >= 0, got {w}"));
             }
         }
+        let has_weights = self.task_weights.values().any(|w| *w != 1.0);
+        if let Err(msg) = self.balancer.validate(has_weights) {
+            return bad("balancer", msg);
+        }
         Ok(())
     }
 }
@@ -101,6 +114,13 @@ pub struct EpochLog {
     pub valid: Evaluation,
     pub valid_score: f64,
     pub rows_per_second: f64,
+    /// The balancer's task weights at the end of the epoch (task order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_weights: Vec<f64>,
+    /// Gradient cosine per task pair on the shared parameters, over the
+    /// epoch's sampled batches (`conflict_every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflict: Vec<PairConflict>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +130,9 @@ pub struct TrainOutcome {
     pub best_epoch: usize,
     pub stopped_early: bool,
     pub train_seconds: f64,
+    /// Gradient conflict per task pair over the whole run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflict: Vec<PairConflict>,
 }
 
 /// The best validation score so far, its epoch, and a deep copy of the weights.
@@ -123,27 +146,17 @@ pub fn train_step(
     weights: &[f64],
     clip: Option<f64>,
 ) -> Result<Vec<f64>> {
-    let out = model.forward(&batch.inputs, true)?;
-    let mut total: Option<Tensor> = None;
-    let mut losses = Vec::with_capacity(out.outputs.len());
-    for (k, (task, o)) in model.tasks().iter().zip(&out.outputs).enumerate() {
-        let labels = batch.labels.narrow(D::Minus1, k, 1)?.squeeze(1)?;
-        let mask = batch.masks.narrow(D::Minus1, k, 1)?.squeeze(1)?;
-        let l = loss::task_loss(task.kind, o, &labels, &mask)?;
-        losses.push(l.to_scalar::<f32>()? as f64);
-        let weighted = (l * weights[k])?;
-        total = Some(match total {
-            None => weighted,
-            Some(t) => (t + weighted)?,
-        });
-    }
-    let total = total.ok_or_else(|| TrainError::Config("the model has no task".into()))?;
-    let mut grads = total.backward()?;
+    let losses = task_losses(model, batch)?;
+    let values = losses
+        .iter()
+        .map(|l| Ok(l.to_scalar::<f32>()? as f64))
+        .collect::<Result<Vec<f64>>>()?;
+    let mut grads = weighted_backward(&losses, weights)?;
     if let Some(max) = clip {
         clip_grad_norm(&mut grads, &model.params().vars(), max)?;
     }
     opt.step(&grads)?;
-    Ok(losses)
+    Ok(values)
 }
 
 /// Builds the optimizer for a model and a config.
@@ -217,10 +230,7 @@ pub fn train_with(
 ) -> Result<TrainOutcome> {
     let names: Vec<String> = model.tasks().iter().map(|t| t.name.clone()).collect();
     cfg.validate(&names)?;
-    let weights: Vec<f64> = names
-        .iter()
-        .map(|n| cfg.task_weights.get(n).copied().unwrap_or(1.0))
-        .collect();
+    let mut balancer = Balancer::new(model, cfg)?;
     let mut opt = optimizer(model, cfg)?;
     let started = Instant::now();
     let mut history = Vec::new();
@@ -259,9 +269,10 @@ pub fn train_with(
         let mut sums = vec![0.0; names.len()];
         let mut batches = 0usize;
         let mut done = 0usize;
+        balancer.begin_epoch(epoch, &history);
         for batch in data.batches(&order, cfg.batch_size, model.device()) {
             let batch = batch?;
-            let losses = train_step(model, &mut opt, &batch, &weights, cfg.clip_norm)?;
+            let losses = balancer.step(model, &mut opt, &batch, cfg.clip_norm)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
                 return Err(TrainError::Diverged {
                     epoch,
@@ -291,6 +302,8 @@ pub fn train_with(
             valid,
             valid_score,
             rows_per_second,
+            task_weights: balancer.weights(),
+            conflict: balancer.end_epoch(),
         };
         on_epoch(&log);
         history.push(log);
@@ -325,7 +338,9 @@ pub fn train_with(
         }
         best_epoch = epoch;
     }
+    let conflict = PairConflict::merge(&history.iter().map(|h| h.conflict.as_slice()).collect::<Vec<_>>());
     Ok(TrainOutcome {
+        conflict,
         history,
         best_epoch,
         stopped_early,
