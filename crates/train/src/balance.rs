@@ -539,8 +539,7 @@ impl Balancer {
             .iter()
             .map(|l| Ok(l.to_scalar::<f32>()? as f64))
             .collect::<Result<Vec<f64>>>()?;
-        let sample =
-            self.conflict_every > 0 && self.batch_in_epoch.is_multiple_of(self.conflict_every) && losses.len() >= 2;
+        let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
         self.batch_in_epoch += 1;
         let needs_per_task = sample || matches!(self.state, State::GradNorm(_) | State::PcGrad);
         let stores = if needs_per_task {
