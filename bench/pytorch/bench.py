@@ -12,10 +12,11 @@ latency median and p99, and peak RSS after training. Eager mode, float32,
 `torch.set_num_threads(--threads)`. Not needed by CI or tests:
 `pip install torch` (the CPU build is enough).
 
-Each expert bank is written the way that was fastest in eager PyTorch on the
-2-core machine of docs/performance.md: the first layer, whose input all experts
-share, as one [B, d] x [d, n*out] matmul over the bank's weights viewed side by
-side; later layers as one batched matmul (`torch.baddbmm`).
+Each expert bank is written as few large PyTorch ops as mtrec's: the first
+layer, whose input all experts share, as one [B, d] x [d, n*out] `addmm` over
+the bank's weights viewed side by side; later layers as one batched matmul
+(`torch.baddbmm`); the gate mix as one `einsum`. (Other formulations, e.g. a
+ModuleList of nn.Linear experts, were not benchmarked.)
 """
 
 import argparse

@@ -135,6 +135,18 @@ fn mix_matches_autograd() {
 }
 
 #[test]
+fn mix_of_three_banks_matches_autograd() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let w = ops::with_fused(false, || {
+        candle_nn::ops::softmax(&random(&mut rng, &[40, 6], 2.0), 1).unwrap()
+    });
+    let banks: Vec<Tensor> = (0..3).map(|_| random(&mut rng, &[2, 40, 8], 1.0)).collect();
+    let mut inputs = vec![w];
+    inputs.extend(banks);
+    check("mix of three banks", &inputs, 10, |t| ops::mix(&t[0], &t[1..]).unwrap());
+}
+
+#[test]
 fn gate_then_mix_matches_autograd() {
     // A softmax gate (fused linear + softmax, no bias) mixing a bank that is
     // also read by the gate's selector path: gradients from both reach x.

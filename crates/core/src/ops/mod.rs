@@ -126,14 +126,16 @@ pub fn linear_act_plain(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) ->
 pub fn mix(weights: &Tensor, banks: &[Tensor]) -> Result<Tensor> {
     let mut all = vec![weights];
     all.extend(banks);
-    if !fusable(&all) || banks.is_empty() || banks.len() > 2 {
+    if !fusable(&all) || banks.is_empty() {
         return mix_plain(weights, banks);
     }
     let w = weights.contiguous()?;
     Ok(match banks {
         [a] => w.apply_op2(&a.contiguous()?, mix::Mix)?,
         [a, b] => w.apply_op3(&a.contiguous()?, &b.contiguous()?, mix::Mix)?,
-        _ => return mix_plain(weights, banks),
+        // A custom op takes at most three tensors: more banks are
+        // concatenated first (e.g. PLE's shared gate over every bank).
+        _ => w.apply_op2(&Tensor::cat(banks, 0)?, mix::Mix)?,
     })
 }
 
