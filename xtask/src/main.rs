@@ -6,7 +6,9 @@
 //! - `graph <arch> [options]`: the graph a template expands to, as a runnable config;
 //! - `compare [mtrec compare options]`: several architectures over seeds;
 //! - `new-arch NAME`: scaffolds a third-party architecture crate in examples/NAME;
-//! - `test`: the test suite (the command README.md gives).
+//! - `test`: the test suite (the command README.md gives);
+//! - `bench [run | compare | profile | data] [options]`: the benchmarks
+//!   (`mtrec-bench`, release build; docs/performance.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,7 +45,7 @@ fn mtrec(args: &[String]) -> Command {
     c
 }
 
-const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | new-arch NAME | test [cargo test args]>";
+const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | new-arch NAME | test [cargo test args] | bench [run|compare|profile|data] [options]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +74,12 @@ fn main() -> ExitCode {
             let mut a = vec![task.clone()];
             a.extend(rest.iter().cloned());
             mtrec(&a)
+        }
+        "bench" => {
+            let mut c = cargo();
+            c.args(["run", "--quiet", "--release", "--package", "mtrec-bench", "--"]);
+            c.args(rest);
+            c
         }
         "new-arch" => return new_arch::scaffold(rest),
         "test" => {

@@ -116,8 +116,50 @@ impl FeatureInput {
         &self.spec
     }
 
+    /// One fused op when every sparse field shares one table (one embedding
+    /// width) and the fused ops are on: the gather, the concatenation with
+    /// the dense features and their backward in one (see
+    /// [`crate::ops::embed_concat`]). `None`: take the plain path.
+    fn forward_fused(&self, inputs: &Inputs) -> Result<Option<Tensor>> {
+        let ([g], Some(ids)) = (self.groups.as_slice(), inputs.sparse.as_ref()) else {
+            return Ok(None);
+        };
+        let dense = if self.spec.dense.is_empty() {
+            None
+        } else {
+            inputs.dense.as_ref()
+        };
+        if !g.identity
+            || (dense.is_none() && !self.spec.dense.is_empty())
+            || !crate::ops::embed_fusable(&g.table, dense)
+        {
+            return Ok(None);
+        }
+        let (_, f) = ids.dims2()?;
+        if ids.dtype() != candle_core::DType::U32
+            || f != self.spec.sparse.len()
+            || dense.is_some_and(|d| d.dim(D::Minus1).ok() != Some(self.spec.dense.len()))
+        {
+            return Ok(None); // the plain path names the mismatch
+        }
+        let mut rows = ids.flatten_all()?.to_vec1::<u32>()?;
+        let offsets = g.offsets.flatten_all()?.to_vec1::<u32>()?;
+        for chunk in rows.chunks_exact_mut(f) {
+            for (id, off) in chunk.iter_mut().zip(&offsets) {
+                // An id past its field's vocabulary is caught by the op's
+                // bounds check (or reads another field's rows, as on the
+                // plain path; `Dataset::new` rules both out).
+                *id = id.saturating_add(*off);
+            }
+        }
+        Ok(Some(crate::ops::embed_concat(&g.table, rows, f, dense)?))
+    }
+
     pub fn forward(&self, inputs: &Inputs) -> Result<Tensor> {
         let b = inputs.rows();
+        if let Some(x) = self.forward_fused(inputs)? {
+            return Ok(x);
+        }
         let mut parts = Vec::with_capacity(self.groups.len() + 1);
         if !self.groups.is_empty() {
             let ids = inputs

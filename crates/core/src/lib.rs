@@ -6,7 +6,9 @@
 //! - [`registry`]: the inventory registries of architectures and component kinds;
 //! - [`model`]: the one runtime that runs any validated graph;
 //! - [`components`]: the built-in component kinds (MLP experts, softmax gate,
-//!   fusions, towers); [`loss`]: stable per-task losses with sample-space masks.
+//!   fusions, towers); [`loss`]: stable per-task losses with sample-space masks;
+//! - [`ops`]: fused CPU ops (dense layers and expert banks with hand-written
+//!   backward, the gate mix) the built-in components run on.
 pub mod atomic;
 pub mod component;
 pub mod components;
@@ -17,6 +19,7 @@ pub mod graph_arch;
 pub mod inputs;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod params;
 pub mod registry;
 pub mod task;

@@ -4,7 +4,6 @@
 use candle_core::{Device, Tensor};
 
 use crate::component::{Component, Port};
-use crate::components::gate::mix;
 use crate::error::{Error, Result};
 use crate::features::{FeatureInput, FeatureSpec};
 use crate::graph::{self, CheckedGraph, GraphEnv, GraphSpec, Source};
@@ -193,17 +192,13 @@ impl Model {
                         .iter()
                         .map(|s| get(s).cloned())
                         .collect::<Result<Vec<_>>>()?;
-                    let bank = if banks.len() == 1 {
-                        banks[0].clone()
-                    } else {
-                        Tensor::cat(&banks, 0)?
-                    };
                     gates.push(GateRecord {
                         node: node.id.clone(),
                         experts: node.expert_labels.clone(),
                         weights: w.clone(),
                     });
-                    Value::Dense(mix(&w, &bank)?)
+                    // Several banks are mixed as one without concatenating them.
+                    Value::Dense(crate::ops::mix(&w, &banks)?)
                 }
             };
             values[i] = Some(out);

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::ops::{self, Act};
 use crate::params::{Init, ParamBuilder};
 
 /// Activation between layers.
@@ -19,6 +20,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The fused ops' activation.
+    pub fn act(self) -> Act {
+        match self {
+            Activation::Relu => Act::Relu,
+            Activation::Sigmoid => Act::Sigmoid,
+            Activation::Tanh => Act::Tanh,
+            Activation::Linear => Act::Identity,
+        }
+    }
+
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Relu => x.relu()?,
@@ -49,11 +60,12 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        self.forward_act(x, Act::Identity)
+    }
+
+    /// `act(x W + b)` as one fused op (see [`crate::ops::linear_act`]).
+    pub fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        ops::linear_act(x, &self.weight, self.bias.as_ref(), act)
     }
 }
 
@@ -80,7 +92,7 @@ impl Stack {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = self.activation.apply(&l.forward(&h)?)?;
+            h = l.forward_act(&h, self.activation.act())?;
         }
         Ok(h)
     }

@@ -8,6 +8,7 @@ use crate::component::{Component, Expert, Port, Role};
 use crate::error::Result;
 use crate::graph::{GraphEnv, NodeIo, NodeSpec};
 use crate::inputs::ForwardCtx;
+use crate::ops;
 use crate::params::{Init, ParamBuilder};
 use crate::registry::{ComponentKind, ComponentRegistration};
 
@@ -23,7 +24,7 @@ struct Params {
 }
 
 /// Weights `[n, in, out]` per layer, biases `[n, 1, out]`: the `n` experts'
-/// layer `l` is one batched matmul. Each expert draws its own initial values
+/// layer `l` is one fused op (matmuls, bias, activation; see [`crate::ops`]). Each expert draws its own initial values
 /// (identical experts would stay identical: a known bug of public code).
 pub struct MlpExperts {
     count: usize,
@@ -65,11 +66,11 @@ impl Expert for MlpExperts {
         self.count
     }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
-        let (b, d) = x.dims2()?;
-        // All experts read the same rows: broadcast (no copy) over the bank.
-        let mut h = x.unsqueeze(0)?.broadcast_as((self.count, b, d))?;
+        // The first layer reads `[B, d]` for every expert (no broadcast copy);
+        // each layer is one fused op over the whole bank.
+        let mut h = x.clone();
         for (w, bias) in self.weights.iter().zip(&self.biases) {
-            h = self.activation.apply(&h.matmul(w)?.broadcast_add(bias)?)?;
+            h = ops::linear_act(&h, w, Some(bias), self.activation.act())?;
         }
         Ok(h)
     }

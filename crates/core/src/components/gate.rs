@@ -1,6 +1,6 @@
 //! `softmax-gate`: `softmax(x W)` over the experts of the banks it mixes.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::dense::Linear;
@@ -8,6 +8,7 @@ use crate::component::{Component, Gate, Port, Role};
 use crate::error::Result;
 use crate::graph::{GraphEnv, NodeIo, NodeSpec};
 use crate::inputs::ForwardCtx;
+use crate::ops::{self, Act};
 use crate::params::ParamBuilder;
 use crate::registry::{ComponentKind, ComponentRegistration};
 
@@ -45,7 +46,8 @@ impl Gate for SoftmaxGate {
         self.n
     }
     fn weights(&self, selector: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax(&self.linear.forward(selector)?, D::Minus1)?)
+        // One fused op: matmul, bias, row softmax (with its backward).
+        self.linear.forward_act(selector, Act::Softmax)
     }
 }
 
@@ -91,6 +93,5 @@ inventory::submit!(ComponentRegistration(&SoftmaxGateKind));
 /// Mixes a bank `[n, B, d]` with gate weights `[B, n]` into `[B, d]`:
 /// `out[b] = sum_i w[b, i] * bank[i, b]`.
 pub fn mix(weights: &Tensor, bank: &Tensor) -> Result<Tensor> {
-    let w = weights.t()?.unsqueeze(2)?; // [n, B, 1]
-    Ok(bank.broadcast_mul(&w)?.sum(0)?)
+    ops::mix(weights, std::slice::from_ref(bank))
 }
