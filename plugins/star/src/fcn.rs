@@ -13,6 +13,7 @@ use candle_core::Tensor;
 use serde::Deserialize;
 
 use mtrec_core::components::dense::{check_units, Activation};
+use mtrec_core::ops::{self, Act};
 use mtrec_core::{
     Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
     Port, Result, Role,
@@ -46,17 +47,25 @@ impl StarLinear {
     }
 
     /// Domain `p`'s effective weight `W * W_p` `[in, out]` and bias
-    /// `b + b_p` `[1, out]`.
+    /// `b + b_p` `[out]`.
     pub fn effective(&self, p: usize) -> Result<(Tensor, Tensor)> {
         let w = self.weight.mul(&self.domain_weight.get(p)?)?;
-        let b = self.bias.add(&self.domain_bias.get(p)?)?.unsqueeze(0)?;
+        let b = self.bias.add(&self.domain_bias.get(p)?)?;
         Ok((w, b))
     }
 
     /// `x W*_p + b*_p` for rows `x` `[n, in]` all of domain `p`.
     pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
+        self.forward_domain_act(x, p, Act::Identity)
+    }
+
+    /// `act(x W*_p + b*_p)`: one fused op (matmul, bias and activation with a
+    /// one-pass backward, `mtrec_core::ops::linear_act`) on the effective
+    /// weights; autograd carries its weight gradient on to `W` and `W_p`
+    /// through the elementwise product.
+    pub fn forward_domain_act(&self, x: &Tensor, p: usize, act: Act) -> Result<Tensor> {
         let (w, b) = self.effective(p)?;
-        Ok(x.matmul(&w)?.broadcast_add(&b)?)
+        ops::linear_act(x, &w, Some(&b), act)
     }
 }
 
@@ -89,7 +98,7 @@ impl StarStack {
     pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = self.activation.apply(&l.forward_domain(&h, p)?)?;
+            h = l.forward_domain_act(&h, p, self.activation.act())?;
         }
         Ok(h)
     }
