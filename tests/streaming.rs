@@ -32,7 +32,7 @@ fn write_rule_csv(path: &Path, rows: usize, seed: u64) {
         let city = ["paris", "lyon", "nice"][((x >> 40) % 3) as usize];
         let age = 18 + (x >> 45) % 60;
         let noise = ((x >> 20) % 100) as f64 / 250.0 - 0.2;
-        let effect = if user % 3 == 0 { 0.8 } else { -0.4 };
+        let effect = [0.8, -0.4, -0.4][(user % 3) as usize];
         let score = effect + (age as f64 - 48.0) / 40.0 + noise;
         let _ = writeln!(
             s,
@@ -184,9 +184,9 @@ fn streamed_evaluation_and_prediction_equal_in_memory() {
     assert_eq!(predict_file(&out, &test_path, &scores).unwrap(), 1000);
     let outputs = predict(&trained.model, &whole, &rows, 100).unwrap();
     let mut expected = String::from("click,spend\n");
-    for r in 0..whole.rows() {
-        let p = 1.0 / (1.0 + (-outputs[0][r]).exp());
-        let _ = writeln!(expected, "{p:.7},{}", outputs[1][r]);
+    for (click, spend) in outputs[0].iter().zip(&outputs[1]) {
+        let p = 1.0 / (1.0 + (-click).exp());
+        let _ = writeln!(expected, "{p:.7},{spend}");
     }
     assert_eq!(std::fs::read_to_string(&scores).unwrap(), expected);
     // A failed prediction leaves no output and no temporary file behind.
