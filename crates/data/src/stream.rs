@@ -20,8 +20,9 @@
 //!   preprocessor, the files of each part, the chunk and buffer sizes.
 //!
 //! Rows held in memory at any time: at most one chunk (`chunk_rows`), the
-//! shuffle buffer (`shuffle_buffer`) and the batch being formed
-//! (`batch_size`); [`Batches::peak_rows`] measures it.
+//! shuffle buffer (`shuffle_buffer`, training only) and the batch being
+//! formed (`batch_size`); [`Batches::peak_rows`] measures it. The readers
+//! add a fixed buffer (CSV: 64 KiB; Parquet: one row group's pages).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
