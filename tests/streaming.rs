@@ -115,7 +115,7 @@ fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// 20,000 training rows, 25 times what may be held at once (256 chunk +
+/// 20,000 training rows, 24 times what may be held at once (256 chunk +
 /// 512 buffer + 64 batch): the model learns the rule, and the most rows
 /// ever held stays within the bound over all epochs and evaluations.
 #[test]
