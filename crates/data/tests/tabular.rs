@@ -1001,6 +1001,16 @@ fn streamed_gzip_csv_and_parquet_give_every_row_once() {
     all.sort_by(f32::total_cmp);
     assert_eq!(all, in_order);
 
+    // A part the hash split leaves empty is an error naming the part.
+    let mut tiny = schema.clone();
+    tiny.path = Some(dir.write("tiny.csv", "city,age,click\na,1,1\nb,2,0\n"));
+    let data = StreamedData::open(&tiny, &tasks, None, [0.98, 0.01, 0.01], 1, options, None).expect("open");
+    let msg = err_text(data.chunks(Part::Valid).collect::<Result<Vec<_>, _>>());
+    assert!(
+        msg.contains("tiny.csv") && msg.contains("none of the file's 2 rows falls in the valid part"),
+        "{msg}"
+    );
+
     // Bad sizes are errors naming the setting.
     let bad = StreamOptions {
         chunk_rows: 16,
