@@ -340,16 +340,7 @@ impl Dataset {
             return Err(invalid("nothing to concatenate"));
         };
         for (i, p) in parts.iter().enumerate().skip(1) {
-            let same = p.tasks == first.tasks
-                && p.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
-                    == first.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
-                && p.dense.as_ref().map(|d| &d.names) == first.dense.as_ref().map(|d| &d.names)
-                && p.domains.as_ref().map(|d| &d.names) == first.domains.as_ref().map(|d| &d.names)
-                && p.sequences.len() == first.sequences.len()
-                && p.sequences.iter().zip(&first.sequences).all(|(a, b)| {
-                    (&a.name, a.max_len, a.vocab, &a.share_with) == (&b.name, b.max_len, b.vocab, &b.share_with)
-                });
-            if !same {
+            if !first.same_columns(p) {
                 return Err(invalid(format!(
                     "cannot concatenate: part {i} differs from part 0 in its tasks or columns"
                 )));
@@ -375,6 +366,103 @@ impl Dataset {
             out.rows += p.rows;
         }
         Ok(out)
+    }
+
+    /// Whether `other` has the same tasks and columns (everything but the
+    /// rows), so that rows can be copied between the two.
+    pub fn same_columns(&self, other: &Dataset) -> bool {
+        other.tasks == self.tasks
+            && other.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
+                == self.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
+            && other.dense.as_ref().map(|d| &d.names) == self.dense.as_ref().map(|d| &d.names)
+            && other.domains.as_ref().map(|d| &d.names) == self.domains.as_ref().map(|d| &d.names)
+            && other.sequences.len() == self.sequences.len()
+            && other.sequences.iter().zip(&self.sequences).all(|(a, b)| {
+                (&a.name, a.max_len, a.vocab, &a.share_with) == (&b.name, b.max_len, b.vocab, &b.share_with)
+            })
+    }
+
+    /// A dataset with the columns of `self` and no rows.
+    pub(crate) fn empty_like(&self) -> Dataset {
+        // No row index, so none out of range.
+        self.subset(&[])
+    }
+
+    /// Appends row `r` of `src` (same columns, see [`Dataset::same_columns`]).
+    /// Rows of a validated dataset need no new check.
+    pub(crate) fn push_row(&mut self, src: &Dataset, r: usize) {
+        self.put_row(None, src, r);
+        self.rows += 1;
+    }
+
+    /// Overwrites row `j` with row `r` of `src` (same columns).
+    pub(crate) fn replace_row(&mut self, j: usize, src: &Dataset, r: usize) {
+        self.put_row(Some(j), src, r);
+    }
+
+    fn put_row(&mut self, at: Option<usize>, src: &Dataset, r: usize) {
+        fn put<T: Copy>(dst: &mut Vec<T>, at: Option<usize>, src: &[T], r: usize, w: usize) {
+            let row = &src[r * w..(r + 1) * w];
+            match at {
+                None => dst.extend_from_slice(row),
+                Some(j) => dst[j * w..(j + 1) * w].copy_from_slice(row),
+            }
+        }
+        let k = self.task_count();
+        if let (Some(d), Some(s)) = (self.sparse.as_mut(), src.sparse.as_ref()) {
+            put(&mut d.ids, at, &s.ids, r, s.fields.len());
+        }
+        if let (Some(d), Some(s)) = (self.dense.as_mut(), src.dense.as_ref()) {
+            put(&mut d.values, at, &s.values, r, s.names.len());
+        }
+        if let (Some(d), Some(s)) = (self.domains.as_mut(), src.domains.as_ref()) {
+            put(&mut d.ids, at, &s.ids, r, 1);
+        }
+        for (d, s) in self.sequences.iter_mut().zip(&src.sequences) {
+            put(&mut d.ids, at, &s.ids, r, s.max_len);
+            put(&mut d.lengths, at, &s.lengths, r, 1);
+        }
+        put(&mut self.labels, at, &src.labels, r, k);
+        put(&mut self.masks, at, &src.masks, r, k);
+    }
+
+    /// Removes row `j`, moving the last row into its place (O(1), order not kept).
+    pub(crate) fn swap_remove_row(&mut self, j: usize) {
+        fn remove<T: Copy>(v: &mut Vec<T>, j: usize, last: usize, w: usize) {
+            if j != last {
+                v.copy_within(last * w..(last + 1) * w, j * w);
+            }
+            v.truncate(last * w);
+        }
+        let Some(last) = self.rows.checked_sub(1) else {
+            return;
+        };
+        let k = self.task_count();
+        if let Some(s) = self.sparse.as_mut() {
+            let w = s.fields.len();
+            remove(&mut s.ids, j, last, w);
+        }
+        if let Some(d) = self.dense.as_mut() {
+            let w = d.names.len();
+            remove(&mut d.values, j, last, w);
+        }
+        if let Some(d) = self.domains.as_mut() {
+            remove(&mut d.ids, j, last, 1);
+        }
+        for q in &mut self.sequences {
+            let w = q.max_len;
+            remove(&mut q.ids, j, last, w);
+            remove(&mut q.lengths, j, last, 1);
+        }
+        remove(&mut self.labels, j, last, k);
+        remove(&mut self.masks, j, last, k);
+        self.rows = last;
+    }
+
+    /// All rows, in order, as one batch of tensors on `device`.
+    pub fn to_batch(&self, device: &Device) -> Result<Batch> {
+        let rows: Vec<usize> = (0..self.rows).collect();
+        self.batch(&rows, device)
     }
 
     /// Number of rows.

@@ -14,6 +14,8 @@
 //! - [`preprocess`]: the [`Preprocessor`] fitted on training rows
 //!   (vocabularies, hashing, dense statistics, domains, task rules), which
 //!   encodes files into datasets and is saved as JSON;
+//! - [`stream`]: out-of-core passes over files larger than memory: batches
+//!   through a seeded shuffle buffer, a hash split of one file, [`StreamedData`];
 //! - [`tabular`]: loading a described data set ([`load_tabular`],
 //!   [`load_single`], [`load_split`]).
 pub mod dataset;
@@ -23,6 +25,7 @@ pub mod preprocess;
 pub mod read;
 pub mod schema;
 pub mod split;
+pub mod stream;
 pub mod synthetic;
 pub mod tabular;
 
@@ -32,5 +35,6 @@ pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction
 pub use preprocess::{Labels, Pass, Preprocessor, Progress, ProgressFn};
 pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
 pub use split::{shuffled, split, Split};
+pub use stream::{Batches, HashSplit, Part, Shuffle, StreamFiles, StreamOptions, StreamedData};
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
 pub use tabular::{count_rows, load_single, load_split, load_tabular, Loaded, LoadedSingle};

@@ -36,6 +36,7 @@ use crate::dataset::{Dataset, DenseColumns, DomainColumn, SequenceColumn, Sparse
 use crate::error::{DataError, Place, Result};
 use crate::read::{self, ReadOptions, RowSource};
 use crate::schema::{Pooling, Rule, Scaling, TabularSchema, TaskSpec};
+use crate::stream::{HashSplit, Part};
 
 /// The version of the saved form; [`Preprocessor::from_json`] rejects others.
 pub const FORMAT_VERSION: u32 = 1;
@@ -624,12 +625,13 @@ impl Preprocessor {
         Self::fit_selected(schema, tasks, train, None, &mut reporter)
     }
 
-    /// Fits on the rows `i` of `file` with `select[i]` (all rows when `None`).
+    /// Fits on the rows `i` (0-based, in file order) of `file` with
+    /// `select(i)` (all rows when `None`).
     pub(crate) fn fit_selected(
         schema: &TabularSchema,
         tasks: &[TaskSpec],
         file: &Path,
-        select: Option<&[bool]>,
+        select: Option<&dyn Fn(u64) -> bool>,
         reporter: &mut Reporter<'_>,
     ) -> Result<Self> {
         let mut pre = Self::plan(schema, tasks)?;
@@ -645,12 +647,12 @@ impl Preprocessor {
         let mut record = StringRecord::new();
         let (mut read_rows, mut fitted) = (0u64, 0u64);
         while let Some(place) = src.next_row(&mut record)? {
-            let index = read_rows as usize;
+            let index = read_rows;
             read_rows += 1;
             if read_rows % PROGRESS_EVERY == 0 {
                 reporter.report(Pass::Fit, file, read_rows, total);
             }
-            if select.is_some_and(|s| !s.get(index).copied().unwrap_or(false)) {
+            if select.is_some_and(|s| !s(index)) {
                 continue;
             }
             fitted += 1;
@@ -1046,6 +1048,20 @@ impl Preprocessor {
         EncodeChunks::new(self, path, chunk_rows, labels)
     }
 
+    /// [`Preprocessor::encode_chunks`] of only the rows of `file` that the
+    /// hash split puts in `part` (rows of other parts are read, not encoded).
+    pub fn encode_part_chunks<'p>(
+        &'p self,
+        path: &Path,
+        chunk_rows: usize,
+        split: HashSplit,
+        part: Part,
+    ) -> EncodeChunks<'p> {
+        let mut chunks = EncodeChunks::new(self, path, chunk_rows, Labels::Required);
+        chunks.keep = Some((split, part));
+        chunks
+    }
+
     /// The tasks as the model sees them.
     pub fn task_infos(&self) -> Vec<TaskInfo> {
         self.tasks
@@ -1135,7 +1151,12 @@ pub struct EncodeChunks<'p> {
     conds: Vec<(Cond, Option<Cond>)>,
     state: ChunkState,
     record: StringRecord,
+    /// Rows encoded so far.
     rows: u64,
+    /// Rows read so far (encoded or skipped by `keep`).
+    read: u64,
+    /// Only the rows of this part of this split are encoded.
+    keep: Option<(HashSplit, Part)>,
 }
 
 impl std::fmt::Debug for EncodeChunks<'_> {
@@ -1169,6 +1190,8 @@ impl<'p> EncodeChunks<'p> {
             state,
             record: StringRecord::new(),
             rows: 0,
+            read: 0,
+            keep: None,
         }
     }
 
@@ -1193,17 +1216,33 @@ impl<'p> EncodeChunks<'p> {
             let Some(place) = src.next_row(&mut self.record)? else {
                 break;
             };
+            let index = self.read;
+            self.read += 1;
+            if self.read % PROGRESS_EVERY == 0 {
+                reporter.report(Pass::Encode, &self.file, self.read, total);
+            }
+            if self
+                .keep
+                .as_ref()
+                .is_some_and(|(split, part)| split.part(index) != *part)
+            {
+                continue;
+            }
             self.pre
                 .encode_row(bind, &self.conds, &self.record, &self.file, place, &mut out)?;
-            let read = self.rows + out.rows as u64;
-            if read % PROGRESS_EVERY == 0 {
-                reporter.report(Pass::Encode, &self.file, read, total);
-            }
         }
-        reporter.report(Pass::Encode, &self.file, self.rows + out.rows as u64, total);
+        reporter.report(Pass::Encode, &self.file, self.read, total);
         if out.rows == 0 {
             if self.rows == 0 {
-                return Err(DataError::input(&self.file, src.end_place(), None, "no data rows"));
+                let message = match &self.keep {
+                    Some((split, part)) if self.read > 0 => format!(
+                        "none of the file's {} rows falls in the {part} part of the split {:?}; \
+                         give more rows or larger fractions",
+                        self.read, split.fractions
+                    ),
+                    _ => "no data rows".to_string(),
+                };
+                return Err(DataError::input(&self.file, src.end_place(), None, message));
             }
             return Ok(None);
         }

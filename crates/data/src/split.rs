@@ -61,6 +61,19 @@ fn part_sizes(n: usize, fractions: [f64; 3]) -> [usize; 3] {
     }
 }
 
+/// Each fraction finite and > 0, all summing to 1 (within 1e-6).
+pub(crate) fn check_fractions(fractions: [f64; 3]) -> Result<()> {
+    let sum: f64 = fractions.iter().sum();
+    if fractions.iter().any(|f| !f.is_finite() || *f <= 0.0) || (sum - 1.0).abs() > 1e-6 {
+        return Err(DataError::setting(
+            "split fractions [train, valid, test]",
+            format!("{fractions:?} (sum {sum})"),
+            "each fraction > 0, all summing to 1",
+        ));
+    }
+    Ok(())
+}
+
 /// Splits `0..n` into train / valid / test parts of sizes `n * fractions`
 /// (rounded; every part gets at least one row), shuffled by `seed`.
 ///
@@ -74,14 +87,7 @@ pub fn split(n: usize, fractions: [f64; 3], seed: u64) -> Result<Split> {
             "at least 3, so that train, valid and test each get a row",
         ));
     }
-    let sum: f64 = fractions.iter().sum();
-    if fractions.iter().any(|f| !f.is_finite() || *f <= 0.0) || (sum - 1.0).abs() > 1e-6 {
-        return Err(DataError::setting(
-            "split fractions [train, valid, test]",
-            format!("{fractions:?} (sum {sum})"),
-            "each fraction > 0, all summing to 1",
-        ));
-    }
+    check_fractions(fractions)?;
     let [a, b, _] = part_sizes(n, fractions);
     let mut order = shuffled(n, seed);
     let test = order.split_off(a + b);

@@ -143,7 +143,14 @@ pub fn load_single(
     for &i in &split.train {
         is_train[i] = true;
     }
-    let pre = Preprocessor::fit_selected(schema, tasks, &path, Some(&is_train), &mut reporter)?;
+    let select = |i: u64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| is_train.get(i))
+            .copied()
+            .unwrap_or(false)
+    };
+    let pre = Preprocessor::fit_selected(schema, tasks, &path, Some(&select), &mut reporter)?;
     let data = pre.encode_with(&path, Labels::Required, &mut reporter)?;
     if data.rows() != rows {
         return Err(DataError::input(

@@ -909,3 +909,116 @@ fn errors_are_typed() {
         other => panic!("expected an input error, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------- streaming
+
+/// The dense `age` of every row of `batches`, in order.
+fn ages(batches: impl Iterator<Item = Result<Dataset, DataError>>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for b in batches {
+        let b = b.expect("batch");
+        assert!(b.rows() <= 8, "batches of at most batch_size rows");
+        out.extend(b.dense.as_ref().expect("dense").values.iter().copied());
+    }
+    out
+}
+
+#[test]
+fn streamed_gzip_csv_and_parquet_give_every_row_once() {
+    use mtrec_data::{Part, StreamFiles, StreamOptions, StreamedData};
+    let dir = TempDir::new("streamed");
+    let n = 300;
+    let cities = ["a", "b", "c"];
+    let mut csv = String::from("city,age,click\n");
+    let (mut city_col, mut age_col, mut click_col) = (Vec::new(), Vec::new(), Vec::new());
+    let text: Vec<(String, String)> = (0..n).map(|i| (i.to_string(), (i % 2).to_string())).collect();
+    for (i, (age, click)) in text.iter().enumerate() {
+        csv.push_str(&format!("{},{age},{click}\n", cities[i % 3]));
+        city_col.push(Some(cities[i % 3]));
+        age_col.push(Some(age.as_str()));
+        click_col.push(Some(click.as_str()));
+    }
+    let gz = dir.write("train.csv.gz", &csv);
+    let pq = dir.0.join("valid.parquet");
+    write_parquet(
+        &pq,
+        &[city_col, age_col, click_col],
+        &["city", "age", "click"],
+        &[],
+        &[],
+    );
+    let (mut schema, tasks) = config(BASIC);
+    schema.defaults.scaling = mtrec_data::schema::Scaling::None;
+    let pre = Preprocessor::fit(&schema, &tasks, &gz, None).expect("fit");
+    let whole = pre.load_file(&gz).expect("whole file");
+    let options = StreamOptions {
+        chunk_rows: 16,
+        shuffle_buffer: 40,
+    };
+    let files = StreamFiles::Separate {
+        train: gz.clone(),
+        valid: pq.clone(),
+        test: gz.clone(),
+    };
+    let data = StreamedData::new(pre.clone(), files, options).expect("streamed");
+    let in_order: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    // In file order, both formats give the file's rows; as datasets too.
+    assert_eq!(ages(data.batches(Part::Train, 8, None)), in_order);
+    assert_eq!(ages(data.batches(Part::Valid, 8, None)), in_order);
+    let batches: Vec<Dataset> = data
+        .batches(Part::Train, 8, None)
+        .collect::<Result<_, _>>()
+        .expect("batches");
+    assert_eq!(Dataset::concat(&batches).expect("concat"), whole);
+    // Shuffled: every row once, seeded, within chunk + buffer + batch rows.
+    for part in [Part::Train, Part::Valid] {
+        let a = ages(data.batches(part, 8, Some(5)));
+        assert_ne!(a, in_order, "{part}: shuffled");
+        assert_eq!(a, ages(data.batches(part, 8, Some(5))), "{part}: seeded");
+        let mut sorted = a.clone();
+        sorted.sort_by(f32::total_cmp);
+        assert_eq!(sorted, in_order, "{part}: every row exactly once");
+    }
+    assert!(data.peak_rows() <= 16 + 40 + 8, "peak {}", data.peak_rows());
+    assert!(data.peak_rows() >= 40, "peak {}", data.peak_rows());
+
+    // One file: the hash split's parts are disjoint and cover it; the
+    // preprocessor is fitted on the train part only.
+    let mut single = schema.clone();
+    single.path = Some(gz.clone());
+    let data = StreamedData::open(&single, &tasks, None, [0.6, 0.2, 0.2], 9, options, None).expect("open");
+    let parts: Vec<Vec<f32>> = [Part::Train, Part::Valid, Part::Test]
+        .iter()
+        .map(|&p| ages(data.batches(p, 8, None)))
+        .collect();
+    assert!(
+        parts.iter().all(|p| p.len() > 30),
+        "{:?}",
+        parts.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(data.preprocessor.train_rows, parts[0].len() as u64);
+    let mut all: Vec<f32> = parts.concat();
+    all.sort_by(f32::total_cmp);
+    assert_eq!(all, in_order);
+
+    // A part the hash split leaves empty is an error naming the part.
+    let mut tiny = schema.clone();
+    tiny.path = Some(dir.write("tiny.csv", "city,age,click\na,1,1\nb,2,0\n"));
+    let data = StreamedData::open(&tiny, &tasks, None, [0.98, 0.01, 0.01], 1, options, None).expect("open");
+    let msg = err_text(data.chunks(Part::Valid).collect::<Result<Vec<_>, _>>());
+    assert!(
+        msg.contains("tiny.csv") && msg.contains("none of the file's 2 rows falls in the valid part"),
+        "{msg}"
+    );
+
+    // Bad sizes are errors naming the setting.
+    let bad = StreamOptions {
+        chunk_rows: 16,
+        shuffle_buffer: 0,
+    };
+    let msg = err_text(StreamedData::open(&single, &tasks, None, [0.6, 0.2, 0.2], 9, bad, None));
+    assert!(
+        msg.contains("`shuffle_buffer` = 0") && msg.contains("at least 1"),
+        "{msg}"
+    );
+}

@@ -26,6 +26,22 @@ pub struct DataSection {
     /// Seed of the split; by default the source's `seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_seed: Option<u64>,
+    /// Tabular sources: re-read the files chunk by chunk on every pass
+    /// instead of loading them (`mtrec_data::stream`), for files larger
+    /// than memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+    /// Streaming: rows encoded at a time (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_rows: Option<usize>,
+    /// Streaming: rows of the training shuffle buffer (default 262144).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_buffer: Option<usize>,
+    /// Streaming: the report's train-part metrics cover the first this many
+    /// training rows (default 100000; exact metrics keep 8 bytes per row
+    /// and task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_eval_rows: Option<usize>,
     #[serde(flatten)]
     pub params: toml::Table,
 }

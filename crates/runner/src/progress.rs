@@ -68,10 +68,18 @@ impl RunProgress {
         if b.epoch != self.epoch {
             self.epoch = b.epoch;
             self.read.finish_and_clear();
-            self.train = ProgressBar::new(b.rows_total as u64);
-            self.train.set_style(style(
-                "epoch {prefix} [{bar:30}] {human_pos}/{human_len} rows ({per_sec}, eta {eta}) loss {msg}",
-            ));
+            if b.rows_total == 0 {
+                // A streamed file's first pass: its size is not known yet.
+                self.train = ProgressBar::new_spinner();
+                self.train.set_style(style(
+                    "epoch {prefix} {spinner} {human_pos} rows ({per_sec}) loss {msg}",
+                ));
+            } else {
+                self.train = ProgressBar::new(b.rows_total as u64);
+                self.train.set_style(style(
+                    "epoch {prefix} [{bar:30}] {human_pos}/{human_len} rows ({per_sec}, eta {eta}) loss {msg}",
+                ));
+            }
             self.running = vec![0.0; b.losses.len()];
             self.batches = 0;
         }

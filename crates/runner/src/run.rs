@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use mtrec_core::{registry, GraphEnv, GraphSpec, Model};
 use mtrec_data::preprocess::Progress;
-use mtrec_data::{Labels, Preprocessor};
+use mtrec_data::{Batches, Dataset, Labels, Part, Preprocessor, StreamOptions};
 use mtrec_train::{
-    evaluate, predict, train_with, BatchProgress, Checkpointer, EpochLog, Evaluation, Report, SplitRows, TrainOptions,
+    batch_outputs, evaluate, evaluate_batches, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator,
+    InMemory, Report, SplitRows, Streamed, TrainOptions, TrainSource,
 };
 
 use crate::config::{self, unknown_field, LoadedConfig, RunConfig};
 use crate::error::{io, Result, RunError};
-use crate::source::{prepare, Prepared};
+use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const GRAPH_FILE: &str = "graph.toml";
@@ -65,8 +66,8 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     let arch = registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
     let env = GraphEnv {
         input_width: prepared.features.width(),
-        tasks: prepared.data.tasks.clone(),
-        domains: domain_count(prepared),
+        tasks: prepared.tasks.clone(),
+        domains: prepared.domain_count(),
     };
     let origins = if m.arch == GRAPH_ARCH {
         Some(check_graph_nodes(cfg)?)
@@ -208,10 +209,6 @@ fn graph_error(cfg: &LoadedConfig, e: mtrec_core::Error) -> RunError {
     }
 }
 
-fn domain_count(p: &Prepared) -> usize {
-    p.data.domains.as_ref().map_or(0, |d| d.names.len())
-}
-
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(mtrec_core::atomic::write_bytes(path, bytes)?)
 }
@@ -235,18 +232,24 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     let model = Model::build(
         &graph,
         &prepared.features,
-        &prepared.data.tasks,
-        domain_count(&prepared),
+        &prepared.tasks,
+        prepared.domain_count(),
         train_cfg.seed,
         &Device::Cpu,
     )
     .map_err(|e| graph_error(cfg, e))?;
-    let names: Vec<String> = prepared.data.tasks.iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = prepared.tasks.iter().map(|t| t.name.clone()).collect();
     train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
 
     let mut resolved = cfg.config.clone();
     resolved.data.params = prepared.resolved.clone();
     resolved.model.params = model_params;
+    if let Some(o) = stream_options(cfg)? {
+        // Every default written out, as for the other keys.
+        resolved.data.chunk_rows = Some(o.chunk_rows);
+        resolved.data.shuffle_buffer = Some(o.shuffle_buffer);
+        resolved.data.train_eval_rows = Some(cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS));
+    }
     let checkpoint = match &opts.out {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -285,37 +288,73 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         None => None,
     };
     let mut history_error: Option<RunError> = None;
-    let outcome = train_with(
-        &model,
-        &prepared.data,
-        &prepared.split,
-        &train_cfg,
-        train_opts,
-        |log: &EpochLog| {
-            if let (Some((f, path)), None) = (&mut history_file, &history_error) {
-                if let Err(e) = append_history(f, path, log) {
-                    history_error = Some(e);
-                }
+    let streamed = match &prepared.rows {
+        Rows::Streamed(data) => Some(Streamed::new(data)),
+        Rows::Memory { .. } => None,
+    };
+    let memory = match &prepared.rows {
+        Rows::Memory { data, split } => Some(InMemory { data, split }),
+        Rows::Streamed(_) => None,
+    };
+    let source: &dyn TrainSource = match (&streamed, &memory) {
+        (Some(s), _) => s,
+        (None, Some(m)) => m,
+        (None, None) => return Err(RunError::Usage("no training rows".into())),
+    };
+    let outcome = train_on(&model, source, &train_cfg, train_opts, |log: &EpochLog| {
+        if let (Some((f, path)), None) = (&mut history_file, &history_error) {
+            if let Err(e) = append_history(f, path, log) {
+                history_error = Some(e);
             }
-            on_epoch(log)
-        },
-    )?;
+        }
+        on_epoch(log)
+    })?;
     if let Some(e) = history_error {
         return Err(e);
     }
-    let eval = |rows: &[usize]| evaluate(&model, &prepared.data, rows, train_cfg.eval_batch_size);
+    let batch_size = train_cfg.eval_batch_size;
+    let (rows, train, valid, test) = match &prepared.rows {
+        Rows::Memory { data, split } => {
+            let eval = |rows: &[usize]| evaluate(&model, data, rows, batch_size);
+            let rows = SplitRows {
+                train: split.train.len(),
+                valid: split.valid.len(),
+                test: split.test.len(),
+            };
+            (rows, eval(&split.train)?, eval(&split.valid)?, eval(&split.test)?)
+        }
+        Rows::Streamed(data) => {
+            let names = prepared.domains.as_deref();
+            let limit = cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS);
+            let part = |p: Part| data.batches(p, batch_size, None);
+            let (train, _) = eval_part(&model, first_rows(part(Part::Train), limit), names)?;
+            let (valid, valid_rows) = eval_part(&model, part(Part::Valid), names)?;
+            let (test, test_rows) = eval_part(&model, part(Part::Test), names)?;
+            // The train part's size: counted by the last epoch of this
+            // session, else (nothing left to train after a resume) by a pass.
+            let train_rows = match streamed.as_ref().and_then(Streamed::rows_read) {
+                Some(n) => n,
+                None => data
+                    .chunks(Part::Train)
+                    .map(|c| c.map(|c| c.rows()))
+                    .sum::<mtrec_data::Result<usize>>()?,
+            };
+            let rows = SplitRows {
+                train: train_rows,
+                valid: valid_rows,
+                test: test_rows,
+            };
+            (rows, train, valid, test)
+        }
+    };
     let report = Report {
         arch: cfg.config.model.arch.clone(),
         parameters: model.params().parameter_count(),
-        tasks: prepared.data.tasks.clone(),
-        rows: SplitRows {
-            train: prepared.split.train.len(),
-            valid: prepared.split.valid.len(),
-            test: prepared.split.test.len(),
-        },
-        train: eval(&prepared.split.train)?,
-        valid: eval(&prepared.split.valid)?,
-        test: eval(&prepared.split.test)?,
+        tasks: prepared.tasks.clone(),
+        rows,
+        train,
+        valid,
+        test,
         outcome,
     };
     let result = RunResult {
@@ -336,6 +375,44 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         }
     }
     Ok(result)
+}
+
+/// The metrics of `batches` and the number of rows evaluated.
+fn eval_part(
+    model: &Model,
+    batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
+    domains: Option<&[String]>,
+) -> Result<(Evaluation, usize)> {
+    let mut ev = Evaluator::new(model, domains);
+    for batch in batches {
+        ev.add(&batch?.to_batch(model.device())?)?;
+    }
+    let rows = ev.rows();
+    Ok((ev.finish()?, rows))
+}
+
+/// The first `limit` rows of `batches` (the last batch cut short); the
+/// underlying reader is dropped, so the rest of the file is not read.
+fn first_rows(
+    batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
+    limit: usize,
+) -> impl Iterator<Item = mtrec_data::Result<Dataset>> {
+    let mut left = limit;
+    batches.map_while(move |batch| {
+        if left == 0 {
+            return None;
+        }
+        Some(batch.map(|d| {
+            if d.rows() <= left {
+                left -= d.rows();
+                d
+            } else {
+                let keep: Vec<usize> = (0..left).collect();
+                left = 0;
+                d.subset(&keep)
+            }
+        }))
+    })
 }
 
 /// The graph `cfg`'s architecture expands to, as a runnable config: the same
@@ -451,39 +528,76 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
 /// writes `output` (CSV): one column per task, named after it, in task
 /// order: the probability for binary tasks, the prediction for regression
 /// tasks. Labels are not needed; an unseen category maps to the
-/// out-of-vocabulary id. Written atomically. Returns the number of rows.
+/// out-of-vocabulary id. The input is streamed (chunks of the run's
+/// `chunk_rows`, default 65536) and rows are written as they are scored, to
+/// a temporary file renamed over `output` at the end (atomic: a failed run
+/// leaves no partial file). Returns the number of rows.
 pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usize> {
+    use std::io::Write as _;
     let trained = load_trained(model_dir)?;
-    let data = trained.preprocessor.encode_file(input, Labels::Optional, None)?;
-    let rows: Vec<usize> = (0..data.rows()).collect();
-    let outputs = predict(&trained.model, &data, &rows, trained.config.train.eval_batch_size)?;
+    let chunks = trained
+        .preprocessor
+        .encode_chunks(input, chunk_rows(&trained.config), Labels::Optional);
+    let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
     let tasks = trained.model.tasks();
-    let csv_err = |e: csv::Error| RunError::Usage(format!("cannot write {}: {e}", output.display()));
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
-    for r in 0..data.rows() {
-        let record = tasks.iter().zip(&outputs).map(|(t, o)| match t.kind {
-            mtrec_core::TaskKind::Binary => format!("{:.7}", 1.0 / (1.0 + (-o[r]).exp())),
-            mtrec_core::TaskKind::Regression => format!("{}", o[r]),
-        });
-        w.write_record(record).map_err(csv_err)?;
+    let mut rows = 0usize;
+    // The writer's own error type is the core's; the real cause is kept here.
+    let mut failure: Option<RunError> = None;
+    let written = mtrec_core::atomic::write_with(output, |tmp| {
+        let score = || -> Result<()> {
+            let file = std::fs::File::create(tmp).map_err(io(tmp))?;
+            let csv_err = |e: csv::Error| RunError::Usage(format!("cannot write {}: {e}", output.display()));
+            let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+            w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
+            for batch in batches {
+                let batch = batch?;
+                let outputs = batch_outputs(&trained.model, &batch.to_batch(trained.model.device())?)?;
+                for r in 0..batch.rows() {
+                    let record = tasks.iter().zip(&outputs).map(|(t, o)| match t.kind {
+                        mtrec_core::TaskKind::Binary => format!("{:.7}", 1.0 / (1.0 + (-o[r]).exp())),
+                        mtrec_core::TaskKind::Regression => format!("{}", o[r]),
+                    });
+                    w.write_record(record).map_err(csv_err)?;
+                }
+                rows += batch.rows();
+            }
+            let mut inner = w
+                .into_inner()
+                .map_err(|e| RunError::Usage(format!("cannot write {}: {}", output.display(), e.error())))?;
+            inner.flush().map_err(io(tmp))
+        };
+        score().map_err(|e| {
+            failure = Some(e);
+            mtrec_core::Error::Io {
+                path: tmp.to_path_buf(),
+                source: std::io::Error::other("scoring stopped"),
+            }
+        })
+    });
+    match (written, failure) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+        (Ok(()), None) => Ok(rows),
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| RunError::Usage(format!("cannot write {}: {e}", output.display())))?;
-    write(output, &bytes)?;
-    Ok(data.rows())
 }
 
-/// The metrics of run folder `model_dir`'s model on a labelled file.
+/// Rows per chunk when a run's model reads a file: the run's `chunk_rows`
+/// (streamed runs) or the default.
+fn chunk_rows(config: &RunConfig) -> usize {
+    config.data.chunk_rows.unwrap_or(StreamOptions::default().chunk_rows)
+}
+
+/// The metrics of run folder `model_dir`'s model on a labelled file, read
+/// in chunks (the file is never held whole: per task 8 bytes per labelled
+/// row are kept for AUC). The rows go through the model in batches of
+/// `eval_batch_size` in file order, as the run's own evaluation does, so the
+/// metrics equal those of the file loaded whole.
 pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
     let trained = load_trained(model_dir)?;
-    let data = trained.preprocessor.load_file(input)?;
-    let rows: Vec<usize> = (0..data.rows()).collect();
-    Ok(evaluate(
-        &trained.model,
-        &data,
-        &rows,
-        trained.config.train.eval_batch_size,
-    )?)
+    let chunks = trained
+        .preprocessor
+        .encode_chunks(input, chunk_rows(&trained.config), Labels::Required);
+    let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
+    let names = trained.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
+    Ok(evaluate_batches(&trained.model, batches, names)?)
 }

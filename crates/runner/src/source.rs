@@ -8,11 +8,14 @@
 
 use std::path::PathBuf;
 
-use mtrec_core::FeatureSpec;
+use mtrec_core::{FeatureSpec, TaskInfo};
 use mtrec_data::preprocess::Progress;
 use mtrec_data::schema::FileFormat;
 use mtrec_data::tabular::load_split;
-use mtrec_data::{split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Preprocessor, Split, TabularSchema};
+use mtrec_data::{
+    split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Preprocessor, Split, StreamOptions, StreamedData,
+    TabularSchema,
+};
 use serde::de::DeserializeOwned;
 
 use crate::config::{unknown_field, LoadedConfig};
@@ -24,11 +27,25 @@ pub const SOURCES: &[&str] = &["csv", "mmoe-synthetic", "multi-domain-synthetic"
 /// The environment variable naming the folder real data sets live in.
 pub const DATA_DIR_ENV: &str = "MTREC_DATA_DIR";
 
-/// A loaded data set with its split and the model input it implies.
+/// Default of `[data] train_eval_rows` (streaming).
+pub const DEFAULT_TRAIN_EVAL_ROWS: usize = 100_000;
+
+/// Where a prepared data set's rows are.
+#[derive(Debug)]
+pub enum Rows {
+    /// Loaded (or generated) whole, with a seeded split of its rows.
+    Memory { data: Dataset, split: Split },
+    /// Files re-read on every pass (`[data] streaming = true`).
+    Streamed(StreamedData),
+}
+
+/// A data set with its split and the model input it implies.
 #[derive(Debug)]
 pub struct Prepared {
-    pub data: Dataset,
-    pub split: Split,
+    pub rows: Rows,
+    pub tasks: Vec<TaskInfo>,
+    /// Names of the data's domains, if it has a domain column.
+    pub domains: Option<Vec<String>>,
     pub features: FeatureSpec,
     /// The source section with every default written out.
     pub resolved: toml::Table,
@@ -37,6 +54,73 @@ pub struct Prepared {
     /// The mapping fitted on the training rows (tabular sources), saved with
     /// the model so that prediction on new files uses the same ids and scaling.
     pub preprocessor: Option<Preprocessor>,
+}
+
+impl Prepared {
+    /// Number of domains (0 without a domain column).
+    pub fn domain_count(&self) -> usize {
+        self.domains.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The `[data]` streaming settings, checked: `None` when not streaming.
+/// Errors name the key and the fix.
+pub fn stream_options(cfg: &LoadedConfig) -> Result<Option<StreamOptions>> {
+    let d = &cfg.config.data;
+    if !d.streaming {
+        for (key, set) in [
+            ("chunk_rows", d.chunk_rows.is_some()),
+            ("shuffle_buffer", d.shuffle_buffer.is_some()),
+            ("train_eval_rows", d.train_eval_rows.is_some()),
+        ] {
+            if set {
+                return Err(cfg.error(
+                    "data",
+                    Some(key),
+                    format!("`{key}` applies only to streamed data: add `streaming = true` or remove `{key}`"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    if !matches!(d.source.as_str(), "csv" | "parquet") {
+        return Err(cfg.error(
+            "data",
+            Some("streaming"),
+            format!(
+                "source `{}` is generated in memory and cannot stream; streaming is for `csv` and `parquet` \
+                 files: remove `streaming`",
+                d.source
+            ),
+        ));
+    }
+    let defaults = StreamOptions::default();
+    let options = StreamOptions {
+        chunk_rows: d.chunk_rows.unwrap_or(defaults.chunk_rows),
+        shuffle_buffer: d.shuffle_buffer.unwrap_or(defaults.shuffle_buffer),
+    };
+    if options.chunk_rows == 0 {
+        return Err(cfg.error(
+            "data",
+            Some("chunk_rows"),
+            "must be at least 1: the rows read from a file at a time (default 65536)",
+        ));
+    }
+    if options.shuffle_buffer == 0 {
+        return Err(cfg.error(
+            "data",
+            Some("shuffle_buffer"),
+            "must be at least 1: the rows shuffled together (default 262144; 1 trains in file order)",
+        ));
+    }
+    if d.train_eval_rows == Some(0) {
+        return Err(cfg.error(
+            "data",
+            Some("train_eval_rows"),
+            format!("must be at least 1: the training rows the report's train metrics cover (default {DEFAULT_TRAIN_EVAL_ROWS})"),
+        ));
+    }
+    Ok(Some(options))
 }
 
 fn section<T: DeserializeOwned>(cfg: &LoadedConfig) -> Result<T> {
@@ -57,6 +141,7 @@ pub fn data_dir(cfg: &LoadedConfig) -> Option<PathBuf> {
 /// reading of tabular files.
 pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>)>) -> Result<Prepared> {
     let d = &cfg.config.data;
+    let streaming = stream_options(cfg)?;
     let generated = |data: Dataset, table: toml::Table, seed: u64| -> Result<Prepared> {
         if !cfg.config.tasks.is_empty() {
             return Err(cfg.error(
@@ -69,8 +154,9 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
             .map_err(|e| cfg.error("data", Some("split"), e))?;
         let features = features_of(&data);
         Ok(Prepared {
-            data,
-            split,
+            tasks: data.tasks.clone(),
+            domains: data.domains.as_ref().map(|d| d.names.clone()),
+            rows: Rows::Memory { data, split },
             features,
             resolved: table,
             generated: true,
@@ -104,26 +190,50 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
             }
             let base = data_dir(cfg);
             let seed = d.split_seed.unwrap_or(cfg.config.train.seed);
-            let loaded =
-                load_split(&schema, &cfg.config.tasks, base.as_deref(), d.split, seed, progress).map_err(|e| {
-                    let hint = if cfg.data_dir.is_none() && std::env::var_os(DATA_DIR_ENV).is_none() {
-                        format!(" (paths are relative to the config's folder; set --data-dir DIR or {DATA_DIR_ENV})")
-                    } else {
-                        String::new()
-                    };
-                    cfg.error("data", None, format!("{e}{hint}"))
-                })?;
+            let hint = || {
+                if cfg.data_dir.is_none() && std::env::var_os(DATA_DIR_ENV).is_none() {
+                    format!(" (paths are relative to the config's folder; set --data-dir DIR or {DATA_DIR_ENV})")
+                } else {
+                    String::new()
+                }
+            };
             let mut resolved = cfg.config.data.params.clone();
             // Keep the schema as written (paths relative): it must run again
             // from another data folder.
             resolved.remove("source");
+            let (rows, preprocessor) = match streaming {
+                Some(options) => {
+                    let streamed = StreamedData::open(
+                        &schema,
+                        &cfg.config.tasks,
+                        base.as_deref(),
+                        d.split,
+                        seed,
+                        options,
+                        progress,
+                    )
+                    .map_err(|e| cfg.error("data", None, format!("{e}{}", hint())))?;
+                    let pre = streamed.preprocessor.clone();
+                    (Rows::Streamed(streamed), pre)
+                }
+                None => {
+                    let loaded = load_split(&schema, &cfg.config.tasks, base.as_deref(), d.split, seed, progress)
+                        .map_err(|e| cfg.error("data", None, format!("{e}{}", hint())))?;
+                    let rows = Rows::Memory {
+                        data: loaded.data,
+                        split: loaded.split,
+                    };
+                    (rows, loaded.preprocessor)
+                }
+            };
             Ok(Prepared {
-                features: loaded.preprocessor.features(),
-                data: loaded.data,
-                split: loaded.split,
+                features: preprocessor.features(),
+                tasks: preprocessor.task_infos(),
+                domains: preprocessor.domain.as_ref().map(|d| d.names.clone()),
+                rows,
                 resolved,
                 generated: false,
-                preprocessor: Some(loaded.preprocessor),
+                preprocessor: Some(preprocessor),
             })
         }
         other => Err(cfg.error(

@@ -2,7 +2,7 @@
 //! for data with domains, the same per domain (a domain x task grid).
 
 use mtrec_core::{Model, TaskInfo, TaskKind};
-use mtrec_data::Dataset;
+use mtrec_data::{Batch, Dataset};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -56,33 +56,90 @@ pub struct Evaluation {
 /// Model outputs for `rows`: per task, one value per row (logits for binary
 /// tasks, predictions for regression), in eval mode.
 pub fn predict(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-    Ok(run(model, data, rows, batch_size)?.outputs)
-}
-
-struct Run {
-    /// Per task, one value per row.
-    outputs: Vec<Vec<f32>>,
-    utilisation: Vec<GateUtilisation>,
-    /// Per domain (data with domains only): gate weight sums like
-    /// `utilisation`, and the number of rows summed.
-    domain_utilisation: Vec<(Vec<GateUtilisation>, usize)>,
-}
-
-fn run(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Run> {
-    let k = model.tasks().len();
-    let mut outputs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len()); k];
-    let mut util: Vec<GateUtilisation> = Vec::new();
-    let domain_ids = data.domains.as_ref().map(|d| (&d.ids, d.names.len()));
-    let mut per_domain: Vec<(Vec<GateUtilisation>, usize)> = Vec::new();
-    let mut seen = 0usize;
+    let mut outputs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len()); model.tasks().len()];
     for batch in data.batches(rows, batch_size.max(1), model.device()) {
-        let batch = batch?;
-        let out = model.forward(&batch.inputs, false)?;
-        for (acc, o) in outputs.iter_mut().zip(&out.outputs) {
-            acc.extend(o.to_vec1::<f32>()?);
+        for (acc, o) in outputs.iter_mut().zip(batch_outputs(model, &batch?)?) {
+            acc.extend(o);
         }
-        if util.is_empty() {
-            util = out
+    }
+    Ok(outputs)
+}
+
+/// Model outputs of one batch in eval mode: per task, one value per row.
+pub fn batch_outputs(model: &Model, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+    let out = model.forward(&batch.inputs, false)?;
+    out.outputs.iter().map(|o| Ok(o.to_vec1::<f32>()?)).collect()
+}
+
+/// Evaluation fed batch by batch, so that the evaluated rows need not be in
+/// memory at once (streamed files): per task it keeps only the output and
+/// label of each labelled row (8 bytes per row and task, 12 with domains),
+/// which exact AUC needs; gate weights are summed as they come.
+/// [`evaluate`] is this over a dataset's rows, so the same rows in the same
+/// batches give identical metrics either way.
+pub struct Evaluator<'m> {
+    model: &'m Model,
+    /// Names of the data's domains (empty without domains).
+    domain_names: Vec<String>,
+    /// Per task, over its labelled rows in order: output, label, domain id.
+    outputs: Vec<Vec<f32>>,
+    labels: Vec<Vec<f32>>,
+    domains: Vec<Vec<u32>>,
+    utilisation: Vec<GateUtilisation>,
+    /// Per domain: gate weight sums like `utilisation`, and rows summed.
+    per_domain: Vec<(Vec<GateUtilisation>, usize)>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for Evaluator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator").field("rows", &self.rows).finish()
+    }
+}
+
+impl<'m> Evaluator<'m> {
+    /// An evaluator of `model` on data with these domains (`None`: none).
+    pub fn new(model: &'m Model, domain_names: Option<&[String]>) -> Self {
+        let k = model.tasks().len();
+        Self {
+            model,
+            domain_names: domain_names.map(<[String]>::to_vec).unwrap_or_default(),
+            outputs: vec![Vec::new(); k],
+            labels: vec![Vec::new(); k],
+            domains: vec![Vec::new(); k],
+            utilisation: Vec::new(),
+            per_domain: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Runs the model on a batch and adds its rows.
+    pub fn add(&mut self, batch: &Batch) -> Result<()> {
+        let out = self.model.forward(&batch.inputs, false)?;
+        let b = batch.rows();
+        let labels: Vec<f32> = batch.labels.flatten_all()?.to_vec1()?;
+        let masks: Vec<f32> = batch.masks.flatten_all()?.to_vec1()?;
+        let ids: Option<&[u32]> = batch.inputs.domains.as_ref().map(|d| d.ids());
+        let k = self.outputs.len();
+        for (t, o) in out.outputs.iter().enumerate() {
+            let o: Vec<f32> = o.to_vec1()?;
+            for r in 0..b {
+                if masks[r * k + t] > 0.0 {
+                    self.outputs[t].push(o[r]);
+                    self.labels[t].push(labels[r * k + t]);
+                    if let Some(ids) = ids {
+                        self.domains[t].push(ids[r]);
+                    }
+                }
+            }
+        }
+        if self.utilisation.is_empty() {
+            self.utilisation = out
                 .gates
                 .iter()
                 .map(|g| GateUtilisation {
@@ -92,65 +149,102 @@ fn run(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Resu
                 })
                 .collect();
         }
-        for (u, g) in util.iter_mut().zip(&out.gates) {
+        for (u, g) in self.utilisation.iter_mut().zip(&out.gates) {
             let sums: Vec<f32> = g.weights.sum(0)?.to_vec1()?;
             for (m, s) in u.mean_weight.iter_mut().zip(sums) {
                 *m += s as f64;
             }
         }
-        if let Some((ids, count)) = domain_ids {
-            if per_domain.is_empty() {
-                per_domain = vec![(util.clone(), 0); count];
-                for (u, _) in &mut per_domain {
-                    for g in u.iter_mut() {
-                        g.mean_weight.iter_mut().for_each(|m| *m = 0.0);
-                    }
+        if let (Some(ids), false) = (ids, self.domain_names.is_empty()) {
+            if self.per_domain.is_empty() {
+                let mut zero = self.utilisation.clone();
+                for g in &mut zero {
+                    g.mean_weight.iter_mut().for_each(|m| *m = 0.0);
                 }
+                self.per_domain = vec![(zero, 0); self.domain_names.len()];
             }
-            let batch_rows = &rows[seen..seen + batch.rows()];
-            for &r in batch_rows {
-                per_domain[ids[r] as usize].1 += 1;
+            for &d in ids {
+                self.per_domain[d as usize].1 += 1;
             }
             for (gi, g) in out.gates.iter().enumerate() {
                 let w: Vec<Vec<f32>> = g.weights.to_vec2()?;
-                for (&r, row) in batch_rows.iter().zip(&w) {
-                    let acc = &mut per_domain[ids[r] as usize].0[gi].mean_weight;
+                for (&d, row) in ids.iter().zip(&w) {
+                    let acc = &mut self.per_domain[d as usize].0[gi].mean_weight;
                     for (m, v) in acc.iter_mut().zip(row) {
                         *m += f64::from(*v);
                     }
                 }
             }
         }
-        seen += batch.rows();
+        self.rows += b;
+        Ok(())
     }
-    for u in &mut util {
-        for m in &mut u.mean_weight {
-            *m /= seen.max(1) as f64;
+
+    /// The metrics of every task over the rows added (each task over its
+    /// own labelled rows), and for data with domains the domain x task grid
+    /// and the utilisation per domain.
+    pub fn finish(mut self) -> Result<Evaluation> {
+        for u in &mut self.utilisation {
+            for m in &mut u.mean_weight {
+                *m /= self.rows.max(1) as f64;
+            }
         }
+        let tasks = self
+            .model
+            .tasks()
+            .iter()
+            .enumerate()
+            .map(|(t, task)| task_metrics(task, &self.outputs[t], &self.labels[t]))
+            .collect::<Result<Vec<_>>>()?;
+        let mut domains = Vec::new();
+        if !self.domain_names.is_empty() {
+            if self.per_domain.is_empty() {
+                self.per_domain = vec![(Vec::new(), 0); self.domain_names.len()];
+            }
+            for (p, (name, (mut util, n))) in self.domain_names.iter().zip(self.per_domain).enumerate() {
+                if n == 0 {
+                    util.clear();
+                }
+                for g in &mut util {
+                    g.mean_weight.iter_mut().for_each(|m| *m /= n as f64);
+                }
+                let cells = self
+                    .model
+                    .tasks()
+                    .iter()
+                    .enumerate()
+                    .map(|(t, task)| {
+                        let (out, labels): (Vec<f32>, Vec<f32>) = self.outputs[t]
+                            .iter()
+                            .zip(&self.labels[t])
+                            .zip(&self.domains[t])
+                            .filter(|(_, &d)| d as usize == p)
+                            .map(|((o, l), _)| (*o, *l))
+                            .unzip();
+                        task_metrics(task, &out, &labels)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                domains.push(DomainResult {
+                    domain: name.clone(),
+                    rows: n,
+                    tasks: cells,
+                    utilisation: util,
+                });
+            }
+        }
+        Ok(Evaluation {
+            tasks,
+            utilisation: self.utilisation,
+            domains,
+        })
     }
-    for (u, n) in &mut per_domain {
-        if *n == 0 {
-            u.clear();
-        }
-        for g in u.iter_mut() {
-            g.mean_weight.iter_mut().for_each(|m| *m /= *n as f64);
-        }
-    }
-    Ok(Run {
-        outputs,
-        utilisation: util,
-        domain_utilisation: per_domain,
-    })
 }
 
-/// The metrics of task `task` (column `t`) on `rows` with outputs `out`.
-fn task_metrics(task: &TaskInfo, t: usize, data: &Dataset, rows: &[usize], out: &[f32]) -> Result<TaskResult> {
-    let k = data.task_count();
-    let labels: Vec<f32> = rows.iter().map(|&r| data.labels[r * k + t]).collect();
-    let mask: Vec<f32> = rows.iter().map(|&r| data.masks[r * k + t]).collect();
+/// The metrics of a task from its labelled rows' outputs and labels.
+fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32]) -> Result<TaskResult> {
     let metrics = match task.kind {
-        TaskKind::Binary => TaskMetrics::binary_from_logits(out, &labels, Some(&mask))?,
-        TaskKind::Regression => TaskMetrics::regression(out, &labels, Some(&mask))?,
+        TaskKind::Binary => TaskMetrics::binary_from_logits(out, labels, None)?,
+        TaskKind::Regression => TaskMetrics::regression(out, labels, None)?,
     };
     Ok(TaskResult {
         task: task.name.clone(),
@@ -162,44 +256,27 @@ fn task_metrics(task: &TaskInfo, t: usize, data: &Dataset, rows: &[usize], out: 
 /// For data with domains, also the domain x task grid: every task's metrics
 /// on each domain's rows, and the expert utilisation per domain.
 pub fn evaluate(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Evaluation> {
-    let run = run(model, data, rows, batch_size)?;
-    let tasks = model
-        .tasks()
-        .iter()
-        .zip(&run.outputs)
-        .enumerate()
-        .map(|(t, (task, out))| task_metrics(task, t, data, rows, out))
-        .collect::<Result<Vec<_>>>()?;
-    let mut domains = Vec::new();
-    if let Some(dc) = &data.domains {
-        let mut domain_util = run.domain_utilisation.into_iter();
-        for (p, name) in dc.names.iter().enumerate() {
-            // Positions (into `rows`) of this domain's rows.
-            let at: Vec<usize> = (0..rows.len()).filter(|&i| dc.ids[rows[i]] as usize == p).collect();
-            let drows: Vec<usize> = at.iter().map(|&i| rows[i]).collect();
-            let cells = model
-                .tasks()
-                .iter()
-                .zip(&run.outputs)
-                .enumerate()
-                .map(|(t, (task, out))| {
-                    let dout: Vec<f32> = at.iter().map(|&i| out[i]).collect();
-                    task_metrics(task, t, data, &drows, &dout)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            domains.push(DomainResult {
-                domain: name.clone(),
-                rows: drows.len(),
-                tasks: cells,
-                utilisation: domain_util.next().map(|(u, _)| u).unwrap_or_default(),
-            });
-        }
+    let names = data.domains.as_ref().map(|d| d.names.as_slice());
+    let mut ev = Evaluator::new(model, names);
+    for batch in data.batches(rows, batch_size.max(1), model.device()) {
+        ev.add(&batch?)?;
     }
-    Ok(Evaluation {
-        tasks,
-        utilisation: run.utilisation,
-        domains,
-    })
+    ev.finish()
+}
+
+/// [`evaluate`] over batches of rows that arrive one dataset at a time
+/// (e.g. [`mtrec_data::Batches`] of a streamed file); the same rows in the
+/// same batches give the same metrics as [`evaluate`].
+pub fn evaluate_batches(
+    model: &Model,
+    batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
+    domain_names: Option<&[String]>,
+) -> Result<Evaluation> {
+    let mut ev = Evaluator::new(model, domain_names);
+    for batch in batches {
+        ev.add(&batch?.to_batch(model.device())?)?;
+    }
+    ev.finish()
 }
 
 impl Evaluation {

@@ -15,10 +15,14 @@ pub use balance::{Balancer, BalancerConfig, PairConflict};
 pub use checkpoint::{Checkpointer, TrainState};
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, predict, DomainResult, Evaluation, GateUtilisation, TaskResult};
+pub use evaluate::{
+    batch_outputs, evaluate, evaluate_batches, predict, DomainResult, Evaluation, Evaluator, GateUtilisation,
+    TaskResult,
+};
 pub use metrics::{auc, logloss, mse, TaskMetrics};
 pub use optim::{Adam, AdamConfig};
 pub use report::{domain_table, metrics_table, Report, SplitRows};
 pub use trainer::{
-    optimizer, train, train_step, train_with, BatchProgress, EpochLog, TrainConfig, TrainOptions, TrainOutcome,
+    epoch_seed, optimizer, train, train_on, train_step, train_with, BatchProgress, EpochLog, InMemory, Streamed,
+    TrainConfig, TrainOptions, TrainOutcome, TrainSource,
 };

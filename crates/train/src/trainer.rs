@@ -1,19 +1,20 @@
 //! The training loop: epochs of seeded mini-batches, masked per-task losses,
 //! Adam, optional clipping, early stopping on the validation score.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use mtrec_core::Model;
-use mtrec_data::{shuffled, Dataset, Split};
+use mtrec_data::{shuffled, Batch, Dataset, Part, Split, StreamedData};
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{task_losses, weighted_backward, Balancer, BalancerConfig, PairConflict};
 use crate::checkpoint::{Checkpointer, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
-use crate::evaluate::{evaluate, Evaluation};
+use crate::evaluate::{evaluate, evaluate_batches, Evaluation};
 use crate::optim::{Adam, AdamConfig};
 
 /// The `[train]` section of a config.
@@ -175,6 +176,7 @@ pub fn optimizer(model: &Model, cfg: &TrainConfig) -> Result<Adam> {
 pub struct BatchProgress {
     pub epoch: usize,
     pub rows_done: usize,
+    /// Rows of the epoch; 0 while unknown (a streamed file's first pass).
     pub rows_total: usize,
     /// This batch's loss per task.
     pub losses: Vec<f64>,
@@ -189,6 +191,129 @@ pub struct TrainOptions<'a> {
     pub resume: bool,
     /// Called after every training batch.
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
+}
+
+/// Where an epoch's training batches and the validation metrics come from:
+/// rows in memory ([`InMemory`]) or files streamed on every pass
+/// ([`Streamed`]). The training loop ([`train_on`]) is the same for both.
+pub trait TrainSource {
+    /// The training batches of `epoch` (1-based), in training order. The
+    /// order must be a function of `cfg.seed` and `epoch` only, so that a
+    /// resumed run replays an uninterrupted one.
+    fn epoch_batches<'s>(
+        &'s self,
+        epoch: usize,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>>;
+
+    /// Training rows per epoch, when known before the epoch is read.
+    fn epoch_rows(&self) -> Option<usize>;
+
+    /// The model's metrics on the validation rows.
+    fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation>;
+}
+
+/// The seed of epoch `epoch`'s order: a different, reproducible order each epoch.
+pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
+}
+
+/// Rows in memory: a dataset and its split; each epoch a seeded permutation
+/// of the train rows.
+#[derive(Clone, Copy, Debug)]
+pub struct InMemory<'a> {
+    pub data: &'a Dataset,
+    pub split: &'a Split,
+}
+
+impl TrainSource for InMemory<'_> {
+    fn epoch_batches<'s>(
+        &'s self,
+        epoch: usize,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>> {
+        let train = &self.split.train;
+        let perm = shuffled(train.len(), epoch_seed(cfg.seed, epoch));
+        let order: Vec<usize> = perm.iter().map(|&i| train[i]).collect();
+        let size = cfg.batch_size.max(1);
+        let device = device.clone();
+        let data = self.data;
+        Ok(Box::new((0..order.len().div_ceil(size)).map(move |b| {
+            let rows = &order[b * size..((b + 1) * size).min(order.len())];
+            Ok(data.batch(rows, &device)?)
+        })))
+    }
+
+    fn epoch_rows(&self) -> Option<usize> {
+        Some(self.split.train.len())
+    }
+
+    fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
+        evaluate(model, self.data, &self.split.valid, cfg.eval_batch_size)
+    }
+}
+
+/// Files streamed on every pass ([`StreamedData`]): each epoch re-reads the
+/// training rows chunk by chunk through the seeded shuffle buffer; the
+/// validation rows are read in file order, in batches of `eval_batch_size`.
+#[derive(Debug)]
+pub struct Streamed<'a> {
+    pub data: &'a StreamedData,
+    /// Training rows handed out in the current (or last) epoch.
+    read: Cell<usize>,
+    /// Training rows of the last whole epoch, once one was read.
+    last: Cell<Option<usize>>,
+}
+
+impl<'a> Streamed<'a> {
+    pub fn new(data: &'a StreamedData) -> Self {
+        Self {
+            data,
+            read: Cell::new(0),
+            last: Cell::new(None),
+        }
+    }
+
+    /// Training rows read by the latest epoch (the size of the train part
+    /// once an epoch has finished); `None` before any epoch.
+    pub fn rows_read(&self) -> Option<usize> {
+        (self.read.get() > 0).then(|| self.read.get()).or(self.last.get())
+    }
+}
+
+impl TrainSource for Streamed<'_> {
+    fn epoch_batches<'s>(
+        &'s self,
+        epoch: usize,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>> {
+        if self.read.get() > 0 {
+            self.last.set(Some(self.read.get()));
+        }
+        self.read.set(0);
+        let device = device.clone();
+        let batches = self
+            .data
+            .batches(Part::Train, cfg.batch_size, Some(epoch_seed(cfg.seed, epoch)));
+        Ok(Box::new(batches.map(move |b| {
+            let b = b?;
+            self.read.set(self.read.get() + b.rows());
+            Ok(b.to_batch(&device)?)
+        })))
+    }
+
+    fn epoch_rows(&self) -> Option<usize> {
+        self.last.get()
+    }
+
+    fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
+        let batches = self.data.batches(Part::Valid, cfg.eval_batch_size, None);
+        let names = self.data.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
+        evaluate_batches(model, batches, names)
+    }
 }
 
 /// Trains `model` on `split.train`, early-stopping on `split.valid`; at the
@@ -225,6 +350,22 @@ pub fn train_with(
     data: &Dataset,
     split: &Split,
     cfg: &TrainConfig,
+    opts: TrainOptions<'_>,
+    on_epoch: impl FnMut(&EpochLog),
+) -> Result<TrainOutcome> {
+    train_on(model, &InMemory { data, split }, cfg, opts, on_epoch)
+}
+
+/// The training loop over any [`TrainSource`]: per epoch, every batch goes
+/// through the balancer's step (losses, backward, clipping, Adam), then the
+/// validation metrics decide early stopping and the best weights; a
+/// checkpoint is saved after every epoch. Resuming restarts at the epoch
+/// after the checkpoint's (weights, Adam state, best weights and history
+/// restored; see [`Checkpointer`]).
+pub fn train_on(
+    model: &Model,
+    source: &dyn TrainSource,
+    cfg: &TrainConfig,
     mut opts: TrainOptions<'_>,
     mut on_epoch: impl FnMut(&EpochLog),
 ) -> Result<TrainOutcome> {
@@ -238,6 +379,7 @@ pub fn train_with(
     let mut stopped_early = false;
     let mut first_epoch = 1;
     let mut seconds_before = 0.0;
+    let mut rows_seen: Option<usize> = None;
     if opts.resume {
         let ckpt = opts
             .checkpoint
@@ -260,17 +402,13 @@ pub fn train_with(
             break;
         }
         let t0 = Instant::now();
-        // A different, reproducible order each epoch.
-        let perm = shuffled(
-            split.train.len(),
-            cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
-        );
-        let order: Vec<usize> = perm.iter().map(|&i| split.train[i]).collect();
         let mut sums = vec![0.0; names.len()];
         let mut batches = 0usize;
         let mut done = 0usize;
+        // A streamed file's size is known after its first pass.
+        let rows_total = source.epoch_rows().or(rows_seen).unwrap_or(0);
         balancer.begin_epoch(epoch, &history);
-        for batch in data.batches(&order, cfg.batch_size, model.device()) {
+        for batch in source.epoch_batches(epoch, cfg, model.device())? {
             let batch = batch?;
             let losses = balancer.step(model, &mut opt, &batch, cfg.clip_norm)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
@@ -284,7 +422,7 @@ pub fn train_with(
                 f(&BatchProgress {
                     epoch,
                     rows_done: done,
-                    rows_total: order.len(),
+                    rows_total,
                     losses: losses.clone(),
                 });
             }
@@ -293,8 +431,9 @@ pub fn train_with(
             }
             batches += 1;
         }
-        let rows_per_second = order.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        let valid = evaluate(model, data, &split.valid, cfg.eval_batch_size)?;
+        rows_seen = Some(done);
+        let rows_per_second = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let valid = source.validate(model, cfg)?;
         let valid_score = valid.score();
         let log = EpochLog {
             epoch,
