@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
-use mtrec_core::{Domains, FeatureSpec, Inputs, SparseFeature, TaskInfo, TaskKind};
+use mtrec_core::{
+    Domains, FeatureSpec, Inputs, Pooling, SequenceFeature, SequenceInput, SparseFeature, TaskInfo, TaskKind,
+};
 
 use crate::error::{DataError, Result};
 
@@ -42,11 +44,8 @@ pub struct DomainColumn {
 }
 
 /// A list-valued (multi-hot) field, e.g. the last items a user clicked:
-/// per row up to `max_len` ids, padded with 0.
-///
-/// Not yet read by the model: `mtrec_core::Inputs` has no sequence input, so
-/// [`Dataset::batch`] leaves sequences out. They are kept here so that a data
-/// set described once keeps them for the models that will pool them.
+/// per row up to `max_len` ids, padded with 0. [`Dataset::batch`] hands it to
+/// the model as a `mtrec_core::SequenceInput` (`[B, max_len]` ids + lengths).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SequenceColumn {
     pub name: String,
@@ -80,15 +79,13 @@ pub struct Dataset {
     /// Row-major `[rows, K]`: 1 where the row carries task `k`'s label, else 0.
     pub masks: Vec<f32>,
     pub domains: Option<DomainColumn>,
-    /// List-valued fields (empty unless set with [`Dataset::with_sequences`]);
-    /// not part of a [`Batch`] yet.
+    /// List-valued fields (empty unless set with [`Dataset::with_sequences`]).
     pub sequences: Vec<SequenceColumn>,
     rows: usize,
 }
 
-/// The tensors of one batch of rows. Sequence columns
-/// ([`Dataset::sequences`]) are not included: the model input has no slot for
-/// them yet.
+/// The tensors of one batch of rows (sequence columns in
+/// `inputs.sequences`, in [`Dataset::sequences`] order).
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub inputs: Inputs,
@@ -377,12 +374,25 @@ impl Dataset {
         Ok(out)
     }
 
-    /// Number of rows.
     /// The model input this data implies: every sparse field (embedded with
-    /// `embedding_dim`) then every dense column. Tabular data gets its
-    /// per-field dims from its `Preprocessor::features` instead.
+    /// `embedding_dim`), every dense column, every sequence (mean-pooled, in
+    /// its shared field's table or its own of `embedding_dim`). Tabular data
+    /// gets its per-field dims and pooling from its `Preprocessor::features`
+    /// instead.
     pub fn features(&self, embedding_dim: usize) -> FeatureSpec {
         FeatureSpec {
+            sequences: self
+                .sequences
+                .iter()
+                .map(|q| SequenceFeature {
+                    name: q.name.clone(),
+                    max_len: q.max_len,
+                    vocab: q.vocab,
+                    dim: embedding_dim,
+                    pooling: Pooling::Mean,
+                    share_with: q.share_with.clone(),
+                })
+                .collect(),
             sparse: self
                 .sparse
                 .as_ref()
@@ -399,9 +409,11 @@ impl Dataset {
                 })
                 .unwrap_or_default(),
             dense: self.dense.as_ref().map(|d| d.names.clone()).unwrap_or_default(),
+            ..FeatureSpec::default()
         }
     }
 
+    /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -469,7 +481,8 @@ impl Dataset {
 
     /// Gathers the listed rows, in order, into tensors on `device`:
     /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
-    /// Sequence columns are not gathered (see [`Batch`]).
+    /// Sequence columns become `inputs.sequences` (`[B, max_len]` `u32` ids
+    /// and the lengths).
     pub fn batch(&self, rows: &[usize], device: &Device) -> Result<Batch> {
         self.check_rows(rows)?;
         let b = rows.len();
@@ -492,7 +505,15 @@ impl Dataset {
             Some(d) => Some(Domains::new(gather(&d.ids, 1, rows), d.names.len(), device)?),
             None => None,
         };
-        let inputs = Inputs::new(sparse, dense, domains)?;
+        let sequences = self
+            .sequences
+            .iter()
+            .map(|q| {
+                let ids = Tensor::from_vec(gather(&q.ids, q.max_len, rows), (b, q.max_len), device)?;
+                Ok(SequenceInput::new(ids, gather(&q.lengths, 1, rows))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let inputs = Inputs::new(sparse, dense, domains)?.with_sequences(sequences)?;
         let labels = Tensor::from_vec(gather(&self.labels, k, rows), (b, k), device)?;
         let masks = Tensor::from_vec(gather(&self.masks, k, rows), (b, k), device)?;
         Ok(Batch { inputs, labels, masks })

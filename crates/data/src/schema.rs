@@ -147,15 +147,10 @@ pub enum Scaling {
     None,
 }
 
-/// How a sequence's embeddings are pooled (for the models that will read
-/// sequences; recorded, not used by the data crate).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    #[default]
-    Mean,
-    Sum,
-}
+/// How a sequence's embeddings are pooled: the model input layer's own
+/// setting (`mtrec_core::Pooling`), so that the schema's choice is what the
+/// model does.
+pub use mtrec_core::Pooling;
 
 /// `[data.defaults]`: what a field takes when it does not say.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]

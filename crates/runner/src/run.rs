@@ -65,6 +65,7 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     let arch = registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
     let env = GraphEnv {
         input_width: prepared.features.width(),
+        features: prepared.features.clone(),
         tasks: prepared.data.tasks.clone(),
         domains: domain_count(prepared),
     };
@@ -424,9 +425,10 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
     let text = std::fs::read_to_string(&graph_path).map_err(io(&graph_path))?;
     let graph = GraphSpec::from_toml(&text)?;
     let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
+    let features = crate::source::model_features(&cfg, preprocessor.features(), domains)?;
     let model = Model::build(
         &graph,
-        &preprocessor.features(),
+        &features,
         &preprocessor.task_infos(),
         domains,
         cfg.config.train.seed,

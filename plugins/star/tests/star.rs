@@ -283,6 +283,7 @@ fn star_graph(data: &Dataset, params: &toml::Table) -> GraphSpec {
         input_width: f.width(),
         tasks: data.tasks.clone(),
         domains: data.domains.as_ref().map_or(0, |d| d.names.len()),
+        features: f.clone(),
     };
     registry::architecture("star").unwrap().expand(params, &env).unwrap()
 }
@@ -348,6 +349,7 @@ fn template_nodes_defaults_and_parameters() {
         input_width: f.width(),
         tasks: d.tasks.clone(),
         domains: 3,
+        features: f.clone(),
     };
     let err = arch.expand(&bad, &env).unwrap_err().to_string();
     assert!(err.contains("unit"), "{err}");
@@ -362,6 +364,7 @@ fn no_domains_is_a_clear_error() {
         input_width: f.width(),
         tasks: d.tasks.clone(),
         domains: 0,
+        features: f.clone(),
     };
     let err = registry::architecture("star")
         .unwrap()
