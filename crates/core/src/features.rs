@@ -297,7 +297,8 @@ impl FeatureViews<'_> {
                 .dense
                 .as_ref()
                 .ok_or_else(|| Error::Input("the model has dense features but the batch has none".into()))?;
-            return Ok(dense.narrow(1, j, 1)?);
+            // Contiguous: later row gathers (`index_select`) need it.
+            return Ok(dense.narrow(1, j, 1)?.contiguous()?);
         }
         Err(Error::Input(format!(
             "the model has no sparse or dense feature `{name}`"
