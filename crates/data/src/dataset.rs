@@ -777,6 +777,29 @@ mod tests {
     }
 
     #[test]
+    fn batch_carries_sequences_and_features_declare_them() {
+        let d = small()
+            .with_sequences(vec![SequenceColumn {
+                name: "hist".into(),
+                max_len: 2,
+                ids: vec![1, 2, 0, 0, 2, 0, 1, 1, 0, 0],
+                lengths: vec![2, 0, 1, 2, 0],
+                vocab: 3,
+                share_with: Some("a".into()),
+            }])
+            .expect("valid sequences");
+        let b = d.batch(&[2, 0], &Device::Cpu).expect("batch");
+        assert_eq!(b.inputs.sequences.len(), 1);
+        let s = &b.inputs.sequences[0];
+        assert_eq!(s.ids.to_vec2::<u32>().expect("u32"), vec![vec![2, 0], vec![1, 2]]);
+        assert_eq!(s.lengths, vec![1, 2]);
+        let f = d.features(4);
+        assert_eq!(f.sequences.len(), 1);
+        assert_eq!(f.sequences[0].share_with.as_deref(), Some("a"));
+        assert_eq!(f.width(), 2 * 4 + 3 + 4);
+    }
+
+    #[test]
     fn batch_of_one_row() {
         let d = small();
         let b = d.batch(&[2], &Device::Cpu).expect("batch");

@@ -55,6 +55,12 @@ pub struct FeaturesSection {
     pub domain_as_feature: bool,
     #[serde(default = "default_domain_dim")]
     pub domain_dim: usize,
+    /// Features kept out of the model input, read only by components that
+    /// ask for them by name (`ForwardCtx::features`); added to the
+    /// architecture's own (`Architecture::side_features`). `mtrec graph`
+    /// writes a template's here so that its graph config has the same input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side: Vec<String>,
 }
 
 impl Default for FeaturesSection {
@@ -62,6 +68,7 @@ impl Default for FeaturesSection {
         Self {
             domain_as_feature: false,
             domain_dim: default_domain_dim(),
+            side: Vec::new(),
         }
     }
 }

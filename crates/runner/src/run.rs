@@ -348,6 +348,9 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
     let prepared = prepare(cfg, None)?;
     let (graph, _) = expand(cfg, &prepared)?;
     let mut c = cfg.config.clone();
+    // The template's side features are no longer implied by `arch`: write
+    // them out so that the graph reads the same input.
+    c.features.side = prepared.features.side.clone();
     let mut params = toml::Table::new();
     params.insert(
         "nodes".into(),

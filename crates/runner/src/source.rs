@@ -175,5 +175,19 @@ pub fn model_features(cfg: &LoadedConfig, mut base: FeatureSpec, domains: usize)
         mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
         _ => cfg.error("model", None, &e),
     })?;
+    for name in &f.side {
+        let known =
+            base.sparse_field(name).is_some() || base.dense.iter().any(|d| d == name) || base.sequence(name).is_some();
+        if !known {
+            return Err(cfg.error(
+                "features",
+                Some("side"),
+                format!("`{name}` is no sparse, dense or sequence feature of the data; remove it from `side`"),
+            ));
+        }
+        if !base.side.contains(name) {
+            base.side.push(name.clone());
+        }
+    }
     Ok(base)
 }
