@@ -30,6 +30,7 @@ fn env(width: usize, domains: usize) -> GraphEnv {
             kind: TaskKind::Binary,
         }],
         domains,
+        features: Default::default(),
     }
 }
 
