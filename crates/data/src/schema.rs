@@ -278,7 +278,9 @@ fn default_max_len() -> usize {
 /// `max_len` are kept. With `share_with = "field"` the tokens use that sparse
 /// field's vocabulary (and, in a model, its embedding table); otherwise the
 /// sequence has its own vocabulary (or hash buckets) fitted on the training
-/// rows' tokens.
+/// rows' tokens. `pooling` is what the model's input layer does with the
+/// tokens' embeddings: their mean (default) or sum over the real tokens (an
+/// empty list pools to zeros).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct SequenceField {
