@@ -52,7 +52,10 @@
 //!   tasks this is MMoE's per-task gating), `softmax([x'; e_s] W + b)` over
 //!   `shared_experts + scenario_experts` experts, `e_s` the gate's own
 //!   scenario embedding.
-//! - **Towers**: one `mlp-tower` per task over the gate output.
+//! - **Towers**: the paper's gate fuses the experts "into the logit"; here
+//!   the experts output vectors (`expert_units`), the gate mixes them, and
+//!   one `mlp-tower` per task maps the mix to the logit (`tower_units = []`:
+//!   one linear layer, the closest to the paper).
 //! - **Sizes**: defaults are small, for the built-in synthetic data; the
 //!   paper's industrial sizes are not reproduced.
 
