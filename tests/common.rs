@@ -55,6 +55,7 @@ pub fn build(arch: &str, data: &Dataset, seed: u64) -> mtrec_core::Model {
         input_width: features.width(),
         tasks: data.tasks.clone(),
         domains: data.domains.as_ref().map_or(0, |d| d.names.len()),
+        features: features.clone(),
     };
     let graph = match mtrec_core::registry::architecture(arch).and_then(|a| a.expand(&toml::Table::new(), &env)) {
         Ok(g) => g,

@@ -16,7 +16,11 @@ const TRAIN: &str = "\n[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n";
 
 fn template(arch: &str) -> LoadedConfig {
     mtrec_runner::link_builtin_plugins();
-    let data = if arch == "star" { DOMAIN_DATA } else { MMOE_DATA };
+    let data = if arch == "star" || arch == "sar-net" {
+        DOMAIN_DATA
+    } else {
+        MMOE_DATA
+    };
     let text = format!("{data}\n[model]\narch = \"{arch}\"\n{TRAIN}");
     parse(&text, Path::new(&format!("{arch}.toml")), &[]).unwrap()
 }
@@ -36,7 +40,16 @@ fn printed(cfg: &LoadedConfig) -> LoadedConfig {
 
 #[test]
 fn every_template_prints_a_graph_that_parses_back_identical() {
-    for arch in ["mmoe", "omoe", "shared-bottom", "single-task", "cgc", "ple", "star"] {
+    for arch in [
+        "mmoe",
+        "omoe",
+        "shared-bottom",
+        "single-task",
+        "cgc",
+        "ple",
+        "star",
+        "sar-net",
+    ] {
         let cfg = template(arch);
         let original = graph_of(&cfg);
         let again = graph_of(&printed(&cfg));
@@ -55,7 +68,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
 
 #[test]
 fn printed_graph_trains_to_the_templates_metrics_exactly() {
-    for arch in ["mmoe", "ple"] {
+    for arch in ["mmoe", "ple", "sar-net"] {
         let cfg = template(arch);
         let a = run(&cfg, |_| {}).unwrap();
         let b = run(&printed(&cfg), |_| {}).unwrap();

@@ -120,6 +120,17 @@ fn write_csv(path: &Path, rows: usize, seed: u64, unseen: bool) {
     std::fs::write(path, s).unwrap();
 }
 
+/// Runs config `text` on the files of folder `data` into run folder `out`.
+fn run_csv(text: &str, data: &Path, out: &Path) -> mtrec_runner::run::RunResult {
+    let mut cfg = parse(text, &data.join("config.toml"), &[]).unwrap();
+    cfg.data_dir = Some(data.to_path_buf());
+    let opts = RunOptions {
+        out: Some(out.to_path_buf()),
+        ..RunOptions::default()
+    };
+    run_with(&cfg, opts, |_| {}).unwrap()
+}
+
 const CSV_CONFIG: &str = r#"
 [data]
 source = "csv"
@@ -158,18 +169,8 @@ fn predict_on_the_test_file_reproduces_the_evaluation() {
     write_csv(&data.join("train.csv"), 600, 1, false);
     write_csv(&data.join("valid.csv"), 200, 2, false);
     write_csv(&data.join("test.csv"), 200, 3, false);
-    let mut cfg = parse(CSV_CONFIG, &data.join("config.toml"), &[]).unwrap();
-    cfg.data_dir = Some(data.clone());
     let out = temp("csv-run");
-    let result = run_with(
-        &cfg,
-        RunOptions {
-            out: Some(out.clone()),
-            ..RunOptions::default()
-        },
-        |_| {},
-    )
-    .unwrap();
+    let result = run_csv(CSV_CONFIG, &data, &out);
     let test_auc = result.report.test.tasks[0].metrics.auc.unwrap();
     let test_mse = result.report.test.tasks[1].metrics.mse.unwrap();
     assert!(test_auc > 0.7, "the model should learn: AUC {test_auc}");
@@ -243,4 +244,107 @@ fn generated_source_rejects_tasks_tables() {
     let cfg = parse(text, Path::new("gen.toml"), &[]).unwrap();
     let err = mtrec_runner::run::run(&cfg, |_| {}).unwrap_err().to_string();
     assert!(err.contains("defines its own tasks"), "{err}");
+}
+
+/// A CSV with a behaviour log (`hist`, sharing `item`'s vocabulary, and the
+/// scenario of each behaviour in `hist_scn`), a domain column `scn` and a
+/// position (debias) column: a click is likelier for even items and for users
+/// whose log holds even items.
+fn write_sequence_csv(path: &Path, rows: usize, seed: u64) {
+    let mut s = String::from("user,item,hist,hist_scn,scn,pos,click\n");
+    let mut x = seed;
+    let mut next = |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    for _ in 0..rows {
+        let user = next(30);
+        let n = next(5) as usize; // 0 to 4 behaviours (0: an empty log)
+        let hist: Vec<String> = (0..n).map(|_| format!("i{}", next(12))).collect();
+        let scns: Vec<&str> = (0..n).map(|_| ["a", "b"][next(2) as usize]).collect();
+        let item_id = next(12);
+        let item = format!("i{item_id}");
+        let even_log = hist
+            .iter()
+            .filter(|h| h.trim_start_matches('i').parse::<u64>().unwrap() % 2 == 0)
+            .count();
+        let pos = next(5);
+        let score = 1 + 4 * u64::from(item_id % 2 == 0) + even_log as u64 + u64::from(pos == 0);
+        let click = u8::from(next(10) < score);
+        let scn = ["a", "b"][next(2) as usize];
+        let _ = writeln!(
+            s,
+            "u{user},{item},{},{},{scn},{pos},{click}",
+            hist.join("|"),
+            scns.join("|")
+        );
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// Sequences, side (debias) features and the domain embedding go through the
+/// whole path: a CSV run, then `predict` on the test file reproduces the
+/// run's test AUC (same sequences, same input, bias networks dropped).
+#[test]
+fn sequences_and_domains_reach_the_predict_path() {
+    mtrec_runner::link_builtin_plugins();
+    let data = temp("seq-data");
+    write_sequence_csv(&data.join("train.csv"), 800, 1);
+    write_sequence_csv(&data.join("valid.csv"), 200, 2);
+    write_sequence_csv(&data.join("test.csv"), 200, 3);
+    let schema = r#"
+[data]
+source = "csv"
+train = "train.csv"
+valid = "valid.csv"
+test = "test.csv"
+sparse = ["user", "item"]
+dense = ["pos"]
+sequence = [
+  { name = "hist", separator = "|", max_len = 4, share_with = "item" },
+  { name = "hist_scn", separator = "|", max_len = 4, pooling = "sum" },
+]
+domain = "scn"
+
+[train]
+epochs = 8
+batch_size = 32
+lr = 0.01
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = { column = "click" }
+"#;
+    let models = [
+        "[model]\narch = \"sar-net\"\nbehaviour_items = \"hist\"\nbehaviour_scenarios = \"hist_scn\"\ntarget_item = \"item\"\ndebias = [\"pos\"]\n",
+        "[features]\ndomain_as_feature = true\n\n[model]\narch = \"mmoe\"\nexperts = 2\n",
+    ];
+    for (k, model) in models.iter().enumerate() {
+        let out = temp(&format!("seq-run-{k}"));
+        let result = run_csv(&format!("{model}{schema}"), &data, &out);
+        let test_auc = result.report.test.tasks[0].metrics.auc.unwrap();
+        assert!(test_auc > 0.6, "{model}: the model should learn: AUC {test_auc}");
+        let scores = out.join("scores.csv");
+        predict_file(&out, &data.join("test.csv"), &scores).unwrap();
+        let probs: Vec<f32> = std::fs::read_to_string(&scores)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let clicks: Vec<f32> = std::fs::read_to_string(data.join("test.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            .collect();
+        let got = auc(&probs, &clicks, None).unwrap();
+        assert!(
+            (got - test_auc).abs() < 1e-6,
+            "{model}: predict AUC {got} vs eval {test_auc}"
+        );
+        std::fs::remove_dir_all(&out).ok();
+    }
+    std::fs::remove_dir_all(&data).ok();
 }

@@ -192,3 +192,57 @@ fn run_folder_holds_config_graph_weights_and_every_split() {
     assert!(err.contains("--resume"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+const DOMAINS: &str = "[data]\nsource = \"multi-domain-synthetic\"\nrows = 300\ndomain_feature = false\n\n[model]\narch = \"mmoe\"\n\n[train]\nepochs = 1\n";
+
+/// `[features] domain_as_feature` embeds the domain into the input of any
+/// architecture (wider input, one more table); its errors name the key.
+#[test]
+fn domain_as_feature_widens_the_input_and_its_errors_name_the_key() {
+    mtrec_runner::link_builtin_plugins();
+    let base = parse(DOMAINS, Path::new("d.toml"), &[]).unwrap();
+    let with = parse(
+        &DOMAINS.replace(
+            "[train]",
+            "[features]\ndomain_as_feature = true\ndomain_dim = 3\n\n[train]",
+        ),
+        Path::new("d.toml"),
+        &[],
+    )
+    .unwrap();
+    let (a, b) = (run(&base, |_| {}).unwrap(), run(&with, |_| {}).unwrap());
+    assert!(b.params.tensors().contains_key("features.domain"));
+    assert!(!a.params.tensors().contains_key("features.domain"));
+    // 3 domains x 3, plus 3 more input columns into each of the 8 experts and 2 gates.
+    assert_eq!(b.report.parameters, a.report.parameters + 9 + 3 * 8 * 16 + 3 * 2 * 8);
+
+    let e = parse_err(&SMALL.replace("[train]", "[features]\ndomain_as_feature = true\n\n[train]"));
+    assert!(
+        e.contains("[features] domain_as_feature") && e.contains("no domain column"),
+        "{e}"
+    );
+    let e = parse_err(&DOMAINS.replace("[train]", "[features]\nside = [\"nope\"]\n\n[train]"));
+    assert!(e.contains("[features] side") && e.contains("`nope`"), "{e}");
+    let e = parse_err(&DOMAINS.replace("[train]", "[features]\ndomain_as_feat = true\n\n[train]"));
+    assert!(e.contains("domain_as_feat"), "{e}");
+}
+
+/// SAR-Net's feature names are checked against the data, naming the key.
+#[test]
+fn sar_net_bad_feature_names_are_config_errors() {
+    let text = DOMAINS.replace("arch = \"mmoe\"", "arch = \"sar-net\"\nbehaviour_items = \"clicks\"");
+    let e = parse_err(&text);
+    assert!(
+        e.contains("[model]") && e.contains("`behaviour_items` = \"clicks\""),
+        "{e}"
+    );
+    let e = parse_err(&DOMAINS.replace("arch = \"mmoe\"", "arch = \"sar-net\"\ndebias = [\"x9\"]"));
+    assert!(e.contains("`debias` names `x9`"), "{e}");
+    // Data without behaviour logs.
+    let e = parse_err(
+        &DOMAINS
+            .replace("domain_feature = false", "history = 0")
+            .replace("\"mmoe\"", "\"sar-net\""),
+    );
+    assert!(e.contains("is no sequence feature") && e.contains("none"), "{e}");
+}

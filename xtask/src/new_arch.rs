@@ -94,8 +94,8 @@ fn expands_to_a_valid_graph_and_builds() {
         .iter()
         .map(|n| TaskInfo { name: n.to_string(), kind: TaskKind::Binary })
         .collect();
-    let features = FeatureSpec { sparse: vec![], dense: (0..6).map(|i| format!("x{i}")).collect() };
-    let env = GraphEnv { input_width: features.width(), tasks: tasks.clone(), domains: 0 };
+    let features = FeatureSpec::dense_only((0..6).map(|i| format!("x{i}")).collect());
+    let env = GraphEnv { input_width: features.width(), tasks: tasks.clone(), domains: 0, features: features.clone() };
     let graph = architecture("{name}").unwrap().expand(&toml::Table::new(), &env).unwrap();
     let model = Model::build(&graph, &features, &tasks, 0, 1, &candle_core::Device::Cpu).unwrap();
     assert!(model.params().parameter_count() > 0);

@@ -100,6 +100,7 @@ pub fn features(shape: &Shape) -> FeatureSpec {
             })
             .collect(),
         dense: (0..shape.dense).map(|j| format!("x{j}")).collect(),
+        ..FeatureSpec::default()
     }
 }
 
@@ -113,6 +114,7 @@ pub fn build(w: Workload, shape: &Shape, seed: u64) -> Result<Model, BenchError>
         input_width: features.width(),
         tasks: tasks.clone(),
         domains,
+        features: features.clone(),
     };
     let (arch, params) = w.arch();
     let graph = mtrec_core::registry::architecture(arch)?.expand(&params, &env)?;

@@ -121,10 +121,13 @@ pub struct GraphSpec {
 }
 
 /// What a graph is built for: facts of the data, not of the architecture.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GraphEnv {
     /// Width of the [`INPUT`] node.
     pub input_width: usize,
+    /// The features behind the input (for components that read features
+    /// themselves through `ForwardCtx::features`, e.g. SAR-Net's attention).
+    pub features: crate::features::FeatureSpec,
     pub tasks: Vec<TaskInfo>,
     /// Number of domains of the data (0 when the data has none).
     pub domains: usize,

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::features::FeatureViews;
 
 /// The domain (scenario) id of every row of a batch, on the host (for grouping
 /// rows by domain) and as a `u32` tensor `[B]` (for lookups).
@@ -36,17 +37,55 @@ impl Domains {
     }
 }
 
+/// One sequence column of a batch: `[B, L]` `u32` ids (0 past each row's
+/// length) and the lengths on the host (masks and mean pooling need them).
+#[derive(Clone, Debug)]
+pub struct SequenceInput {
+    pub ids: Tensor,
+    pub lengths: Vec<u32>,
+}
+
+impl SequenceInput {
+    /// Checks that there is one length per row, each at most `L`.
+    pub fn new(ids: Tensor, lengths: Vec<u32>) -> Result<Self> {
+        let (b, l) = ids.dims2()?;
+        if lengths.len() != b {
+            return Err(Error::Input(format!(
+                "a sequence has {b} rows of ids but {} lengths",
+                lengths.len()
+            )));
+        }
+        if let Some(n) = lengths.iter().find(|&&n| n as usize > l) {
+            return Err(Error::Input(format!("a sequence length {n} exceeds its {l} positions")));
+        }
+        Ok(Self { ids, lengths })
+    }
+
+    /// `[B, L]` `f32`: 1 at the first `length` positions of each row, else 0.
+    pub fn mask(&self) -> Result<Tensor> {
+        let (b, l) = self.ids.dims2()?;
+        let mut m = vec![0f32; b * l];
+        for (row, &n) in m.chunks_exact_mut(l.max(1)).zip(&self.lengths) {
+            row[..n as usize].fill(1.0);
+        }
+        Ok(Tensor::from_vec(m, (b, l), self.ids.device())?)
+    }
+}
+
 /// One batch of model inputs, columnar.
 ///
 /// - `sparse`: `[B, F]` `u32` ids, one column per sparse field, each already
 ///   mapped into `0..vocab` of its field (the out-of-vocabulary id included);
 /// - `dense`: `[B, N]` `f32` numeric features, already scaled;
-/// - `domains`: the row's domain ids where the data has domains.
+/// - `domains`: the row's domain ids where the data has domains;
+/// - `sequences`: one [`SequenceInput`] per sequence feature, in the model's
+///   sequence order (set with [`Inputs::with_sequences`]).
 #[derive(Clone, Debug)]
 pub struct Inputs {
     pub sparse: Option<Tensor>,
     pub dense: Option<Tensor>,
     pub domains: Option<Domains>,
+    pub sequences: Vec<SequenceInput>,
     rows: usize,
 }
 
@@ -76,9 +115,24 @@ impl Inputs {
             sparse,
             dense,
             domains,
+            sequences: Vec::new(),
             rows,
         })
     }
+
+    /// These inputs with `sequences` (replacing any), each of the batch's rows.
+    pub fn with_sequences(mut self, sequences: Vec<SequenceInput>) -> Result<Self> {
+        if let Some(s) = sequences.iter().find(|s| s.lengths.len() != self.rows) {
+            return Err(Error::Input(format!(
+                "a sequence has {} rows, other inputs have {}",
+                s.lengths.len(),
+                self.rows
+            )));
+        }
+        self.sequences = sequences;
+        Ok(self)
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -90,6 +144,9 @@ pub struct ForwardCtx<'a> {
     /// Training mode (batch statistics, training-only branches) or evaluation.
     pub train: bool,
     pub domains: Option<&'a Domains>,
+    /// The batch's features one by one (sequences position by position, side
+    /// features included), for components that read features themselves.
+    pub features: Option<&'a FeatureViews<'a>>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -97,16 +154,31 @@ impl<'a> ForwardCtx<'a> {
         Self {
             train: false,
             domains: None,
+            features: None,
         }
     }
     pub fn train() -> Self {
         Self {
             train: true,
             domains: None,
+            features: None,
         }
     }
     pub fn with_domains(mut self, domains: Option<&'a Domains>) -> Self {
         self.domains = domains;
         self
+    }
+    pub fn with_features(mut self, features: Option<&'a FeatureViews<'a>>) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// The feature views, or an error naming `what` needs them.
+    pub fn views(&self, what: &str) -> Result<&'a FeatureViews<'a>> {
+        self.features.ok_or_else(|| {
+            Error::Input(format!(
+                "`{what}` reads features itself, but the forward pass has no feature views"
+            ))
+        })
     }
 }

@@ -77,6 +77,7 @@ impl Model {
     ) -> Result<Self> {
         let env = GraphEnv {
             input_width: features.width(),
+            features: features.clone(),
             tasks: tasks.to_vec(),
             domains,
         };
@@ -155,11 +156,12 @@ impl Model {
     }
 
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
+        let (x, views) = self.features.forward_with_views(inputs)?;
         let ctx = ForwardCtx {
             train,
             domains: inputs.domains.as_ref(),
+            features: Some(&views),
         };
-        let x = self.features.forward(inputs)?;
         let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
         let mut gates = Vec::new();
         for &i in &self.order {

@@ -25,6 +25,14 @@ pub trait Architecture: Sync {
     /// Expands `params` (the `[model]` table without `arch`) into a graph.
     /// Unknown parameters are errors.
     fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec>;
+    /// Features (by name) that this template's components read themselves
+    /// (through `ForwardCtx::features`) and that must stay out of the shared
+    /// model input, e.g. SAR-Net's debias features, which must never reach the
+    /// serving path. The runner marks them `FeatureSpec::side` before
+    /// expanding. Default: none.
+    fn side_features(&self, _params: &toml::Table) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A kind of graph node (e.g. `mlp-experts`, `softmax-gate`, `concat`).

@@ -20,6 +20,7 @@ fn env() -> GraphEnv {
         input_width: 6,
         tasks: tasks(),
         domains: 0,
+        features: Default::default(),
     }
 }
 
@@ -299,11 +300,13 @@ fn sparse_features_embed_per_field() {
             },
         ],
         dense: vec!["d".into()],
+        ..FeatureSpec::default()
     };
     let env = GraphEnv {
         input_width: feats.width(),
         tasks: tasks(),
         domains: 0,
+        features: feats.clone(),
     };
     assert_eq!(env.input_width, 8);
     let m = Model::build(&mmoe(), &feats, &tasks(), 0, 1, &Device::Cpu).unwrap();

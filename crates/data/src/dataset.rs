@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
-use mtrec_core::{Domains, FeatureSpec, Inputs, SparseFeature, TaskInfo, TaskKind};
+use mtrec_core::{
+    Domains, FeatureSpec, Inputs, Pooling, SequenceFeature, SequenceInput, SparseFeature, TaskInfo, TaskKind,
+};
 
 use crate::error::{DataError, Result};
 
@@ -42,11 +44,8 @@ pub struct DomainColumn {
 }
 
 /// A list-valued (multi-hot) field, e.g. the last items a user clicked:
-/// per row up to `max_len` ids, padded with 0.
-///
-/// Not yet read by the model: `mtrec_core::Inputs` has no sequence input, so
-/// [`Dataset::batch`] leaves sequences out. They are kept here so that a data
-/// set described once keeps them for the models that will pool them.
+/// per row up to `max_len` ids, padded with 0. [`Dataset::batch`] hands it to
+/// the model as a `mtrec_core::SequenceInput` (`[B, max_len]` ids + lengths).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SequenceColumn {
     pub name: String,
@@ -80,15 +79,13 @@ pub struct Dataset {
     /// Row-major `[rows, K]`: 1 where the row carries task `k`'s label, else 0.
     pub masks: Vec<f32>,
     pub domains: Option<DomainColumn>,
-    /// List-valued fields (empty unless set with [`Dataset::with_sequences`]);
-    /// not part of a [`Batch`] yet.
+    /// List-valued fields (empty unless set with [`Dataset::with_sequences`]).
     pub sequences: Vec<SequenceColumn>,
     rows: usize,
 }
 
-/// The tensors of one batch of rows. Sequence columns
-/// ([`Dataset::sequences`]) are not included: the model input has no slot for
-/// them yet.
+/// The tensors of one batch of rows (sequence columns in
+/// `inputs.sequences`, in [`Dataset::sequences`] order).
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub inputs: Inputs,
@@ -464,13 +461,25 @@ impl Dataset {
         let rows: Vec<usize> = (0..self.rows).collect();
         self.batch(&rows, device)
     }
-
-    /// Number of rows.
     /// The model input this data implies: every sparse field (embedded with
-    /// `embedding_dim`) then every dense column. Tabular data gets its
-    /// per-field dims from its `Preprocessor::features` instead.
+    /// `embedding_dim`), every dense column, every sequence (mean-pooled, in
+    /// its shared field's table or its own of `embedding_dim`). Tabular data
+    /// gets its per-field dims and pooling from its `Preprocessor::features`
+    /// instead.
     pub fn features(&self, embedding_dim: usize) -> FeatureSpec {
         FeatureSpec {
+            sequences: self
+                .sequences
+                .iter()
+                .map(|q| SequenceFeature {
+                    name: q.name.clone(),
+                    max_len: q.max_len,
+                    vocab: q.vocab,
+                    dim: embedding_dim,
+                    pooling: Pooling::Mean,
+                    share_with: q.share_with.clone(),
+                })
+                .collect(),
             sparse: self
                 .sparse
                 .as_ref()
@@ -487,9 +496,11 @@ impl Dataset {
                 })
                 .unwrap_or_default(),
             dense: self.dense.as_ref().map(|d| d.names.clone()).unwrap_or_default(),
+            ..FeatureSpec::default()
         }
     }
 
+    /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -557,7 +568,8 @@ impl Dataset {
 
     /// Gathers the listed rows, in order, into tensors on `device`:
     /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
-    /// Sequence columns are not gathered (see [`Batch`]).
+    /// Sequence columns become `inputs.sequences` (`[B, max_len]` `u32` ids
+    /// and the lengths).
     pub fn batch(&self, rows: &[usize], device: &Device) -> Result<Batch> {
         self.check_rows(rows)?;
         let b = rows.len();
@@ -580,7 +592,15 @@ impl Dataset {
             Some(d) => Some(Domains::new(gather(&d.ids, 1, rows), d.names.len(), device)?),
             None => None,
         };
-        let inputs = Inputs::new(sparse, dense, domains)?;
+        let sequences = self
+            .sequences
+            .iter()
+            .map(|q| {
+                let ids = Tensor::from_vec(gather(&q.ids, q.max_len, rows), (b, q.max_len), device)?;
+                Ok(SequenceInput::new(ids, gather(&q.lengths, 1, rows))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let inputs = Inputs::new(sparse, dense, domains)?.with_sequences(sequences)?;
         let labels = Tensor::from_vec(gather(&self.labels, k, rows), (b, k), device)?;
         let masks = Tensor::from_vec(gather(&self.masks, k, rows), (b, k), device)?;
         Ok(Batch { inputs, labels, masks })
@@ -841,6 +861,29 @@ mod tests {
         let domains = b.inputs.domains.as_ref().expect("domains");
         assert_eq!(domains.ids(), &[1, 0, 0]);
         assert_eq!(domains.count(), 2);
+    }
+
+    #[test]
+    fn batch_carries_sequences_and_features_declare_them() {
+        let d = small()
+            .with_sequences(vec![SequenceColumn {
+                name: "hist".into(),
+                max_len: 2,
+                ids: vec![1, 2, 0, 0, 2, 0, 1, 1, 0, 0],
+                lengths: vec![2, 0, 1, 2, 0],
+                vocab: 3,
+                share_with: Some("a".into()),
+            }])
+            .expect("valid sequences");
+        let b = d.batch(&[2, 0], &Device::Cpu).expect("batch");
+        assert_eq!(b.inputs.sequences.len(), 1);
+        let s = &b.inputs.sequences[0];
+        assert_eq!(s.ids.to_vec2::<u32>().expect("u32"), vec![vec![2, 0], vec![1, 2]]);
+        assert_eq!(s.lengths, vec![1, 2]);
+        let f = d.features(4);
+        assert_eq!(f.sequences.len(), 1);
+        assert_eq!(f.sequences[0].share_with.as_deref(), Some("a"));
+        assert_eq!(f.width(), 2 * 4 + 3 + 4);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use csv::StringRecord;
 use fnv::{FnvHashMap, FnvHasher};
-use mtrec_core::{FeatureSpec, SparseFeature, TaskInfo, TaskKind};
+use mtrec_core::{FeatureSpec, SequenceFeature, SparseFeature, TaskInfo, TaskKind};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, DenseColumns, DomainColumn, SequenceColumn, SparseColumns};
@@ -1093,6 +1093,19 @@ impl Preprocessor {
                 })
                 .collect(),
             dense: self.dense.iter().map(|f| f.name.clone()).collect(),
+            sequences: self
+                .sequences
+                .iter()
+                .map(|q| SequenceFeature {
+                    name: q.name.clone(),
+                    max_len: q.max_len,
+                    vocab: self.sequence_vocab(q),
+                    dim: q.dim,
+                    pooling: q.pooling,
+                    share_with: q.share_with.clone(),
+                })
+                .collect(),
+            ..FeatureSpec::default()
         }
     }
 

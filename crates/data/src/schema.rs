@@ -147,15 +147,10 @@ pub enum Scaling {
     None,
 }
 
-/// How a sequence's embeddings are pooled (for the models that will read
-/// sequences; recorded, not used by the data crate).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    #[default]
-    Mean,
-    Sum,
-}
+/// How a sequence's embeddings are pooled: the model input layer's own
+/// setting (`mtrec_core::Pooling`), so that the schema's choice is what the
+/// model does.
+pub use mtrec_core::Pooling;
 
 /// `[data.defaults]`: what a field takes when it does not say.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -283,7 +278,9 @@ fn default_max_len() -> usize {
 /// `max_len` are kept. With `share_with = "field"` the tokens use that sparse
 /// field's vocabulary (and, in a model, its embedding table); otherwise the
 /// sequence has its own vocabulary (or hash buckets) fitted on the training
-/// rows' tokens.
+/// rows' tokens. `pooling` is what the model's input layer does with the
+/// tokens' embeddings: their mean (default) or sum over the real tokens (an
+/// empty list pools to zeros).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct SequenceField {

@@ -18,6 +18,16 @@ pub struct ArchSummary {
     pub parameters: usize,
     /// Per task: the test metric (AUC for binary tasks, MSE for regression) of each seed.
     pub tasks: Vec<TaskSummary>,
+    /// For data with domains: per domain, the same per task (the domain x
+    /// task grid of every run, summarised over the seeds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DomainSummary {
+    pub domain: String,
+    pub tasks: Vec<TaskSummary>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +75,7 @@ pub fn compare(
         cfg.config.model = model.clone();
         let mut parameters = 0;
         let mut per_task: Vec<TaskSummary> = Vec::new();
+        let mut per_domain: Vec<DomainSummary> = Vec::new();
         for &seed in seeds {
             let mut c = cfg.clone();
             c.config.train.seed = seed;
@@ -76,22 +87,15 @@ pub fn compare(
             }
             let r = run(&c, |_| {})?;
             parameters = r.report.parameters;
-            for (i, t) in r.report.test.tasks.iter().enumerate() {
-                let (metric, v) = match (t.metrics.auc, t.metrics.mse) {
-                    (Some(a), _) => ("auc", a),
-                    (None, Some(m)) => ("mse", m),
-                    _ => ("none", f64::NAN),
-                };
-                if per_task.len() <= i {
-                    per_task.push(TaskSummary {
-                        task: t.task.clone(),
-                        metric: metric.into(),
-                        values: vec![],
-                        mean: 0.0,
-                        std: 0.0,
+            collect(&mut per_task, &r.report.test.tasks);
+            for (j, d) in r.report.test.domains.iter().enumerate() {
+                if per_domain.len() <= j {
+                    per_domain.push(DomainSummary {
+                        domain: d.domain.clone(),
+                        tasks: Vec::new(),
                     });
                 }
-                per_task[i].values.push(v);
+                collect(&mut per_domain[j].tasks, &d.tasks);
             }
             progress(&format!(
                 "{arch} seed {seed}: {}",
@@ -111,19 +115,45 @@ pub fn compare(
                     .join(", ")
             ));
         }
-        for t in &mut per_task {
+        for t in per_task
+            .iter_mut()
+            .chain(per_domain.iter_mut().flat_map(|d| d.tasks.iter_mut()))
+        {
             (t.mean, t.std) = mean_std(&t.values);
         }
         out.push(ArchSummary {
             arch: arch.clone(),
             parameters,
             tasks: per_task,
+            domains: per_domain,
         });
     }
     Ok(Comparison {
         seeds: seeds.to_vec(),
         archs: out,
     })
+}
+
+/// Appends one run's test metric of each task to `into` (one summary per task).
+fn collect(into: &mut Vec<TaskSummary>, tasks: &[mtrec_train::TaskResult]) {
+    for (i, t) in tasks.iter().enumerate() {
+        let (metric, v) = match (t.metrics.auc, t.metrics.mse) {
+            (Some(a), _) => ("auc", a),
+            (None, Some(m)) => ("mse", m),
+            // A cell without the metric (one class among its rows) counts as NaN.
+            _ => ("none", f64::NAN),
+        };
+        if into.len() <= i {
+            into.push(TaskSummary {
+                task: t.task.clone(),
+                metric: metric.into(),
+                values: vec![],
+                mean: 0.0,
+                std: 0.0,
+            });
+        }
+        into[i].values.push(v);
+    }
 }
 
 /// The models to compare: the `[model]` section of each of `model_configs`
@@ -185,6 +215,24 @@ impl Comparison {
                 }
             }
             s.push('\n');
+        }
+        if first.domains.iter().any(|d| !d.tasks.is_empty()) {
+            let _ = write!(s, "\nPer domain (test rows of each domain):\n\n| model | domain |");
+            for t in &first.tasks {
+                let _ = write!(s, " {} test {} |", t.task, t.metric);
+            }
+            s.push('\n');
+            s.push_str(&"|---".repeat(2 + first.tasks.len()));
+            s.push_str("|\n");
+            for a in &self.archs {
+                for d in &a.domains {
+                    let _ = write!(s, "| {} | {} |", a.arch, d.domain);
+                    for t in &d.tasks {
+                        let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
+                    }
+                    s.push('\n');
+                }
+            }
         }
         let _ = writeln!(
             s,

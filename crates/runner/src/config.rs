@@ -54,11 +54,48 @@ pub struct ModelSection {
     pub params: toml::Table,
 }
 
+fn default_domain_dim() -> usize {
+    4
+}
+
+/// `[features]`: how the data's columns enter the model, beyond what the
+/// source describes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    /// Embed each row's domain id (`domain_dim` wide) into the model input, so
+    /// that models without domain-specific parameters (Shared-Bottom, MMoE,
+    /// PLE...) can tell domains apart: the fair baseline for multi-domain
+    /// models. Needs data with domains.
+    #[serde(default)]
+    pub domain_as_feature: bool,
+    #[serde(default = "default_domain_dim")]
+    pub domain_dim: usize,
+    /// Features kept out of the model input, read only by components that
+    /// ask for them by name (`ForwardCtx::features`); added to the
+    /// architecture's own (`Architecture::side_features`). `mtrec graph`
+    /// writes a template's here so that its graph config has the same input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub side: Vec<String>,
+}
+
+impl Default for FeaturesSection {
+    fn default() -> Self {
+        Self {
+            domain_as_feature: false,
+            domain_dim: default_domain_dim(),
+            side: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub data: DataSection,
     pub model: ModelSection,
+    #[serde(default)]
+    pub features: FeaturesSection,
     #[serde(default)]
     pub train: TrainConfig,
     /// Tasks of tabular sources (`[[tasks]]`); generated sources define theirs.

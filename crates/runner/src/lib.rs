@@ -19,6 +19,7 @@ pub fn link_builtin_plugins() {
     mtrec_omoe::link();
     mtrec_mmoe::link();
     mtrec_star::link();
+    mtrec_sar_net::link();
     mtrec_cgc::link();
     mtrec_ple::link();
     // Third-party architecture crates, each behind its own cargo feature.
@@ -33,6 +34,7 @@ pub const BUILTIN_ARCHS: &[&str] = &[
     "mmoe",
     "omoe",
     "ple",
+    "sar-net",
     "shared-bottom",
     "single-task",
     "star",

@@ -66,6 +66,7 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     let arch = registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
     let env = GraphEnv {
         input_width: prepared.features.width(),
+        features: prepared.features.clone(),
         tasks: prepared.tasks.clone(),
         domains: prepared.domain_count(),
     };
@@ -424,6 +425,9 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
     let prepared = prepare(cfg, None)?;
     let (graph, _) = expand(cfg, &prepared)?;
     let mut c = cfg.config.clone();
+    // The template's side features are no longer implied by `arch`: write
+    // them out so that the graph reads the same input.
+    c.features.side = prepared.features.side.clone();
     let mut params = toml::Table::new();
     params.insert(
         "nodes".into(),
@@ -501,9 +505,10 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
     let text = std::fs::read_to_string(&graph_path).map_err(io(&graph_path))?;
     let graph = GraphSpec::from_toml(&text)?;
     let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
+    let features = crate::source::model_features(&cfg, preprocessor.features(), domains)?;
     let model = Model::build(
         &graph,
-        &preprocessor.features(),
+        &features,
         &preprocessor.task_infos(),
         domains,
         cfg.config.train.seed,

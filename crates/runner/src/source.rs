@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use mtrec_core::{FeatureSpec, TaskInfo};
+use mtrec_core::{DomainEmbedding, FeatureSpec, TaskInfo};
 use mtrec_data::preprocess::Progress;
 use mtrec_data::schema::FileFormat;
 use mtrec_data::tabular::load_split;
@@ -152,7 +152,8 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
         }
         let split = split(data.rows(), d.split, d.split_seed.unwrap_or(seed))
             .map_err(|e| cfg.error("data", Some("split"), e))?;
-        let features = features_of(&data);
+        let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
+        let features = model_features(cfg, features_of(&data), domains)?;
         Ok(Prepared {
             tasks: data.tasks.clone(),
             domains: data.domains.as_ref().map(|d| d.names.clone()),
@@ -226,8 +227,9 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                     (rows, loaded.preprocessor)
                 }
             };
+            let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
             Ok(Prepared {
-                features: preprocessor.features(),
+                features: model_features(cfg, preprocessor.features(), domains)?,
                 tasks: preprocessor.task_infos(),
                 domains: preprocessor.domain.as_ref().map(|d| d.names.clone()),
                 rows,
@@ -248,4 +250,54 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
 /// dimensions (as the public PyTorch peers do), then the dense columns.
 pub fn features_of(data: &Dataset) -> FeatureSpec {
     data.features(4)
+}
+
+/// The model input of `cfg` on data whose columns give `base`: `[features]`
+/// (the domain embedding) and the architecture's side features (kept out of
+/// the input, see `Architecture::side_features`). The run and a model loaded
+/// back from its run folder both take their input from here.
+pub fn model_features(cfg: &LoadedConfig, mut base: FeatureSpec, domains: usize) -> Result<FeatureSpec> {
+    let f = &cfg.config.features;
+    if f.domain_as_feature {
+        if domains == 0 {
+            return Err(cfg.error(
+                "features",
+                Some("domain_as_feature"),
+                "the data has no domain column to embed; remove `domain_as_feature` or use data with domains \
+                 (e.g. source = \"multi-domain-synthetic\", or a tabular `domain` column)",
+            ));
+        }
+        if f.domain_dim == 0 {
+            return Err(cfg.error(
+                "features",
+                Some("domain_dim"),
+                "must be at least 1 (e.g. domain_dim = 4)",
+            ));
+        }
+        base.domain = Some(DomainEmbedding {
+            count: domains,
+            dim: f.domain_dim,
+        });
+    }
+    let m = &cfg.config.model;
+    let arch = mtrec_core::registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
+    base.side = arch.side_features(&m.params).map_err(|e| match &e {
+        mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
+        _ => cfg.error("model", None, &e),
+    })?;
+    for name in &f.side {
+        let known =
+            base.sparse_field(name).is_some() || base.dense.iter().any(|d| d == name) || base.sequence(name).is_some();
+        if !known {
+            return Err(cfg.error(
+                "features",
+                Some("side"),
+                format!("`{name}` is no sparse, dense or sequence feature of the data; remove it from `side`"),
+            ));
+        }
+        if !base.side.contains(name) {
+            base.side.push(name.clone());
+        }
+    }
+    Ok(base)
 }

@@ -103,6 +103,7 @@ fn mmoe(data: &Dataset, seed: u64) -> mtrec_core::Model {
         input_width: features.width(),
         tasks: data.tasks.clone(),
         domains: 0,
+        features: features.clone(),
     };
     let mut params = toml::Table::new();
     params.insert("experts".into(), toml::Value::Integer(3));

@@ -66,6 +66,7 @@ fn esmm(data: &Dataset, extra_cvr_task: bool, seed: u64) -> Model {
         input_width: features.width(),
         tasks: data.tasks.clone(),
         domains: 0,
+        features: Default::default(),
     };
     let mut graph = architecture("esmm").unwrap().expand(&toml::Table::new(), &env).unwrap();
     if extra_cvr_task {
@@ -162,6 +163,7 @@ fn missing_tasks_are_named() {
         input_width: 8,
         tasks: vec![binary("click"), binary("buy")],
         domains: 0,
+        features: Default::default(),
     };
     let err = architecture("esmm")
         .unwrap()

@@ -27,6 +27,7 @@ fn expand(arch: &str, p: &toml::Table, d: usize, tasks: &[TaskInfo]) -> mtrec_co
         input_width: d,
         tasks: tasks.to_vec(),
         domains: 0,
+        features: Default::default(),
     };
     registry::architecture(arch)?.expand(p, &env)
 }

@@ -1,0 +1,233 @@
+//! `sar-experts` (an expert bank): SAR-Net's debias experts, scenario-shared
+//! or scenario-specific.
+//!
+//! Each expert is a main network over the node's input plus a bias network
+//! over the debias features (read through `ForwardCtx::features`, never part
+//! of the model input). In training the expert's output is
+//! `main(x) + bias(z)`; in evaluation (serving) the bias network is dropped
+//! and the output is `main(x)`: the bias network soaks up what the debias
+//! features explain (exposure, position...) so the main network does not
+//! learn it. Without debias features an expert is its main network only.
+//!
+//! - shared (`scenario_specific = false`): `count` experts every row uses, one
+//!   batched matmul per layer over `[count, in, out]` weights;
+//! - scenario-specific (`scenario_specific = true`): `count` experts per
+//!   scenario. The batch's rows are grouped by domain and each group runs
+//!   through its own scenario's bank (one batched matmul per domain present
+//!   and layer), then rows are put back in order. The bank's output slot `k`
+//!   of a row is expert `k` of that row's scenario, so a gate over
+//!   `[shared; specific]` mixes exactly the experts usable for the row.
+//!
+//! Main network: `units` layers, activation after every layer (as
+//! `mlp-experts`). Bias network: `bias_units` hidden layers with the
+//! activation, then a linear layer to the expert's width (the bias is added
+//! to the expert output, so it must be free in sign).
+
+use candle_core::Tensor;
+use mtrec_core::components::dense::{check_units, Activation};
+use mtrec_core::ops::{linear_act, Act};
+use mtrec_core::{
+    Component, ComponentKind, ComponentRegistration, Expert, ForwardCtx, GraphEnv, Init, NodeIo, NodeSpec,
+    ParamBuilder, Port, Result, Role,
+};
+use mtrec_star::groups::{domains_of, DomainGroups};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    count: usize,
+    units: Vec<usize>,
+    #[serde(default)]
+    activation: Activation,
+    #[serde(default)]
+    scenario_specific: bool,
+    /// Debias features (sparse fields: their embeddings; dense: their values).
+    #[serde(default)]
+    debias: Vec<String>,
+    #[serde(default)]
+    bias_units: Vec<usize>,
+}
+
+/// A bank of `n` MLPs, layer `l` one fused op over `[n, in, out]` weights.
+struct Bank {
+    layers: Vec<(Tensor, Tensor, Act)>,
+}
+
+impl Bank {
+    fn new(pb: &ParamBuilder, n: usize, d_in: usize, units: &[usize], acts: &[Act]) -> Result<Self> {
+        let mut layers = Vec::with_capacity(units.len());
+        let mut d = d_in;
+        for (i, (&u, &act)) in units.iter().zip(acts).enumerate() {
+            let l = pb.pp(i.to_string());
+            layers.push((
+                l.get("weight", &[n, d, u], Init::FanIn(d))?,
+                l.get("bias", &[n, 1, u], Init::FanIn(d))?,
+                act,
+            ));
+            d = u;
+        }
+        Ok(Self { layers })
+    }
+
+    /// `[B, in]` -> `[n, B, out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (w, b, act) in &self.layers {
+            h = linear_act(&h, w, Some(b), *act)?;
+        }
+        Ok(h)
+    }
+}
+
+/// One set of experts: main networks and (with debias features) bias networks.
+struct ExpertSet {
+    main: Bank,
+    bias: Option<Bank>,
+}
+
+impl ExpertSet {
+    fn new(pb: &ParamBuilder, p: &Params, d_in: usize, d_bias: usize) -> Result<Self> {
+        let act = p.activation.act();
+        let main = Bank::new(&pb.pp("main"), p.count, d_in, &p.units, &vec![act; p.units.len()])?;
+        let bias = if p.debias.is_empty() {
+            None
+        } else {
+            let out = *p.units.last().unwrap_or(&d_in);
+            let mut units = p.bias_units.clone();
+            units.push(out);
+            let mut acts = vec![act; p.bias_units.len()];
+            acts.push(Act::Identity);
+            Some(Bank::new(&pb.pp("bias"), p.count, d_bias, &units, &acts)?)
+        };
+        Ok(Self { main, bias })
+    }
+
+    fn forward(&self, x: &Tensor, z: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let h = self.main.forward(x)?;
+        match (&self.bias, z, train) {
+            (Some(bias), Some(z), true) => Ok((h + bias.forward(z)?)?),
+            _ => Ok(h),
+        }
+    }
+}
+
+pub struct DebiasExperts {
+    count: usize,
+    d_in: usize,
+    d_out: usize,
+    domains: usize,
+    debias: Vec<String>,
+    /// One set (shared) or one per scenario.
+    sets: Vec<ExpertSet>,
+    specific: bool,
+}
+
+impl Expert for DebiasExperts {
+    fn in_width(&self) -> usize {
+        self.d_in
+    }
+    fn out_width(&self) -> usize {
+        self.d_out
+    }
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        // The debias features are read in training only: serving never needs them.
+        let z = if ctx.train && !self.debias.is_empty() {
+            Some(ctx.views("sar-experts")?.features(&self.debias)?)
+        } else {
+            None
+        };
+        if !self.specific {
+            return self.sets[0].forward(x, z.as_ref(), ctx.train);
+        }
+        let domains = domains_of(ctx, "sar-experts", self.domains)?;
+        let groups = DomainGroups::new(domains)?;
+        let xs = groups.split(x)?;
+        let zs = match &z {
+            Some(z) => groups.split(z)?.into_iter().map(Some).collect(),
+            None => vec![None; xs.len()],
+        };
+        // Each group: `[count, n_p, out]`; rows first for the merge, then back.
+        let parts = groups
+            .groups
+            .iter()
+            .zip(xs.iter().zip(&zs))
+            .map(|(g, (xp, zp))| {
+                Ok(self.sets[g.domain]
+                    .forward(xp, zp.as_ref(), ctx.train)?
+                    .transpose(0, 1)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(groups.merge(&parts)?.transpose(0, 1)?.contiguous()?)
+    }
+}
+
+pub struct DebiasExpertsKind;
+
+fn debias_width(node: &NodeSpec, p: &Params, env: &GraphEnv) -> Result<usize> {
+    let mut w = 0;
+    for name in &p.debias {
+        w += env.features.feature_width(name).ok_or_else(|| {
+            node.error(format!(
+                "debias feature `{name}` is no sparse or dense feature of the data"
+            ))
+        })?;
+    }
+    Ok(w)
+}
+
+impl ComponentKind for DebiasExpertsKind {
+    fn name(&self) -> &'static str {
+        "sar-experts"
+    }
+    fn role(&self) -> Role {
+        Role::Expert
+    }
+    fn summary(&self) -> &'static str {
+        "SAR-Net debias experts: main MLP + bias net over debias features (training only), shared or per scenario"
+    }
+    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if p.count == 0 {
+            return Err(node.error("`count` must be at least 1"));
+        }
+        check_units(node, &p.units, false)?;
+        if p.bias_units.contains(&0) {
+            return Err(node.error(format!("`bias_units` = {:?} has a zero width", p.bias_units)));
+        }
+        if p.scenario_specific && env.domains == 0 {
+            return Err(node.error("scenario-specific experts need data with domains"));
+        }
+        debias_width(node, &p, env)?;
+        Ok(Port::Bank {
+            count: p.count,
+            width: *p.units.last().unwrap_or(&0),
+        })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let p: Params = node.parse_params()?;
+        let d_in = io.inputs[0].width();
+        let d_bias = debias_width(node, &p, env)?;
+        let sets = if p.scenario_specific {
+            (0..env.domains)
+                .map(|s| ExpertSet::new(&pb.pp(format!("scenario{s}")), &p, d_in, d_bias))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![ExpertSet::new(pb, &p, d_in, d_bias)?]
+        };
+        Ok(Component::Expert(Box::new(DebiasExperts {
+            count: p.count,
+            d_in,
+            d_out: *p.units.last().unwrap_or(&d_in),
+            domains: env.domains,
+            debias: p.debias,
+            sets,
+            specific: p.scenario_specific,
+        })))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&DebiasExpertsKind));

@@ -1,0 +1,111 @@
+//! `sar-gate` (a gate): SAR-Net's multi-scenario gating. Weights
+//! `softmax([x; e_s] W + b)` over every expert usable for the row (the shared
+//! bank, then the row's own scenario's bank: see `sar-experts`), with `e_s`
+//! an embedding of the row's scenario: the gate is conditioned on both the
+//! scenario and the input. The runtime mixes the banks with these weights
+//! and records them (expert utilisation overall and per domain).
+
+use candle_core::Tensor;
+use mtrec_core::components::dense::Linear;
+use mtrec_core::ops::Act;
+use mtrec_core::{
+    Component, ComponentKind, ComponentRegistration, ForwardCtx, Gate, GraphEnv, Init, NodeIo, NodeSpec, ParamBuilder,
+    Port, Result, Role,
+};
+use mtrec_star::groups::domains_of;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Width of the scenario embedding the gate reads.
+    #[serde(default = "default_dim")]
+    embedding_dim: usize,
+    #[serde(default = "default_bias")]
+    bias: bool,
+}
+
+fn default_dim() -> usize {
+    4
+}
+fn default_bias() -> bool {
+    true
+}
+
+pub struct ScenarioGate {
+    d_sel: usize,
+    n: usize,
+    domains: usize,
+    /// `[D, e]`
+    embedding: Tensor,
+    linear: Linear,
+}
+
+impl Gate for ScenarioGate {
+    fn selector_width(&self) -> usize {
+        self.d_sel
+    }
+    fn experts(&self) -> usize {
+        self.n
+    }
+    fn weights(&self, selector: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let d = domains_of(ctx, "sar-gate", self.domains)?;
+        let e = self.embedding.index_select(d.tensor(), 0)?;
+        let z = Tensor::cat(&[selector, &e], 1)?;
+        // One fused op with its backward: matmul, bias, row softmax.
+        self.linear.forward_act(&z, Act::Softmax)
+    }
+}
+
+pub struct ScenarioGateKind;
+
+impl ComponentKind for ScenarioGateKind {
+    fn name(&self) -> &'static str {
+        "sar-gate"
+    }
+    fn role(&self) -> Role {
+        Role::Gate
+    }
+    fn summary(&self) -> &'static str {
+        "SAR-Net multi-scenario gate softmax([x; scenario embedding] W + b) over its `experts` banks"
+    }
+    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
+        let p: Params = node.parse_params()?;
+        if env.domains == 0 {
+            return Err(node.error("needs data with domains (a domain id per row)"));
+        }
+        if p.embedding_dim == 0 {
+            return Err(node.error("`embedding_dim` must be at least 1"));
+        }
+        Ok(Port::Dense {
+            width: io.experts.first().map_or(0, |p| p.width()),
+        })
+    }
+    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let p: Params = node.parse_params()?;
+        let n = io
+            .experts
+            .iter()
+            .map(|p| match p {
+                Port::Bank { count, .. } => *count,
+                Port::Dense { .. } => 0,
+            })
+            .sum();
+        let d_sel = io.inputs[0].width();
+        let embedding = pb.get(
+            "scenario_embedding",
+            &[env.domains, p.embedding_dim],
+            Init::Uniform { lo: -0.05, hi: 0.05 },
+        )?;
+        let linear = Linear::new(pb, d_sel + p.embedding_dim, n, p.bias)?;
+        Ok(Component::Gate(Box::new(ScenarioGate {
+            d_sel,
+            n,
+            domains: env.domains,
+            embedding,
+            linear,
+        })))
+    }
+}
+
+inventory::submit!(ComponentRegistration(&ScenarioGateKind));

@@ -1,0 +1,326 @@
+//! SAR-Net: debias networks in training only, gradients to every weight
+//! (per-scenario ones included), padding masked, empty histories, grouping
+//! by domain equal to per-domain batches, shapes, and config errors.
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{Device, Tensor};
+use mtrec_core::{registry, GraphEnv, Inputs, Model, SequenceInput};
+use mtrec_data::{Batch, Dataset, MultiDomainSynthetic};
+use mtrec_train::check::unchanged_after_one_step;
+
+fn data(rows: usize) -> Dataset {
+    MultiDomainSynthetic {
+        rows,
+        history: 6,
+        domain_shares: vec![0.5, 0.3, 0.2],
+        seed: 5,
+        ..MultiDomainSynthetic::default()
+    }
+    .generate()
+    .unwrap()
+}
+
+fn params(debias: &[&str]) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("scenario_field".into(), "domain".into());
+    t.insert(
+        "debias".into(),
+        toml::Value::Array(debias.iter().map(|s| toml::Value::from(*s)).collect()),
+    );
+    t
+}
+
+fn env_for(data: &Dataset, params: &toml::Table) -> (GraphEnv, mtrec_core::FeatureSpec) {
+    mtrec_sar_net::link();
+    let arch = registry::architecture("sar-net").unwrap();
+    let mut features = data.features(4);
+    features.side = arch.side_features(params).unwrap();
+    let env = GraphEnv {
+        input_width: features.width(),
+        tasks: data.tasks.clone(),
+        domains: data.domains.as_ref().unwrap().names.len(),
+        features: features.clone(),
+    };
+    (env, features)
+}
+
+fn build(data: &Dataset, params: &toml::Table, seed: u64) -> Model {
+    let (env, features) = env_for(data, params);
+    let graph = registry::architecture("sar-net").unwrap().expand(params, &env).unwrap();
+    Model::build(&graph, &features, &data.tasks, env.domains, seed, &Device::Cpu).unwrap()
+}
+
+fn all_rows(data: &Dataset) -> Batch {
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    data.batch(&rows, &Device::Cpu).unwrap()
+}
+
+fn outputs(model: &Model, inputs: &Inputs, train: bool) -> Vec<Vec<f32>> {
+    model
+        .forward(inputs, train)
+        .unwrap()
+        .outputs
+        .iter()
+        .map(|t| t.to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+/// `inputs` with dense column `col` shifted by `by`.
+fn shift_dense(inputs: &Inputs, col: usize, by: f32) -> Inputs {
+    let d = inputs.dense.as_ref().unwrap();
+    let mut v = d.to_vec2::<f32>().unwrap();
+    for row in &mut v {
+        row[col] += by;
+    }
+    let n = v[0].len();
+    let flat: Vec<f32> = v.into_iter().flatten().collect();
+    let dense = Tensor::from_vec(flat, (inputs.rows(), n), &Device::Cpu).unwrap();
+    Inputs::new(inputs.sparse.clone(), Some(dense), inputs.domains.clone())
+        .unwrap()
+        .with_sequences(inputs.sequences.clone())
+        .unwrap()
+}
+
+#[test]
+fn debias_features_change_training_outputs_only() {
+    let d = data(300);
+    let p = params(&["x0"]);
+    let model = build(&d, &p, 1);
+    let batch = all_rows(&d);
+    let moved = shift_dense(&batch.inputs, 0, 3.0);
+    // Eval (serving): the bias networks are dropped, x0 is read nowhere else.
+    assert_eq!(outputs(&model, &batch.inputs, false), outputs(&model, &moved, false));
+    // Training: the bias networks read x0.
+    assert_ne!(outputs(&model, &batch.inputs, true), outputs(&model, &moved, true));
+    // And x0 is not part of the model input: the input is the 4 sparse
+    // fields (4 wide each) and x1..x3 (the sequences are side features too).
+    let full = d.features(4).width();
+    assert_eq!(model.features().width(), full - 1 - 2 * 4);
+    // Another dense feature does change the eval output.
+    let other = shift_dense(&batch.inputs, 1, 3.0);
+    assert_ne!(outputs(&model, &batch.inputs, false), outputs(&model, &other, false));
+}
+
+#[test]
+fn gradients_reach_every_variable_per_scenario_ones_included() {
+    let d = data(400);
+    let batch = all_rows(&d);
+    let ids = batch.inputs.domains.as_ref().unwrap().ids().to_vec();
+    for p in 0..3u32 {
+        assert!(ids.contains(&p), "domain {p} is in the batch");
+    }
+    for debias in [&["x0"][..], &["x0", "item_category"][..], &[][..]] {
+        let model = build(&d, &params(debias), 2);
+        let names: Vec<String> = model.params().vars().into_iter().map(|(n, _)| n).collect();
+        for s in 0..3 {
+            assert!(names
+                .iter()
+                .any(|n| n.starts_with(&format!("experts-scenario.scenario{s}.main"))));
+            if !debias.is_empty() {
+                assert!(names
+                    .iter()
+                    .any(|n| n.starts_with(&format!("experts-scenario.scenario{s}.bias"))));
+            }
+        }
+        for want in [
+            "behaviour.item_query",
+            "behaviour.scenario_query",
+            "scenario-transform.scale",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        let unchanged = unchanged_after_one_step(&model, &batch).unwrap();
+        assert!(
+            unchanged.is_empty(),
+            "debias {debias:?}: unchanged after one step: {unchanged:?}"
+        );
+    }
+}
+
+/// The sequences of `inputs` with every padded position set to `id`.
+fn repad(inputs: &Inputs, id: u32) -> Inputs {
+    let seqs = inputs
+        .sequences
+        .iter()
+        .map(|s| {
+            let mut v = s.ids.to_vec2::<u32>().unwrap();
+            for (row, &n) in v.iter_mut().zip(&s.lengths) {
+                row[n as usize..].fill(id);
+            }
+            let (b, l) = (v.len(), v[0].len());
+            let ids = Tensor::from_vec(v.into_iter().flatten().collect(), (b, l), &Device::Cpu).unwrap();
+            SequenceInput::new(ids, s.lengths.clone()).unwrap()
+        })
+        .collect();
+    Inputs::new(inputs.sparse.clone(), inputs.dense.clone(), inputs.domains.clone())
+        .unwrap()
+        .with_sequences(seqs)
+        .unwrap()
+}
+
+#[test]
+fn padding_changes_nothing() {
+    let d = data(200);
+    let model = build(&d, &params(&[]), 3);
+    let batch = all_rows(&d);
+    let lengths = &batch.inputs.sequences[0].lengths;
+    assert!(lengths.iter().any(|&n| (n as usize) < 6), "some rows are padded");
+    let base = outputs(&model, &batch.inputs, false);
+    // Ids 1 and 2 are real items / scenarios (both vocabularies hold them).
+    for id in [1, 2] {
+        assert_eq!(
+            base,
+            outputs(&model, &repad(&batch.inputs, id), false),
+            "padding id {id}"
+        );
+    }
+}
+
+#[test]
+fn empty_history_is_finite_and_pools_to_zero_interest() {
+    let d = data(60);
+    let p = params(&[]);
+    let model = build(&d, &p, 4);
+    let batch = all_rows(&d);
+    // Row 0 without behaviours.
+    let seqs: Vec<SequenceInput> = batch
+        .inputs
+        .sequences
+        .iter()
+        .map(|s| {
+            let mut v = s.ids.to_vec2::<u32>().unwrap();
+            v[0].fill(0);
+            let mut lengths = s.lengths.clone();
+            lengths[0] = 0;
+            let (b, l) = (v.len(), v[0].len());
+            SequenceInput::new(
+                Tensor::from_vec(v.into_iter().flatten().collect(), (b, l), &Device::Cpu).unwrap(),
+                lengths,
+            )
+            .unwrap()
+        })
+        .collect();
+    let inputs = Inputs::new(
+        batch.inputs.sparse.clone(),
+        batch.inputs.dense.clone(),
+        batch.inputs.domains.clone(),
+    )
+    .unwrap()
+    .with_sequences(seqs)
+    .unwrap();
+    for train in [false, true] {
+        for o in outputs(&model, &inputs, train) {
+            assert!(o.iter().all(|v| v.is_finite()));
+        }
+    }
+    // The behaviour layer itself: the interest columns of row 0 are zeros.
+    let (env, features) = env_for(&d, &p);
+    let graph = registry::architecture("sar-net").unwrap().expand(&p, &env).unwrap();
+    let node = graph.nodes.iter().find(|n| n.id == mtrec_sar_net::BEHAVIOUR).unwrap();
+    let store = mtrec_core::ParamStore::new();
+    let pb = mtrec_core::ParamBuilder::new(&store, 1, &Device::Cpu);
+    let input = mtrec_core::features::FeatureInput::new(&features, &pb.pp("features")).unwrap();
+    let io = mtrec_core::NodeIo {
+        inputs: vec![mtrec_core::Port::Dense { width: env.input_width }],
+        experts: vec![],
+    };
+    let layer = match registry::component("sar-behaviour")
+        .unwrap()
+        .build(node, &io, &env, &pb.pp("b"))
+        .unwrap()
+    {
+        mtrec_core::Component::Layer(l) => l,
+        _ => panic!("sar-behaviour is a layer"),
+    };
+    let (x, views) = input.forward_with_views(&inputs).unwrap();
+    let ctx = mtrec_core::ForwardCtx::eval()
+        .with_domains(inputs.domains.as_ref())
+        .with_features(Some(&views));
+    let out = layer.forward(&x, &ctx).unwrap();
+    assert_eq!(out.dims(), &[60, env.input_width + 4]);
+    let rows = out.to_vec2::<f32>().unwrap();
+    assert_eq!(&rows[0][env.input_width..], &[0.0; 4]);
+    assert!(rows[1][env.input_width..].iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn one_domain_batch_equals_its_rows_in_a_mixed_batch() {
+    let d = data(300);
+    let model = build(&d, &params(&["x0"]), 5);
+    let mixed = all_rows(&d);
+    let ids = mixed.inputs.domains.as_ref().unwrap().ids().to_vec();
+    let all = outputs(&model, &mixed.inputs, false);
+    for p in 0..3u32 {
+        let rows: Vec<usize> = (0..d.rows()).filter(|&r| ids[r] == p).collect();
+        let alone = outputs(&model, &d.batch(&rows, &Device::Cpu).unwrap().inputs, false);
+        for (t, task) in alone.iter().enumerate() {
+            for (k, &r) in rows.iter().enumerate() {
+                assert!(
+                    (task[k] - all[t][r]).abs() <= 1e-5,
+                    "domain {p} row {r} task {t}: {} vs {}",
+                    task[k],
+                    all[t][r]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_and_gates() {
+    let d = data(100);
+    let model = build(&d, &params(&[]), 6);
+    let out = model.forward(&all_rows(&d).inputs, false).unwrap();
+    assert_eq!(out.outputs.len(), 2);
+    for o in &out.outputs {
+        assert_eq!(o.dims(), &[100]);
+    }
+    assert_eq!(out.gates.len(), 2);
+    for g in &out.gates {
+        // 2 shared experts, then the row's own scenario's expert.
+        assert_eq!(
+            g.experts,
+            ["experts-shared#0", "experts-shared#1", "experts-scenario#0"]
+        );
+        assert_eq!(g.weights.dims(), &[100, 3]);
+        for row in g.weights.to_vec2::<f32>().unwrap() {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+    // Per-scenario parameters: one transform row and one expert set per domain.
+    let vars = model.params().tensors();
+    assert_eq!(
+        vars["scenario-transform.scale"].dims(),
+        &[3, model.features().width() + 4]
+    );
+    assert!(vars.contains_key("experts-scenario.scenario2.main.0.weight"));
+}
+
+#[test]
+fn bad_names_are_errors_naming_the_key() {
+    let d = data(50);
+    let mut p = params(&[]);
+    p.insert("behaviour_items".into(), "clicks".into());
+    let (env, _) = env_for(&d, &params(&[]));
+    let e = registry::architecture("sar-net")
+        .unwrap()
+        .expand(&p, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`behaviour_items` = \"clicks\"") && e.contains("hist_item_id"),
+        "{e}"
+    );
+    let e = registry::architecture("sar-net")
+        .unwrap()
+        .expand(&params(&["nope"]), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`debias` names `nope`"), "{e}");
+    let e = registry::architecture("sar-net")
+        .unwrap()
+        .expand(&params(&["item_id"]), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be both"), "{e}");
+}
