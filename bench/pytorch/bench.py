@@ -269,7 +269,7 @@ class Star(nn.Module):
                 t = u
             self.tower_hidden.append(layers)
             self.tower_out.append(StarLinear(t, 1, nd))
-            self.aux_emb.append(nn.Parameter(torch.empty(nd, aux_dim).uniform_(-0.05, 0.05)))
+            self.aux_emb.append(nn.Parameter(torch.empty(nd, aux_dim).normal_(0.0, 1.0)))
             self.aux_mlp.append(tower(aux_dim, aux_units))
 
     def forward(self, ids, dense, domains):

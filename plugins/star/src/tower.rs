@@ -62,10 +62,21 @@ pub struct AuxNet {
 
 impl AuxNet {
     pub fn new(pb: &ParamBuilder, domains: usize, dim: usize, units: &[usize]) -> Result<Self> {
-        let embedding = pb.get("embedding", &[domains, dim], Init::Uniform { lo: -0.05, hi: 0.05 })?;
+        // N(0, 1), PyTorch's `nn.Embedding` default. With a small uniform
+        // (U(+-0.05)) the hidden ReLUs' pre-activations were set by their
+        // biases alone, the same sign for every domain: with some seeds every
+        // unit started dead and stayed dead, and `s_a` was one constant for
+        // all domains (the auxiliary network lost the domain).
+        let embedding = pb.get("embedding", &[domains, dim], Init::Normal { mean: 0.0, std: 1.0 })?;
         let hidden = Stack::new(&pb.pp("hidden"), dim, units, Activation::Relu)?;
         let out = Linear::new(&pb.pp("out"), units.last().copied().unwrap_or(dim), 1, true)?;
         Ok(Self { embedding, hidden, out })
+    }
+
+    /// The hidden activations of every domain, `[D, units]` (the input of
+    /// the output layer).
+    pub fn hidden_per_domain(&self) -> Result<Tensor> {
+        self.hidden.forward(&self.embedding)
     }
 
     /// `s_a` of every domain, `[D, 1]`: the network reads only the domain

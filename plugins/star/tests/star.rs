@@ -600,3 +600,28 @@ fn star_learns_and_reports_a_domain_by_task_grid() {
         "{text}"
     );
 }
+
+#[test]
+fn auxiliary_network_starts_alive_for_every_seed() {
+    // The auxiliary network reads only the domain embedding: if every hidden
+    // ReLU starts dead for every domain, no gradient ever reaches the
+    // embedding or the hidden layer and `s_a` stays one constant. With the
+    // default sizes (3 domains, embedding 8, one hidden layer of 8) no seed
+    // of 1..=300 may start that way, and `s_a` must differ between domains.
+    for seed in 1..=300u64 {
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(&store, seed, &dev());
+        let aux = mtrec_star::AuxNet::new(&pb.pp("aux"), 3, 8, &[8]).unwrap();
+        let hidden = rows2(&aux.hidden_per_domain().unwrap());
+        let alive = hidden.iter().flatten().filter(|&&h| h > 0.0).count();
+        assert!(
+            alive > 0,
+            "seed {seed}: every hidden unit of the auxiliary network starts dead"
+        );
+        let s_a: Vec<f32> = rows2(&aux.per_domain().unwrap()).into_iter().flatten().collect();
+        assert!(
+            s_a.iter().any(|&v| (v - s_a[0]).abs() > 1e-6),
+            "seed {seed}: s_a {s_a:?} is the same for every domain"
+        );
+    }
+}
