@@ -266,6 +266,7 @@ fn run_all(common: &Common, out: Option<PathBuf>) -> Result<(), BenchError> {
 }
 
 fn main() -> std::process::ExitCode {
+    mtrec_runner::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         None => {

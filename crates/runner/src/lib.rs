@@ -1,5 +1,6 @@
 //! The mtrec runner: from a declarative config to a trained, evaluated model
 //! and a run folder. The `mtrec` binary is a thin command line over it.
+pub mod alloc;
 pub mod compare;
 pub mod config;
 pub mod error;

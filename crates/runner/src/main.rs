@@ -167,6 +167,7 @@ fn load_inner(args: &ConfigArgs) -> Result<LoadedConfig> {
 }
 
 fn main() -> ExitCode {
+    mtrec_runner::alloc::keep_freed_memory();
     link_builtin_plugins();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
