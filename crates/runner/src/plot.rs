@@ -213,7 +213,11 @@ fn draw_bars<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(s)?;
-    let vals = bars.iter().flat_map(|b| b.1.iter());
+    let vals = bars
+        .iter()
+        .flat_map(|b| b.1.iter())
+        .filter(|(m, _)| m.is_finite())
+        .map(|(m, sd)| (*m, if sd.is_finite() { *sd } else { 0.0 }));
     let lo = vals.clone().map(|(m, sd)| m - sd).fold(f64::MAX, f64::min);
     let hi = vals.map(|(m, sd)| m + sd).fold(f64::MIN, f64::max);
     let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
@@ -246,11 +250,18 @@ fn draw_bars<DB: DrawingBackend>(
     let width = 0.8 / k;
     for (b, (name, per_group)) in bars.iter().enumerate() {
         let color = Palette99::pick(b).to_rgba();
+        let mut labelled = false;
         for (g, (m, sd)) in per_group.iter().enumerate() {
+            // No value (e.g. no AUC on a domain's rows): no bar.
+            if !m.is_finite() {
+                continue;
+            }
+            let sd = if sd.is_finite() { *sd } else { 0.0 };
             let x0 = g as f64 + 0.1 + b as f64 * width;
             let rect = Rectangle::new([(x0, lo - pad), (x0 + width * 0.9, *m)], color.filled());
             let series = chart.draw_series(std::iter::once(rect)).map_err(s)?;
-            if g == 0 {
+            if !labelled {
+                labelled = true;
                 series
                     .label(name.clone())
                     .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));

@@ -48,6 +48,9 @@ pub struct RunResult {
     pub preprocessor: Option<Preprocessor>,
 }
 
+/// The per-epoch test hook of [`RunOptions::on_test`].
+pub type OnTest<'a> = dyn FnMut(&EpochLog, &Evaluation) + 'a;
+
 /// Where a run writes, and whether it continues an earlier one.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -57,6 +60,10 @@ pub struct RunOptions<'a> {
     pub resume: bool,
     pub on_read: Option<&'a mut dyn FnMut(&Progress<'_>)>,
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
+    /// Called after every trained epoch with the test rows' evaluation of
+    /// that epoch's weights (test curves, e.g. `reproduce`); one extra
+    /// evaluation per epoch. Not called in a resumed run.
+    pub on_test: Option<&'a mut OnTest<'a>>,
 }
 
 /// Expands the config's architecture into a graph for the given data.
@@ -285,6 +292,9 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         None => None,
     };
     let mut history_error: Option<RunError> = None;
+    // A resumed run first replays its saved epochs, whose weights are gone:
+    // test curves only for uninterrupted runs.
+    let mut on_test = opts.on_test.filter(|_| !opts.resume);
     let outcome = train_with(
         &model,
         &prepared.data,
@@ -295,6 +305,12 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
             if let (Some((f, path)), None) = (&mut history_file, &history_error) {
                 if let Err(e) = append_history(f, path, log) {
                     history_error = Some(e);
+                }
+            }
+            if let (Some(f), None) = (on_test.as_mut(), &history_error) {
+                match evaluate(&model, &prepared.data, &prepared.split.test, train_cfg.eval_batch_size) {
+                    Ok(ev) => f(log, &ev),
+                    Err(e) => history_error = Some(e.into()),
                 }
             }
             on_epoch(log)
