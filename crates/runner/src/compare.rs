@@ -307,7 +307,7 @@ impl Comparison {
         }
         let _ = writeln!(
             s,
-            "\n{} seeds ({}); mean ± sample standard deviation of the test metric; gain: better than single-task by (higher AUC, lower MSE).",
+            "\n{} seeds ({}); mean ± sample standard deviation of the test metric; gain: how much better than single-task (higher AUC, lower MSE).",
             self.seeds.len(),
             self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
         );

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::compare::mean_std;
 use crate::config;
 use crate::error::{io, Result};
-use crate::plot::{bar_chart, line_chart, Series};
+use crate::plot::{bar_chart, line_chart_scaled, Series, YScale};
 use crate::run::{run_with, RunOptions};
 
 pub const ARCHS: &[&str] = &["shared-bottom", "omoe", "mmoe", "cgc", "ple"];
@@ -134,12 +134,15 @@ fn write_outputs(cells: &[Cell], seeds: u64, out: &Path) -> Result<()> {
                     .collect(),
             })
             .collect();
-        line_chart(
+        // Log scale: the MSE falls by two orders of magnitude, and the
+        // differences between models are in the last one.
+        line_chart_scaled(
             &out.join(format!("curves-p{:03}", (p * 100.0).round() as u32)),
             &format!("correlation {p}: test MSE (mean of tasks, {seeds} seeds)"),
             "training steps (batches)",
-            "test MSE",
+            "test MSE (log scale)",
             &series,
+            YScale::Log,
         )?;
     }
     let groups: Vec<String> = CORRELATIONS.iter().map(|p| format!("p = {p}")).collect();
