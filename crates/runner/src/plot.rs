@@ -270,13 +270,20 @@ fn draw_bars<DB: DrawingBackend>(
     // Headroom above the tallest whisker for the legend (one line per model),
     // so that it never hides a bar.
     let legend_room = (hi - lo + 2.0 * pad) * 0.07 * (bars.len() as f64 + 1.0);
+    // Non-negative quantities (MSE, AUC) get no negative axis: a whisker
+    // reaching below 0 (a wide spread) is cut at 0.
+    let non_negative = bars
+        .iter()
+        .flat_map(|b| b.1.iter())
+        .all(|(m, _)| !m.is_finite() || *m >= 0.0);
+    let floor = if non_negative { (lo - pad).max(0.0) } else { lo - pad };
     let n = groups.len().max(1) as f64;
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..n, (lo - pad)..(hi + pad + legend_room))
+        .build_cartesian_2d(0.0..n, floor..(hi + pad + legend_room))
         .map_err(s)?;
     chart
         .configure_mesh()
@@ -306,7 +313,7 @@ fn draw_bars<DB: DrawingBackend>(
             }
             let sd = if sd.is_finite() { *sd } else { 0.0 };
             let x0 = g as f64 + 0.1 + b as f64 * width;
-            let rect = Rectangle::new([(x0, lo - pad), (x0 + width * 0.9, *m)], color.filled());
+            let rect = Rectangle::new([(x0, floor), (x0 + width * 0.9, *m)], color.filled());
             let series = chart.draw_series(std::iter::once(rect)).map_err(s)?;
             if !labelled {
                 labelled = true;
@@ -317,7 +324,7 @@ fn draw_bars<DB: DrawingBackend>(
             let xm = x0 + width * 0.45;
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(xm, m - sd), (xm, m + sd)],
+                    vec![(xm, (m - sd).max(floor)), (xm, m + sd)],
                     BLACK.stroke_width(2),
                 )))
                 .map_err(s)?;
