@@ -106,7 +106,7 @@ enum Command {
     Reproduce {
         /// The experiment: `mmoe-synthetic`.
         experiment: String,
-        /// Seeds 1..=N (new data and initialisation each); about 4-5 minutes
+        /// Seeds 1..=N (new data and initialisation each); about a minute
         /// per seed on 2 cores with the configs' 40k rows. The outputs are
         /// rewritten after every seed.
         #[arg(long, default_value_t = 10)]
