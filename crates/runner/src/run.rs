@@ -7,7 +7,8 @@
 //! - `graph.toml`: the expanded graph;
 //! - `preprocess.json`: vocabularies and scaling fitted on the training rows
 //!   (tabular data);
-//! - `checkpoint/`: weights, optimizer state and history after every epoch;
+//! - `checkpoint/`: weights, optimizer state, loss-balancer state and history
+//!   after every epoch;
 //! - `history.jsonl`: one JSON line per finished epoch (the `EpochLog`:
 //!   losses, validation metrics, balancer weights, gradient conflict),
 //!   appended as training goes (rewritten from the checkpoint on resume);
