@@ -73,3 +73,9 @@ pub fn build(arch: &str, data: &Dataset, seed: u64) -> mtrec_core::Model {
         Err(e) => panic!("{arch}: {e}"),
     }
 }
+
+/// Whether `path` is a non-empty PNG file (its 8-byte signature, then more).
+pub fn is_png(path: &std::path::Path) -> bool {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    std::fs::read(path).is_ok_and(|b| b.len() > SIGNATURE.len() && b.starts_with(&SIGNATURE))
+}

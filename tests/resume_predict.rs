@@ -10,13 +10,22 @@ use mtrec_data::split;
 use mtrec_runner::config::parse;
 use mtrec_runner::run::{eval_file, load_trained, predict_file, run_with, RunOptions};
 use mtrec_tests::{build, synthetic};
-use mtrec_train::{auc, train_with, Checkpointer, TrainConfig, TrainOptions};
+use mtrec_train::{auc, train_with, BalancerConfig, Checkpointer, TrainConfig, TrainOptions};
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mtrec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Training options that checkpoint into `dir` (and resume from it).
+fn checkpointed(dir: &Path, resume: bool) -> TrainOptions<'static> {
+    TrainOptions {
+        checkpoint: Some(Checkpointer::new(dir)),
+        resume,
+        on_batch: None,
+    }
 }
 
 fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
@@ -28,49 +37,129 @@ fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// Train 6 epochs straight; versus 3 epochs (the process "killed" after its
-/// third checkpoint), then a fresh process (other initial weights) resuming
-/// to 6: identical weights, bit for bit, and identical history.
-#[test]
-fn resumed_run_equals_uninterrupted_run() {
-    let data = synthetic(500, TaskKind::Binary, 21);
-    let sp = split(500, [0.6, 0.2, 0.2], 2).unwrap();
-    let cfg = TrainConfig {
-        epochs: 6,
-        batch_size: 32,
-        patience: 0,
-        ..TrainConfig::default()
-    };
-    let a = build("ple", &data, 1);
-    let dir_a = temp("resume-a");
-    let opts = |dir: &Path, resume| TrainOptions {
-        checkpoint: Some(Checkpointer::new(dir)),
-        resume,
-        on_batch: None,
-    };
-    let full = train_with(&a, &data, &sp, &cfg, opts(&dir_a, false), |_| {}).unwrap();
+/// What [`straight_and_resumed`] hands back: the weights and outcome of the
+/// uninterrupted run, those of the resumed one, and how many epochs the
+/// resumed run reported.
+type Pair = (
+    Vec<(String, Vec<f32>)>,
+    mtrec_train::TrainOutcome,
+    Vec<(String, Vec<f32>)>,
+    mtrec_train::TrainOutcome,
+    usize,
+);
 
-    let dir_b = temp("resume-b");
-    let b = build("ple", &data, 1);
+/// Trains `cfg.epochs` (6) epochs straight; versus 3 epochs (the process
+/// "killed" after its third checkpoint), then a fresh process (other
+/// initial weights) resuming to the end.
+fn straight_and_resumed(arch: &str, data: &mtrec_data::Dataset, cfg: &TrainConfig, name: &str) -> Pair {
+    let sp = split(data.rows(), [0.6, 0.2, 0.2], 2).unwrap();
+    let opts = checkpointed;
+    let dir_a = temp(&format!("resume-{name}-a"));
+    let a = build(arch, data, 1);
+    let full = train_with(&a, data, &sp, cfg, opts(&dir_a, false), |_| {}).unwrap();
+    let dir_b = temp(&format!("resume-{name}-b"));
     let killed = TrainConfig {
         epochs: 3,
         ..cfg.clone()
     };
-    train_with(&b, &data, &sp, &killed, opts(&dir_b, false), |_| {}).unwrap();
-    let c = build("ple", &data, 99);
+    train_with(&build(arch, data, 1), data, &sp, &killed, opts(&dir_b, false), |_| {}).unwrap();
+    let c = build(arch, data, 99);
     let mut replayed = 0;
-    let resumed = train_with(&c, &data, &sp, &cfg, opts(&dir_b, true), |_| replayed += 1).unwrap();
+    let resumed = train_with(&c, data, &sp, cfg, opts(&dir_b, true), |_| replayed += 1).unwrap();
+    std::fs::remove_dir_all(&dir_a).ok();
+    std::fs::remove_dir_all(&dir_b).ok();
+    (weights(&a), full, weights(&c), resumed, replayed)
+}
 
+fn six_epochs(balancer: BalancerConfig) -> TrainConfig {
+    TrainConfig {
+        epochs: 6,
+        batch_size: 32,
+        patience: 0,
+        balancer,
+        ..TrainConfig::default()
+    }
+}
+
+/// A resumed run ends with identical weights, bit for bit, and identical history.
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let data = synthetic(500, TaskKind::Binary, 21);
+    let (a, full, c, resumed, replayed) =
+        straight_and_resumed("ple", &data, &six_epochs(BalancerConfig::Fixed), "fixed");
     assert_eq!(
         replayed, 6,
         "the resumed run reports the 3 saved epochs then 3 new ones"
     );
-    assert_eq!(weights(&a), weights(&c));
+    assert_eq!(a, c);
     assert_eq!(full.best_epoch, resumed.best_epoch);
     let scores = |o: &mtrec_train::TrainOutcome| o.history.iter().map(|h| h.valid_score).collect::<Vec<_>>();
     assert_eq!(scores(&full), scores(&resumed));
-    std::fs::remove_dir_all(&dir_a).ok();
-    std::fs::remove_dir_all(&dir_b).ok();
+}
+
+/// The same under a balancer with learned state: its weights (in the
+/// history), the losses and the model weights match bit for bit.
+fn resume_matches_with(balancer: BalancerConfig, name: &str) {
+    let data = synthetic(400, TaskKind::Binary, 5);
+    let (a, full, c, resumed, _) = straight_and_resumed("mmoe", &data, &six_epochs(balancer), name);
+    let task_weights =
+        |o: &mtrec_train::TrainOutcome| o.history.iter().map(|h| h.task_weights.clone()).collect::<Vec<_>>();
+    let losses = |o: &mtrec_train::TrainOutcome| o.history.iter().map(|h| h.train_loss.clone()).collect::<Vec<_>>();
+    // The learned weights move, or this test could not see a lost state.
+    let w = task_weights(&full);
+    assert!(w.first() != w.last(), "{name}: balancer weights did not move: {w:?}");
+    assert_eq!(task_weights(&full), task_weights(&resumed), "{name}");
+    assert_eq!(losses(&full), losses(&resumed), "{name}");
+    assert_eq!(a, c, "{name}");
+}
+
+#[test]
+fn resume_continues_uncertainty_weighting_exactly() {
+    resume_matches_with(BalancerConfig::Uncertainty { init: 0.0 }, "uncertainty");
+}
+
+#[test]
+fn resume_continues_gradnorm_exactly() {
+    resume_matches_with(BalancerConfig::Gradnorm { alpha: 1.5, lr: 0.025 }, "gradnorm");
+}
+
+#[test]
+fn resume_continues_dwa_exactly() {
+    resume_matches_with(BalancerConfig::Dwa { temperature: 2.0 }, "dwa");
+}
+
+#[test]
+fn resume_refuses_another_balancer_or_a_damaged_balancer_state() {
+    let data = synthetic(200, TaskKind::Binary, 3);
+    let sp = split(200, [0.6, 0.2, 0.2], 2).unwrap();
+    let cfg = TrainConfig {
+        epochs: 1,
+        balancer: BalancerConfig::Uncertainty { init: 0.0 },
+        ..TrainConfig::default()
+    };
+    let dir = temp("resume-balancer");
+    let opts = |resume| checkpointed(&dir, resume);
+    train_with(&build("mmoe", &data, 1), &data, &sp, &cfg, opts(false), |_| {}).unwrap();
+    let other = TrainConfig {
+        epochs: 2,
+        balancer: BalancerConfig::Gradnorm { alpha: 1.5, lr: 0.025 },
+        ..cfg.clone()
+    };
+    let err = train_with(&build("mmoe", &data, 1), &data, &sp, &other, opts(true), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`uncertainty`") && err.contains("`gradnorm`"), "{err}");
+    // The learned state lost: a strict error naming the file, not a silent restart.
+    std::fs::remove_file(dir.join("epoch-0001.balancer.safetensors")).unwrap();
+    let again = TrainConfig { epochs: 2, ..cfg };
+    let err = train_with(&build("mmoe", &data, 1), &data, &sp, &again, opts(true), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("balancer.safetensors") && err.contains("uncertainty"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -83,11 +172,7 @@ fn resume_refuses_a_checkpoint_of_another_model() {
     };
     let dir = temp("resume-other");
     let a = build("ple", &data, 1);
-    let opts = |resume| TrainOptions {
-        checkpoint: Some(Checkpointer::new(&dir)),
-        resume,
-        on_batch: None,
-    };
+    let opts = |resume| checkpointed(&dir, resume);
     train_with(&a, &data, &sp, &cfg, opts(false), |_| {}).unwrap();
     // An MMoE cannot continue a PLE's checkpoint.
     let m = build("mmoe", &data, 1);

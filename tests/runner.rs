@@ -246,3 +246,74 @@ fn sar_net_bad_feature_names_are_config_errors() {
     );
     assert!(e.contains("is no sequence feature") && e.contains("none"), "{e}");
 }
+
+/// A run folder holds history.jsonl (one JSON object per epoch with the
+/// EpochLog keys) and the plots as PNG + SVG; with domains also the
+/// domain x expert heatmap of every gate.
+#[test]
+fn run_writes_history_lines_and_plots() {
+    mtrec_runner::link_builtin_plugins();
+    let dir = std::env::temp_dir().join(format!("mtrec-plots-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = SMALL.replace(
+        "epochs = 1",
+        "epochs = 3\npatience = 0\nbatch_size = 64\nconflict_every = 1",
+    );
+    let cfg = parse(&text, Path::new("small.toml"), &[]).unwrap();
+    let opts = RunOptions {
+        out: Some(dir.clone()),
+        ..RunOptions::default()
+    };
+    run_with(&cfg, opts, |_| {}).unwrap();
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    for (i, line) in lines.iter().enumerate() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["epoch"], i + 1, "{line}");
+        for key in [
+            "train_loss",
+            "valid",
+            "valid_score",
+            "rows_per_second",
+            "task_weights",
+            "conflict",
+        ] {
+            assert!(!e[key].is_null(), "epoch {}: no `{key}` in {line}", i + 1);
+        }
+        assert_eq!(e["train_loss"].as_array().unwrap().len(), 2, "{line}");
+        assert_eq!(e["conflict"][0]["a"], "task1", "{line}");
+        assert!(e["valid"]["tasks"][0]["mse"].as_f64().is_some(), "{line}");
+    }
+    for stem in ["train-loss", "valid-metric", "grad-cosine", "utilisation"] {
+        let png = dir.join(format!("{stem}.png"));
+        assert!(mtrec_tests::is_png(&png), "{}", png.display());
+        let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "{stem}.svg");
+    }
+    // One line per task, named in the legend.
+    let loss = std::fs::read_to_string(dir.join("train-loss.svg")).unwrap();
+    assert!(loss.contains("task1") && loss.contains("task2") && loss.contains("epoch"));
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Data with domains: a domain x expert heatmap per gate.
+    let dir = std::env::temp_dir().join(format!("mtrec-plots-domains-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sets = ["data.rows=600", "train.epochs=1"].map(String::from);
+    let mut cfg = config::load(&root().join("configs").join("star.toml"), &sets).unwrap();
+    cfg.config.model = config::ModelSection {
+        arch: "mmoe".into(),
+        params: toml::Table::new(),
+    };
+    let opts = RunOptions {
+        out: Some(dir.clone()),
+        ..RunOptions::default()
+    };
+    let r = run_with(&cfg, opts, |_| {}).unwrap();
+    let gates: Vec<String> = r.report.test.utilisation.iter().map(|g| g.gate.clone()).collect();
+    assert!(!gates.is_empty());
+    for g in gates {
+        assert!(mtrec_tests::is_png(&dir.join(format!("utilisation-{g}.png"))), "{g}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

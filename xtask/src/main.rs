@@ -5,6 +5,7 @@
 //! - `list`: registered architectures and component kinds;
 //! - `graph <arch> [options]`: the graph a template expands to, as a runnable config;
 //! - `compare [mtrec compare options]`: several architectures over seeds;
+//! - `reproduce mmoe-synthetic [mtrec reproduce options]`: the MMoE paper's synthetic experiment;
 //! - `new-arch NAME`: scaffolds a third-party architecture crate in examples/NAME;
 //! - `test`: the test suite (the command README.md gives);
 //! - `bench [run | compare | profile | data] [options]`: the benchmarks
@@ -45,7 +46,7 @@ fn mtrec(args: &[String]) -> Command {
     c
 }
 
-const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | new-arch NAME | test [cargo test args] | bench [run|compare|profile|data] [options]>";
+const USAGE: &str = "usage: cargo xtask <run ARCH [options] | list | graph ARCH [options] | compare [options] | reproduce mmoe-synthetic [options] | new-arch NAME | test [cargo test args] | bench [run|compare|profile|data] [options]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

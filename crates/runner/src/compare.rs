@@ -1,15 +1,20 @@
 //! Several architectures on the same data and the same seeds: test metric
-//! mean and spread per task, as the papers compare models.
+//! mean and spread per task (and per domain x task when the data has
+//! domains), the MTL gain over single-task, as the papers compare models.
+//! Single-task, the reference of every gain, is always run.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use std::path::PathBuf;
-
 use crate::config::{self, LoadedConfig, ModelSection};
-use crate::error::Result;
+use crate::error::{io, Result, RunError};
+use crate::plot::bar_chart;
 use crate::run::run;
+
+/// The architecture every MTL gain is measured against.
+pub const SINGLE_TASK: &str = "single-task";
 
 /// One architecture's results over the seeds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -18,10 +23,31 @@ pub struct ArchSummary {
     pub parameters: usize,
     /// Per task: the test metric (AUC for binary tasks, MSE for regression) of each seed.
     pub tasks: Vec<TaskSummary>,
-    /// For data with domains: per domain, the same per task (the domain x
-    /// task grid of every run, summarised over the seeds).
+    /// For data with domains: per domain, the same per task on the
+    /// domain's test rows. Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub task: String,
+    /// `auc` or `mse`.
+    pub metric: String,
+    /// One per seed that had the metric (a domain's test rows may hold one
+    /// class in a seed: no AUC there).
+    pub values: Vec<f64>,
+    /// Mean of `values`; NaN (`null` in JSON) without values.
+    #[serde(deserialize_with = "null_as_nan")]
+    pub mean: f64,
+    /// Sample standard deviation over the seeds (0 for one seed, NaN without values).
+    #[serde(deserialize_with = "null_as_nan")]
+    pub std: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`; this reads it back.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,20 +57,12 @@ pub struct DomainSummary {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TaskSummary {
-    pub task: String,
-    /// `auc` or `mse`.
-    pub metric: String,
-    pub values: Vec<f64>,
-    pub mean: f64,
-    /// Sample standard deviation over the seeds (0 for one seed).
-    pub std: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub seeds: Vec<u64>,
     pub archs: Vec<ArchSummary>,
+    /// Single-task was not asked for and was added as the reference.
+    #[serde(default)]
+    pub single_task_added: bool,
 }
 
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -56,6 +74,45 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
         0.0
     };
     (mean, var.sqrt())
+}
+
+/// The compared metric of a task result: AUC for binary tasks, MSE for regression.
+fn metric_of(t: &mtrec_train::TaskResult) -> (&'static str, Option<f64>) {
+    match (t.metrics.auc, t.metrics.mse) {
+        (Some(a), _) => ("auc", Some(a)),
+        (None, Some(m)) => ("mse", Some(m)),
+        // No AUC (one class in these rows): still an AUC column.
+        _ => ("auc", None),
+    }
+}
+
+/// Adds one seed's task results to the per-task summaries (task order).
+fn collect(summaries: &mut Vec<TaskSummary>, results: &[mtrec_train::TaskResult], kinds: &[&'static str]) {
+    for (i, t) in results.iter().enumerate() {
+        let (measured, v) = metric_of(t);
+        if summaries.len() <= i {
+            summaries.push(TaskSummary {
+                task: t.task.clone(),
+                metric: kinds.get(i).copied().unwrap_or(measured).into(),
+                values: vec![],
+                mean: 0.0,
+                std: 0.0,
+            });
+        }
+        if let Some(v) = v {
+            summaries[i].values.push(v);
+        }
+    }
+}
+
+fn finish(summaries: &mut [TaskSummary]) {
+    for t in summaries {
+        (t.mean, t.std) = if t.values.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            mean_std(&t.values)
+        };
+    }
 }
 
 /// Runs every model for every seed. Seed `s` sets `train.seed` and, for
@@ -87,15 +144,25 @@ pub fn compare(
             }
             let r = run(&c, |_| {})?;
             parameters = r.report.parameters;
-            collect(&mut per_task, &r.report.test.tasks);
-            for (j, d) in r.report.test.domains.iter().enumerate() {
-                if per_domain.len() <= j {
+            // The metric follows the task's kind, also where a domain lacks it.
+            let kinds: Vec<&'static str> = r
+                .report
+                .tasks
+                .iter()
+                .map(|t| match t.kind {
+                    mtrec_core::TaskKind::Binary => "auc",
+                    _ => "mse",
+                })
+                .collect();
+            collect(&mut per_task, &r.report.test.tasks, &kinds);
+            for (d, dr) in r.report.test.domains.iter().enumerate() {
+                if per_domain.len() <= d {
                     per_domain.push(DomainSummary {
-                        domain: d.domain.clone(),
-                        tasks: Vec::new(),
+                        domain: dr.domain.clone(),
+                        tasks: vec![],
                     });
                 }
-                collect(&mut per_domain[j].tasks, &d.tasks);
+                collect(&mut per_domain[d].tasks, &dr.tasks, &kinds);
             }
             progress(&format!(
                 "{arch} seed {seed}: {}",
@@ -106,20 +173,15 @@ pub fn compare(
                     .map(|t| format!(
                         "{} {}",
                         t.task,
-                        t.metrics
-                            .auc
-                            .or(t.metrics.mse)
-                            .map_or("-".into(), |v| format!("{v:.4}"))
+                        metric_of(t).1.map_or("-".into(), |v| format!("{v:.4}"))
                     ))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         }
-        for t in per_task
-            .iter_mut()
-            .chain(per_domain.iter_mut().flat_map(|d| d.tasks.iter_mut()))
-        {
-            (t.mean, t.std) = mean_std(&t.values);
+        finish(&mut per_task);
+        for d in &mut per_domain {
+            finish(&mut d.tasks);
         }
         out.push(ArchSummary {
             arch: arch.clone(),
@@ -131,29 +193,53 @@ pub fn compare(
     Ok(Comparison {
         seeds: seeds.to_vec(),
         archs: out,
+        single_task_added: false,
     })
 }
 
-/// Appends one run's test metric of each task to `into` (one summary per task).
-fn collect(into: &mut Vec<TaskSummary>, tasks: &[mtrec_train::TaskResult]) {
-    for (i, t) in tasks.iter().enumerate() {
-        let (metric, v) = match (t.metrics.auc, t.metrics.mse) {
-            (Some(a), _) => ("auc", a),
-            (None, Some(m)) => ("mse", m),
-            // A cell without the metric (one class among its rows) counts as NaN.
-            _ => ("none", f64::NAN),
-        };
-        if into.len() <= i {
-            into.push(TaskSummary {
-                task: t.task.clone(),
-                metric: metric.into(),
-                values: vec![],
-                mean: 0.0,
-                std: 0.0,
-            });
-        }
-        into[i].values.push(v);
+/// Puts single-task first in `models` when it is not there; returns
+/// whether it was added. The MTL gain of every other model is measured
+/// against it.
+pub fn ensure_single_task(models: &mut Vec<ModelSection>) -> bool {
+    if models.iter().any(|m| m.arch == SINGLE_TASK) {
+        return false;
     }
+    models.insert(
+        0,
+        ModelSection {
+            arch: SINGLE_TASK.into(),
+            params: toml::Table::new(),
+        },
+    );
+    true
+}
+
+/// `mtrec compare` as a library call: the models of [`models_for`] with
+/// single-task added when missing, run over `seeds`, and, with `out`, the
+/// results written there ([`Comparison::write`]).
+pub fn compare_and_write(
+    base: &LoadedConfig,
+    archs: &[String],
+    model_configs: &[PathBuf],
+    seeds: &[u64],
+    out: Option<&Path>,
+    mut progress: impl FnMut(&str),
+) -> Result<(Comparison, Vec<PathBuf>)> {
+    if seeds.is_empty() {
+        return Err(RunError::Usage("--seeds must be at least 1".into()));
+    }
+    let mut models = models_for(base, archs, model_configs)?;
+    let added = ensure_single_task(&mut models);
+    if added {
+        progress("single-task added: it is the reference of the MTL gain columns");
+    }
+    let mut cmp = compare(base, &models, seeds, &mut progress)?;
+    cmp.single_task_added = added;
+    let written = match out {
+        Some(dir) => cmp.write(dir)?,
+        None => Vec::new(),
+    };
+    Ok((cmp, written))
 }
 
 /// The models to compare: the `[model]` section of each of `model_configs`
@@ -179,15 +265,24 @@ pub fn models_for(base: &LoadedConfig, archs: &[String], model_configs: &[PathBu
     Ok(models)
 }
 
+/// "Better than single-task": higher AUC, lower MSE.
+fn gain(metric: &str, value: f64, single: f64) -> f64 {
+    if metric == "mse" {
+        single - value
+    } else {
+        value - single
+    }
+}
+
 impl Comparison {
-    /// A Markdown table: one row per architecture, `mean ± std` per task, and
-    /// the MTL gain over single-task where single-task was run.
+    /// Markdown: one row per architecture, `mean ± std` per task and the MTL
+    /// gain over single-task; with domains, a second table per domain x task.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let Some(first) = self.archs.first() else {
             return s;
         };
-        let single = self.archs.iter().find(|a| a.arch == "single-task");
+        let single = self.archs.iter().find(|a| a.arch == SINGLE_TASK);
         let _ = write!(s, "| model | parameters |");
         for t in &first.tasks {
             let _ = write!(s, " {} test {} |", t.task, t.metric);
@@ -205,41 +300,115 @@ impl Comparison {
                 let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
                 if let Some(st) = single {
                     let base = st.tasks.get(i).map_or(f64::NAN, |b| b.mean);
-                    // Gain is "better than single-task": higher AUC, lower MSE.
-                    let gain = if t.metric == "mse" {
-                        base - t.mean
-                    } else {
-                        t.mean - base
-                    };
-                    let _ = write!(s, " {gain:+.4} |");
+                    let _ = write!(s, " {:+.4} |", gain(&t.metric, t.mean, base));
                 }
             }
             s.push('\n');
-        }
-        if first.domains.iter().any(|d| !d.tasks.is_empty()) {
-            let _ = write!(s, "\nPer domain (test rows of each domain):\n\n| model | domain |");
-            for t in &first.tasks {
-                let _ = write!(s, " {} test {} |", t.task, t.metric);
-            }
-            s.push('\n');
-            s.push_str(&"|---".repeat(2 + first.tasks.len()));
-            s.push_str("|\n");
-            for a in &self.archs {
-                for d in &a.domains {
-                    let _ = write!(s, "| {} | {} |", a.arch, d.domain);
-                    for t in &d.tasks {
-                        let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
-                    }
-                    s.push('\n');
-                }
-            }
         }
         let _ = writeln!(
             s,
-            "\n{} seeds ({}); mean ± sample standard deviation of the test metric.",
+            "\n{} seeds ({}); mean ± sample standard deviation of the test metric; gain: how much better than single-task (higher AUC, lower MSE).",
             self.seeds.len(),
             self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
         );
+        if self.single_task_added {
+            s.push_str("single-task was added as the reference (not in the list asked for).\n");
+        }
+        if !first.domains.is_empty() {
+            s.push_str("\nPer domain (test rows of each domain):\n\n| model |");
+            let mut cols = 1;
+            for d in &first.domains {
+                for t in &d.tasks {
+                    let _ = write!(s, " {} / {} {} |", d.domain, t.task, t.metric);
+                    cols += 1;
+                }
+            }
+            s.push('\n');
+            s.push_str(&"|---".repeat(cols));
+            s.push_str("|\n");
+            for a in &self.archs {
+                let _ = write!(s, "| {} |", a.arch);
+                for d in &a.domains {
+                    for t in &d.tasks {
+                        if t.values.is_empty() {
+                            s.push_str(" - |");
+                        } else {
+                            let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
+                        }
+                    }
+                }
+                s.push('\n');
+            }
+        }
         s
+    }
+
+    /// Grouped bar charts (PNG + SVG), one per metric: per task
+    /// (`compare-<metric>`) and, with domains, per domain x task
+    /// (`compare-domains-<metric>`); bars are the models, whiskers the std.
+    pub fn charts(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        let Some(first) = self.archs.first() else {
+            return Ok(written);
+        };
+        let mut metrics: Vec<&str> = first.tasks.iter().map(|t| t.metric.as_str()).collect();
+        metrics.dedup();
+        let label = |m: &str| format!("test {}", m.to_uppercase());
+        let seeds = self.seeds.len();
+        // The cells of one chart: (group label, summary) of an architecture.
+        let cells = |a: &ArchSummary, per_domain: bool| -> Vec<(String, TaskSummary)> {
+            if per_domain {
+                a.domains
+                    .iter()
+                    .flat_map(|d| {
+                        d.tasks
+                            .iter()
+                            .map(|t| (format!("{} / {}", d.domain, t.task), t.clone()))
+                    })
+                    .collect()
+            } else {
+                a.tasks.iter().map(|t| (t.task.clone(), t.clone())).collect()
+            }
+        };
+        for metric in metrics {
+            for (per_domain, stem, what) in [
+                (false, "compare", "per task"),
+                (true, "compare-domains", "per domain and task"),
+            ] {
+                if per_domain && first.domains.is_empty() {
+                    continue;
+                }
+                let of_metric = |a: &ArchSummary| cells(a, per_domain).into_iter().filter(|(_, t)| t.metric == metric);
+                let groups: Vec<String> = of_metric(first).map(|(g, _)| g).collect();
+                let bars: Vec<(String, Vec<(f64, f64)>)> = self
+                    .archs
+                    .iter()
+                    .map(|a| (a.arch.clone(), of_metric(a).map(|(_, t)| (t.mean, t.std)).collect()))
+                    .collect();
+                written.extend(bar_chart(
+                    &dir.join(format!("{stem}-{metric}")),
+                    &format!("{} {what} (mean ± std over {seeds} seeds)", label(metric)),
+                    &label(metric),
+                    &groups,
+                    &bars,
+                )?);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes `compare.md`, `compare.json` (atomically) and the bar charts
+    /// into `dir`; returns the paths written.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let md = dir.join("compare.md");
+        mtrec_core::atomic::write_bytes(&md, self.markdown().as_bytes())?;
+        let json_path = dir.join("compare.json");
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| RunError::Usage(format!("cannot encode the comparison: {e}")))?;
+        mtrec_core::atomic::write_bytes(&json_path, json.as_bytes())?;
+        let mut written = vec![md, json_path];
+        written.extend(self.charts(dir)?);
+        Ok(written)
     }
 }

@@ -75,16 +75,41 @@ fn range(series: &[Series]) -> ((f64, f64), (f64, f64)) {
     ((x0, x1), (y0 - pad, y1 + pad))
 }
 
+/// The y axis of a line chart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YScale {
+    Linear,
+    /// Logarithmic: for quantities over orders of magnitude (losses, MSE);
+    /// points <= 0 are left out.
+    Log,
+}
+
 fn draw_lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
+    scale: YScale,
 ) -> std::result::Result<(), String> {
     let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(s)?;
-    let ((x0, x1), (y0, y1)) = range(series);
+    // Log scale: log10 of the values on a linear axis whose tick labels
+    // show the values themselves (evenly spaced ticks at any range, which
+    // plotters' own log axis does not give within one decade).
+    let series: Vec<Series> = series
+        .iter()
+        .map(|se| Series {
+            name: se.name.clone(),
+            points: se
+                .points
+                .iter()
+                .filter(|p| p.1.is_finite() && (scale == YScale::Linear || p.1 > 0.0))
+                .map(|&(x, y)| (x, if scale == YScale::Log { y.log10() } else { y }))
+                .collect(),
+        })
+        .collect();
+    let ((x0, x1), (y0, y1)) = range(&series);
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -92,24 +117,30 @@ fn draw_lines<DB: DrawingBackend>(
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(s)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
+    let log_label = |v: &f64| {
+        let value = 10f64.powf(*v);
+        // Enough digits to tell neighbouring ticks apart.
+        let digits = (2.0 - value.log10().floor()).clamp(0.0, 8.0) as usize;
+        format!("{value:.digits$}")
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(s)?;
+        .axis_desc_style(("sans-serif", 16));
+    if scale == YScale::Log {
+        mesh.y_label_formatter(&log_label);
+    }
+    mesh.draw().map_err(s)?;
     for (i, se) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = se.points.iter().copied().filter(|p| p.1.is_finite()).collect();
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(se.points.clone(), color.stroke_width(2)))
             .map_err(s)?
             .label(se.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .draw_series(se.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(s)?;
     }
     chart
@@ -125,7 +156,21 @@ fn draw_lines<DB: DrawingBackend>(
 
 /// A line chart with axis labels and a legend (one line per series).
 pub fn line_chart(stem: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<Vec<PathBuf>> {
-    both!(stem, SIZE, |root| draw_lines(&root, title, x_label, y_label, series))
+    line_chart_scaled(stem, title, x_label, y_label, series, YScale::Linear)
+}
+
+/// [`line_chart`] with the given y scale.
+pub fn line_chart_scaled(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    scale: YScale,
+) -> Result<Vec<PathBuf>> {
+    both!(stem, SIZE, |root| draw_lines(
+        &root, title, x_label, y_label, series, scale
+    ))
 }
 
 fn draw_heatmap<DB: DrawingBackend>(
@@ -213,18 +258,32 @@ fn draw_bars<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(s)?;
-    let vals = bars.iter().flat_map(|b| b.1.iter());
+    let vals = bars
+        .iter()
+        .flat_map(|b| b.1.iter())
+        .filter(|(m, _)| m.is_finite())
+        .map(|(m, sd)| (*m, if sd.is_finite() { *sd } else { 0.0 }));
     let lo = vals.clone().map(|(m, sd)| m - sd).fold(f64::MAX, f64::min);
     let hi = vals.map(|(m, sd)| m + sd).fold(f64::MIN, f64::max);
     let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
     let pad = (hi - lo) * 0.1 + 1e-9;
+    // Headroom above the tallest whisker for the legend (one line per model),
+    // so that it never hides a bar.
+    let legend_room = (hi - lo + 2.0 * pad) * 0.07 * (bars.len() as f64 + 1.0);
+    // Non-negative quantities (MSE, AUC) get no negative axis: a whisker
+    // reaching below 0 (a wide spread) is cut at 0.
+    let non_negative = bars
+        .iter()
+        .flat_map(|b| b.1.iter())
+        .all(|(m, _)| !m.is_finite() || *m >= 0.0);
+    let floor = if non_negative { (lo - pad).max(0.0) } else { lo - pad };
     let n = groups.len().max(1) as f64;
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..n, (lo - pad)..(hi + pad))
+        .build_cartesian_2d(0.0..n, floor..(hi + pad + legend_room))
         .map_err(s)?;
     chart
         .configure_mesh()
@@ -246,11 +305,18 @@ fn draw_bars<DB: DrawingBackend>(
     let width = 0.8 / k;
     for (b, (name, per_group)) in bars.iter().enumerate() {
         let color = Palette99::pick(b).to_rgba();
+        let mut labelled = false;
         for (g, (m, sd)) in per_group.iter().enumerate() {
+            // No value (e.g. no AUC on a domain's rows): no bar.
+            if !m.is_finite() {
+                continue;
+            }
+            let sd = if sd.is_finite() { *sd } else { 0.0 };
             let x0 = g as f64 + 0.1 + b as f64 * width;
-            let rect = Rectangle::new([(x0, lo - pad), (x0 + width * 0.9, *m)], color.filled());
+            let rect = Rectangle::new([(x0, floor), (x0 + width * 0.9, *m)], color.filled());
             let series = chart.draw_series(std::iter::once(rect)).map_err(s)?;
-            if g == 0 {
+            if !labelled {
+                labelled = true;
                 series
                     .label(name.clone())
                     .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
@@ -258,7 +324,7 @@ fn draw_bars<DB: DrawingBackend>(
             let xm = x0 + width * 0.45;
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(xm, m - sd), (xm, m + sd)],
+                    vec![(xm, (m - sd).max(floor)), (xm, m + sd)],
                     BLACK.stroke_width(2),
                 )))
                 .map_err(s)?;
@@ -269,6 +335,7 @@ fn draw_bars<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(s)?;
     Ok(())

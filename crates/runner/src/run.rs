@@ -7,7 +7,8 @@
 //! - `graph.toml`: the expanded graph;
 //! - `preprocess.json`: vocabularies and scaling fitted on the training rows
 //!   (tabular data);
-//! - `checkpoint/`: weights, optimizer state and history after every epoch;
+//! - `checkpoint/`: weights, optimizer state, loss-balancer state and history
+//!   after every epoch;
 //! - `history.jsonl`: one JSON line per finished epoch (the `EpochLog`:
 //!   losses, validation metrics, balancer weights, gradient conflict),
 //!   appended as training goes (rewritten from the checkpoint on resume);
@@ -49,6 +50,9 @@ pub struct RunResult {
     pub preprocessor: Option<Preprocessor>,
 }
 
+/// The per-epoch test hook of [`RunOptions::on_test`].
+pub type OnTest<'a> = dyn FnMut(&EpochLog, &Evaluation) + 'a;
+
 /// Where a run writes, and whether it continues an earlier one.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -58,6 +62,10 @@ pub struct RunOptions<'a> {
     pub resume: bool,
     pub on_read: Option<&'a mut dyn FnMut(&Progress<'_>)>,
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
+    /// Called after every trained epoch with the test rows' evaluation of
+    /// that epoch's weights (test curves, e.g. `reproduce`); one extra
+    /// evaluation per epoch. Not called in a resumed run.
+    pub on_test: Option<&'a mut OnTest<'a>>,
 }
 
 /// Expands the config's architecture into a graph for the given data.
@@ -302,10 +310,31 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         (None, Some(m)) => m,
         (None, None) => return Err(RunError::Usage("no training rows".into())),
     };
+    // A resumed run first replays its saved epochs, whose weights are gone:
+    // test curves only for uninterrupted runs.
+    let mut on_test = opts.on_test.filter(|_| !opts.resume);
+    let eval_batch_size = train_cfg.eval_batch_size;
+    let test_metrics = |model: &Model| -> Result<Evaluation> {
+        match &prepared.rows {
+            Rows::Memory { data, split } => Ok(evaluate(model, data, &split.test, eval_batch_size)?),
+            Rows::Streamed(data) => Ok(eval_part(
+                model,
+                data.batches(Part::Test, eval_batch_size, None),
+                prepared.domains.as_deref(),
+            )?
+            .0),
+        }
+    };
     let outcome = train_on(&model, source, &train_cfg, train_opts, |log: &EpochLog| {
         if let (Some((f, path)), None) = (&mut history_file, &history_error) {
             if let Err(e) = append_history(f, path, log) {
                 history_error = Some(e);
+            }
+        }
+        if let (Some(f), None) = (on_test.as_mut(), &history_error) {
+            match test_metrics(&model) {
+                Ok(ev) => f(log, &ev),
+                Err(e) => history_error = Some(e),
             }
         }
         on_epoch(log)

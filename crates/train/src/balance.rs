@@ -18,15 +18,17 @@
 //! than one task; the set is computed once, on the first batch that needs
 //! per-task gradients (one backward pass per task).
 //!
-//! State of the learned balancers (uncertainty's `s_k`, GradNorm's weights
-//! and its initial losses) is not part of checkpoints: a resumed run restarts
-//! it. DWA's weights come from the history and PCGrad's order from (seed,
-//! epoch), so both resume exactly.
+//! State of the learned balancers (uncertainty's `s_k` and their Adam
+//! moments, GradNorm's weights, initial losses and Adam moments) is saved in
+//! checkpoints ([`Balancer::state_tensors`]) so that `--resume` continues it
+//! exactly. DWA's weights come from the loss history (saved with it) and
+//! PCGrad's order from (seed, epoch), so neither needs more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use mtrec_core::{loss, Model};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -384,6 +386,14 @@ pub fn pairwise_cosine(flat: &[Tensor]) -> Result<Vec<(usize, usize, f64)>> {
     Ok(out)
 }
 
+const UNCERTAINTY_S: &str = "uncertainty.s";
+const UNCERTAINTY_ADAM: &str = "uncertainty.adam.";
+const GRADNORM_WEIGHTS: &str = "gradnorm.weights";
+const GRADNORM_M: &str = "gradnorm.m";
+const GRADNORM_V: &str = "gradnorm.v";
+const GRADNORM_STEP: &str = "gradnorm.step";
+const GRADNORM_INITIAL: &str = "gradnorm.initial";
+
 enum State {
     Fixed,
     Uncertainty { s: Var, opt: Adam },
@@ -453,6 +463,128 @@ impl Balancer {
             batch_in_epoch: 0,
             acc: Vec::new(),
         })
+    }
+
+    /// The configured kind (`fixed`, `uncertainty`, `dwa`, `gradnorm`, `pcgrad`).
+    pub fn kind(&self) -> &'static str {
+        match &self.state {
+            State::Fixed => "fixed",
+            State::Uncertainty { .. } => "uncertainty",
+            State::Dwa { .. } => "dwa",
+            State::GradNorm(_) => "gradnorm",
+            State::PcGrad => "pcgrad",
+        }
+    }
+
+    /// The learned state a resumed run needs, as named tensors (empty for the
+    /// kinds that have none: `fixed`, `dwa` whose weights come from the loss
+    /// history, `pcgrad` whose order comes from (seed, epoch)). f64 values
+    /// are stored as f64 so that a resumed run is bit-identical.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        match &self.state {
+            State::Fixed | State::Dwa { .. } | State::PcGrad => {}
+            State::Uncertainty { s, opt } => {
+                out.insert(UNCERTAINTY_S.to_string(), s.as_tensor().copy()?);
+                for (k, t) in opt.state_tensors()? {
+                    out.insert(format!("{UNCERTAINTY_ADAM}{k}"), t);
+                }
+            }
+            State::GradNorm(g) => {
+                let vec = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu);
+                out.insert(GRADNORM_WEIGHTS.into(), vec(&g.weights)?);
+                out.insert(GRADNORM_M.into(), vec(&g.m)?);
+                out.insert(GRADNORM_V.into(), vec(&g.v)?);
+                out.insert(GRADNORM_STEP.into(), vec(&[f64::from(g.t)])?);
+                if let Some(initial) = &g.initial {
+                    out.insert(GRADNORM_INITIAL.into(), vec(initial)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Balancer::state_tensors`]. Strict: every key of this
+    /// kind must be present with K values and nothing else; otherwise
+    /// [`TrainError::Checkpoint`] naming `origin` and the key, and the
+    /// balancer is left unchanged.
+    pub fn load_state_tensors(&mut self, state: &HashMap<String, Tensor>, origin: &Path) -> Result<()> {
+        let k = self.task_names.len();
+        let bad = |message: String| TrainError::checkpoint(origin, message);
+        let kind = self.kind();
+        let get = |key: &str| -> Result<Vec<f64>> {
+            let t = state
+                .get(key)
+                .ok_or_else(|| bad(format!("missing balancer key `{key}` (balancer `{kind}`)")))?;
+            t.flatten_all()
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.to_vec1::<f64>())
+                .map_err(|e| bad(format!("balancer key `{key}`: {e}")))
+        };
+        let sized = |key: &str, n: usize| -> Result<Vec<f64>> {
+            let v = get(key)?;
+            if v.len() != n {
+                return Err(bad(format!(
+                    "balancer key `{key}` holds {} values, this model needs {n} (one per task)",
+                    v.len()
+                )));
+            }
+            Ok(v)
+        };
+        // Checked before anything changes: a bad file leaves the balancer as it was.
+        let unexpected = |allowed: &dyn Fn(&str) -> bool| -> Result<()> {
+            match state.keys().find(|key| !allowed(key)) {
+                Some(extra) => Err(bad(format!("unexpected balancer key `{extra}` for balancer `{kind}`"))),
+                None => Ok(()),
+            }
+        };
+        match &mut self.state {
+            State::Fixed | State::Dwa { .. } | State::PcGrad => unexpected(&|_| false),
+            State::Uncertainty { s, opt } => {
+                unexpected(&|key| key == UNCERTAINTY_S || key.starts_with(UNCERTAINTY_ADAM))?;
+                let values = sized(UNCERTAINTY_S, k)?;
+                let adam: HashMap<String, Tensor> = state
+                    .iter()
+                    .filter_map(|(key, t)| key.strip_prefix(UNCERTAINTY_ADAM).map(|r| (r.to_string(), t.clone())))
+                    .collect();
+                // Strict, and leaves the moments unchanged on error.
+                opt.load_state_tensors(&adam, origin)?;
+                let f32s: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+                s.set(&Tensor::from_slice(&f32s, k, s.device())?)?;
+                Ok(())
+            }
+            State::GradNorm(g) => {
+                const KEYS: [&str; 5] = [
+                    GRADNORM_WEIGHTS,
+                    GRADNORM_M,
+                    GRADNORM_V,
+                    GRADNORM_STEP,
+                    GRADNORM_INITIAL,
+                ];
+                unexpected(&|key| KEYS.contains(&key))?;
+                let weights = sized(GRADNORM_WEIGHTS, k)?;
+                let m = sized(GRADNORM_M, k)?;
+                let v = sized(GRADNORM_V, k)?;
+                let step = sized(GRADNORM_STEP, 1)?[0];
+                if !(step.fract() == 0.0 && (0.0..=f64::from(i32::MAX)).contains(&step)) {
+                    return Err(bad(format!(
+                        "balancer key `{GRADNORM_STEP}`: not a step count ({step})"
+                    )));
+                }
+                // Absent when the checkpoint was written before the first GradNorm update.
+                let initial = if state.contains_key(GRADNORM_INITIAL) {
+                    Some(sized(GRADNORM_INITIAL, k)?)
+                } else {
+                    None
+                };
+                g.weights = weights;
+                g.m = m;
+                g.v = v;
+                g.t = step as i32;
+                g.initial = initial;
+                Ok(())
+            }
+        }
     }
 
     /// The current task weights (uncertainty: the effective `exp(-s_k) / 2`).

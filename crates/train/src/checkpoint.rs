@@ -3,9 +3,10 @@
 //! continues from its last finished epoch and ends as an uninterrupted run
 //! would (batch order is a function of seed and epoch).
 //!
-//! Layout of the checkpoint folder: `epoch-NNNN.{weights,optimizer,best}.safetensors`
-//! and `state.json`, written last and atomically, naming the epoch whose
-//! files are complete. A crash mid-save leaves `state.json` pointing at the
+//! Layout of the checkpoint folder: `epoch-NNNN.{weights,optimizer,best}.safetensors`,
+//! `epoch-NNNN.balancer.safetensors` for a loss balancer with learned state
+//! (uncertainty, GradNorm), and `state.json`, written last and atomically,
+//! naming the epoch whose files are complete and the balancer kind. A crash mid-save leaves `state.json` pointing at the
 //! previous, complete epoch; files of older epochs are removed afterwards.
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use candle_core::{Device, Tensor};
 use mtrec_core::Model;
 use serde::{Deserialize, Serialize};
 
+use crate::balance::Balancer;
 use crate::error::{Result, TrainError};
 use crate::optim::Adam;
 use crate::trainer::EpochLog;
@@ -29,6 +31,10 @@ pub struct TrainState {
     pub history: Vec<EpochLog>,
     /// Training time of all sessions so far.
     pub train_seconds: f64,
+    /// The loss balancer's kind (`fixed`, `uncertainty`, ...); absent in
+    /// checkpoints written before balancer state was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<String>,
 }
 
 /// A checkpoint read back.
@@ -68,8 +74,15 @@ impl Checkpointer {
         self.dir.join("state.json")
     }
 
-    /// Saves the end of `state.epoch`.
-    pub fn save(&self, model: &Model, opt: &Adam, best: &[(String, Tensor)], state: &TrainState) -> Result<()> {
+    /// Saves the end of `state.epoch`, the balancer's learned state with it.
+    pub fn save(
+        &self,
+        model: &Model,
+        opt: &Adam,
+        balancer: &Balancer,
+        best: &[(String, Tensor)],
+        state: &TrainState,
+    ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let e = state.epoch;
         model.params().save(&self.file(e, "weights"))?;
@@ -79,8 +92,18 @@ impl Checkpointer {
         mtrec_core::atomic::write_with(&best_path, |tmp| {
             candle_core::safetensors::save(&best, tmp).map_err(mtrec_core::Error::from)
         })?;
+        let learned = balancer.state_tensors()?;
+        if !learned.is_empty() {
+            mtrec_core::atomic::write_with(&self.file(e, "balancer"), |tmp| {
+                candle_core::safetensors::save(&learned, tmp).map_err(mtrec_core::Error::from)
+            })?;
+        }
+        let state = TrainState {
+            balancer: Some(balancer.kind().to_string()),
+            ..state.clone()
+        };
         let json =
-            serde_json::to_vec_pretty(state).map_err(|e| TrainError::Invalid(format!("cannot encode state: {e}")))?;
+            serde_json::to_vec_pretty(&state).map_err(|e| TrainError::Invalid(format!("cannot encode state: {e}")))?;
         mtrec_core::atomic::write_bytes(&self.state_path(), &json)?;
         // Only now are older epochs' files garbage.
         for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
@@ -103,10 +126,11 @@ impl Checkpointer {
         self.state_path().exists()
     }
 
-    /// Loads the last complete epoch into `model` and `opt`, returning the
-    /// history and the best weights. Strict: a checkpoint written by another
-    /// model is an error naming the mismatch.
-    pub fn load(&self, model: &Model, opt: &mut Adam) -> Result<Resumed> {
+    /// Loads the last complete epoch into `model`, `opt` and `balancer`,
+    /// returning the history and the best weights. Strict: a checkpoint
+    /// written by another model or another balancer is an error naming the
+    /// mismatch.
+    pub fn load(&self, model: &Model, opt: &mut Adam, balancer: &mut Balancer) -> Result<Resumed> {
         let path = self.state_path();
         let bad = |message: String| TrainError::Checkpoint {
             path: path.clone(),
@@ -122,6 +146,37 @@ impl Checkpointer {
                 state.history.len(),
                 state.best_epoch
             )));
+        }
+        let kind = balancer.kind();
+        let balancer_path = self.file(state.epoch, "balancer");
+        let learned = if balancer_path.exists() {
+            let bytes = std::fs::read(&balancer_path).map_err(io(&balancer_path))?;
+            candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
+                path: balancer_path.clone(),
+                message: format!("not a safetensors file: {e}"),
+            })?
+        } else {
+            HashMap::new()
+        };
+        match state.balancer.as_deref() {
+            Some(saved) if saved != kind => {
+                return Err(bad(format!(
+                    "written with balancer `{saved}`, the config has `{kind}`; resume with the run folder's own config.toml or start a new run"
+                )))
+            }
+            // Written before balancer state was saved: only stateless kinds can continue exactly.
+            None if !balancer.state_tensors()?.is_empty() => {
+                return Err(bad(format!(
+                    "holds no state of the `{kind}` balancer (written by an older mtrec); start the run again"
+                )))
+            }
+            _ => {}
+        }
+        if learned.is_empty() && !balancer.state_tensors()?.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: balancer_path,
+                message: format!("missing: the `{kind}` balancer's learned state; start the run again"),
+            });
         }
         model.params().load(&self.file(state.epoch, "weights"))?;
         opt.load(self.file(state.epoch, "optimizer"))?;
@@ -145,6 +200,8 @@ impl Checkpointer {
                 message: format!("holds `{n}`, which this model does not have"),
             });
         }
+        // Last: the weights and optimizer loaded, the balancer joins them.
+        balancer.load_state_tensors(&learned, &balancer_path)?;
         Ok(Resumed { state, best })
     }
 }

@@ -385,7 +385,7 @@ pub fn train_on(
             .checkpoint
             .as_ref()
             .ok_or_else(|| TrainError::Config("resume needs a checkpoint folder".into()))?;
-        let resumed = ckpt.load(model, &mut opt)?;
+        let resumed = ckpt.load(model, &mut opt, &mut balancer)?;
         first_epoch = resumed.state.epoch + 1;
         seconds_before = resumed.state.train_seconds;
         best = Some((resumed.state.best_score, resumed.state.best_epoch, resumed.best));
@@ -458,8 +458,9 @@ pub fn train_on(
                 best_score: *score,
                 history: history.clone(),
                 train_seconds: seconds_before + started.elapsed().as_secs_f64(),
+                balancer: Some(balancer.kind().to_string()),
             };
-            ckpt.save(model, &opt, weights, &state)?;
+            ckpt.save(model, &opt, &balancer, weights, &state)?;
         }
     }
     let mut best_epoch = history.len();
