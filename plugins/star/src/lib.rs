@@ -39,6 +39,7 @@
 pub mod fcn;
 pub mod groups;
 pub mod norm;
+mod norm_op;
 pub mod tower;
 
 use mtrec_core::components::dense::Activation;
