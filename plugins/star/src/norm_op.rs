@@ -23,19 +23,16 @@
 //! tests compare the two.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use mtrec_core::ops::{cpu_slice, op_error};
+
+const OP: &str = "partitioned-norm";
 
 fn op_err(msg: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("mtrec partitioned-norm: {msg}"))
+    op_error(OP, msg)
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        return Err(op_err("expects f32 data"));
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => v.get(a..b).ok_or_else(|| op_err("layout out of bounds")),
-        None => Err(op_err("expects contiguous inputs")),
-    }
+    cpu_slice(OP, s, l)
 }
 
 /// Per column of row-major `x` `[n, w]`: mean and biased variance, summed in

@@ -180,12 +180,12 @@ pub fn mix_plain(weights: &Tensor, banks: &[Tensor]) -> Result<Tensor> {
 }
 
 /// An error of fused op `op`.
-pub(crate) fn op_error(op: &str, msg: impl std::fmt::Display) -> candle_core::Error {
+pub fn op_error(op: &str, msg: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("mtrec {op}: {msg}"))
 }
 
 /// The contiguous f32 data of a CPU storage (the wrappers make inputs contiguous).
-pub(crate) fn cpu_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub fn cpu_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         return Err(op_error(op, "expects f32 data"));
     };
