@@ -140,6 +140,20 @@ pub struct NodeIo {
     pub experts: Vec<Port>,
 }
 
+impl NodeIo {
+    /// Total number of experts over the `experts` banks (what a gate
+    /// weighs); dense ports count none.
+    pub fn expert_count(&self) -> usize {
+        self.experts
+            .iter()
+            .map(|p| match p {
+                Port::Bank { count, .. } => *count,
+                Port::Dense { .. } => 0,
+            })
+            .sum()
+    }
+}
+
 /// A graph that passed validation, with its evaluation order and ports.
 #[derive(Clone, Debug)]
 pub struct CheckedGraph {

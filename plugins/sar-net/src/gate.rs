@@ -83,14 +83,7 @@ impl ComponentKind for ScenarioGateKind {
     }
     fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let p: Params = node.parse_params()?;
-        let n = io
-            .experts
-            .iter()
-            .map(|p| match p {
-                Port::Bank { count, .. } => *count,
-                Port::Dense { .. } => 0,
-            })
-            .sum();
+        let n = io.expert_count();
         let d_sel = io.inputs[0].width();
         let embedding = pb.get(
             "scenario_embedding",

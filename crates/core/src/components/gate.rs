@@ -71,14 +71,7 @@ impl ComponentKind for SoftmaxGateKind {
     }
     fn build(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let p: Params = node.parse_params()?;
-        let n = io
-            .experts
-            .iter()
-            .map(|p| match p {
-                Port::Bank { count, .. } => *count,
-                Port::Dense { .. } => 0,
-            })
-            .sum();
+        let n = io.expert_count();
         Ok(Component::Gate(Box::new(SoftmaxGate::new(
             pb,
             io.inputs[0].width(),
