@@ -667,10 +667,7 @@ impl Balancer {
         clip: Option<f64>,
     ) -> Result<Vec<f64>> {
         let losses = task_losses(model, batch)?;
-        let values = losses
-            .iter()
-            .map(|l| Ok(l.to_scalar::<f32>()? as f64))
-            .collect::<Result<Vec<f64>>>()?;
+        let values = crate::trainer::loss_values(&losses)?;
         let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
         self.batch_in_epoch += 1;
         let needs_per_task = sample || matches!(self.state, State::GradNorm(_) | State::PcGrad);

@@ -140,6 +140,12 @@ pub struct TrainOutcome {
 type Best = (f64, usize, Vec<(String, Tensor)>);
 
 /// One optimisation step on a batch; returns the per-task losses.
+/// The scalar losses as f64 (one device read per task), for the logs and
+/// the balancers.
+pub(crate) fn loss_values(losses: &[Tensor]) -> Result<Vec<f64>> {
+    losses.iter().map(|l| Ok(l.to_scalar::<f32>()? as f64)).collect()
+}
+
 pub fn train_step(
     model: &Model,
     opt: &mut Adam,
@@ -148,10 +154,7 @@ pub fn train_step(
     clip: Option<f64>,
 ) -> Result<Vec<f64>> {
     let losses = task_losses(model, batch)?;
-    let values = losses
-        .iter()
-        .map(|l| Ok(l.to_scalar::<f32>()? as f64))
-        .collect::<Result<Vec<f64>>>()?;
+    let values = loss_values(&losses)?;
     let mut grads = weighted_backward(&losses, weights)?;
     if let Some(max) = clip {
         clip_grad_norm(&mut grads, &model.params().vars(), max)?;
