@@ -91,14 +91,13 @@ impl PartitionedNorm {
         if train {
             let w = self.width;
             let host: Vec<f32> = xp.flatten_all()?.to_vec1()?;
-            let (mean, var) = norm_op::column_stats(&host, w);
+            let (op, mean, var) = norm_op::NormTrain::new(&host, w, self.eps);
             let device = xp.device();
             stats.push((
                 p,
                 Tensor::from_vec(mean, (1, w), device)?,
                 Tensor::from_vec(var, (1, w), device)?,
             ));
-            let op = norm_op::NormTrain { eps: self.eps };
             return Ok(xp.apply_op3(&g.contiguous()?, &b.contiguous()?, op)?);
         }
         let mean = self.moving_mean.as_tensor().get(p)?.detach();

@@ -37,7 +37,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
 
 /// Per column of row-major `x` `[n, w]`: mean and biased variance, summed in
 /// f64 (two passes, as the plain path's mean of squared deviations).
-pub(crate) fn column_stats(x: &[f32], w: usize) -> (Vec<f32>, Vec<f32>) {
+fn column_stats(x: &[f32], w: usize) -> (Vec<f32>, Vec<f32>) {
     let n = x.len() / w.max(1);
     let mut sum = vec![0f64; w];
     for row in x.chunks_exact(w) {
@@ -58,16 +58,39 @@ pub(crate) fn column_stats(x: &[f32], w: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// The training-mode normalization of rows `x` `[n, w]` with scale `g` and
-/// shift `b` (`[w]` each).
+/// shift `b` (`[w]` each). The column statistics of `x` are computed once,
+/// by [`NormTrain::new`] (the layer also needs them for its moving
+/// averages), and kept for the forward and the backward.
 pub(crate) struct NormTrain {
-    pub eps: f64,
+    mean: Vec<f32>,
+    /// `1 / sqrt(var + eps)` per column.
+    inv_std: Vec<f32>,
 }
 
 impl NormTrain {
-    fn inv_std(&self, var: &[f32]) -> Vec<f32> {
-        var.iter()
-            .map(|&v| (1.0 / (f64::from(v) + self.eps).sqrt()) as f32)
-            .collect()
+    /// The op for rows `x` (row-major, `w` columns); also returns the
+    /// batch mean and biased variance.
+    pub fn new(x: &[f32], w: usize, eps: f64) -> (Self, Vec<f32>, Vec<f32>) {
+        let (mean, var) = column_stats(x, w);
+        let inv_std = var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        (
+            Self {
+                mean: mean.clone(),
+                inv_std,
+            },
+            mean,
+            var,
+        )
+    }
+
+    fn check(&self, w: usize) -> candle_core::Result<()> {
+        if self.mean.len() != w || self.inv_std.len() != w {
+            return Err(op_err("statistics computed for another width"));
+        }
+        Ok(())
     }
 }
 
@@ -90,14 +113,14 @@ impl CustomOp3 for NormTrain {
         if g.len() != w || b.len() != w {
             return Err(op_err("scale and shift must have one value per column"));
         }
-        let (mean, var) = column_stats(x, w);
-        let r = self.inv_std(&var);
+        self.check(w)?;
+        let (mean, r) = (&self.mean, &self.inv_std);
         let mut y = Vec::with_capacity(n * w);
         for row in x.chunks_exact(w) {
             y.extend(
                 row.iter()
-                    .zip(&mean)
-                    .zip(&r)
+                    .zip(mean)
+                    .zip(r)
                     .zip(g.iter().zip(b))
                     .map(|(((&v, &m), &r), (&g, &b))| (v - m) * r * g + b),
             );
@@ -117,8 +140,8 @@ impl CustomOp3 for NormTrain {
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let gs: Vec<f32> = g.flatten_all()?.to_vec1()?;
         let dy: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let (mean, var) = column_stats(&xs, w);
-        let r = self.inv_std(&var);
+        self.check(w)?;
+        let (mean, r) = (&self.mean, &self.inv_std);
         // Column sums db = sum dy and dg = sum dy * xhat, in f64.
         let mut db = vec![0f64; w];
         let mut dg = vec![0f64; w];
@@ -134,7 +157,7 @@ impl CustomOp3 for NormTrain {
             db.iter().map(|&v| v as f32).collect(),
             dg.iter().map(|&v| v as f32).collect(),
         );
-        let coef: Vec<f32> = gs.iter().zip(&r).map(|(&g, &r)| g * r / nf).collect();
+        let coef: Vec<f32> = gs.iter().zip(r).map(|(&g, &r)| g * r / nf).collect();
         let mut dx = Vec::with_capacity(n * w);
         for (xrow, dyrow) in xs.chunks_exact(w).zip(dy.chunks_exact(w)) {
             for j in 0..w {
