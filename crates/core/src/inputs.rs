@@ -136,6 +136,58 @@ impl Inputs {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// These rows stably sorted by domain id, with the inverse permutation
+    /// (`[B]` `u32`: row `r` of the batch is row `inverse[r]` of the sorted
+    /// one); `None` when the batch has no domains or is already sorted.
+    pub fn sorted_by_domain(&self) -> Result<Option<(Inputs, Tensor)>> {
+        let Some(domains) = &self.domains else {
+            return Ok(None);
+        };
+        let ids = domains.ids();
+        if ids.windows(2).all(|w| w[0] <= w[1]) {
+            return Ok(None);
+        }
+        // Counting sort: rows of domain 0 in order, then domain 1, ...
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); domains.count()];
+        for (r, &d) in ids.iter().enumerate() {
+            if let Some(rows) = per.get_mut(d as usize) {
+                rows.push(r as u32);
+            }
+        }
+        let order: Vec<u32> = per.into_iter().flatten().collect();
+        let mut inverse = vec![0u32; order.len()];
+        for (j, &r) in order.iter().enumerate() {
+            inverse[r as usize] = j as u32;
+        }
+        let device = domains.tensor().device();
+        let index = Tensor::new(order.as_slice(), device)?;
+        let take = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            Ok(match t {
+                Some(t) => Some(t.index_select(&index, 0)?),
+                None => None,
+            })
+        };
+        let sorted_ids = order.iter().map(|&r| ids[r as usize]).collect();
+        let sequences = self
+            .sequences
+            .iter()
+            .map(|s| {
+                Ok(SequenceInput {
+                    ids: s.ids.index_select(&index, 0)?,
+                    lengths: order.iter().map(|&r| s.lengths[r as usize]).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sorted = Inputs {
+            sparse: take(&self.sparse)?,
+            dense: take(&self.dense)?,
+            domains: Some(Domains::new(sorted_ids, domains.count(), device)?),
+            sequences,
+            rows: self.rows,
+        };
+        Ok(Some((sorted, Tensor::new(inverse.as_slice(), device)?)))
+    }
 }
 
 /// Passed to every component's forward.
@@ -180,5 +232,48 @@ impl<'a> ForwardCtx<'a> {
                 "`{what}` reads features itself, but the forward pass has no feature views"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorting_by_domain_is_stable_and_inverted_by_the_inverse() {
+        let dev = Device::Cpu;
+        let sparse = Tensor::new(&[[10u32, 11], [20, 21], [30, 31], [40, 41], [50, 51]], &dev).unwrap();
+        let dense = Tensor::new(&[[1f32], [2.], [3.], [4.], [5.]], &dev).unwrap();
+        let domains = Domains::new(vec![2, 0, 1, 0, 2], 3, &dev).unwrap();
+        let seq = SequenceInput::new(
+            Tensor::zeros((5, 4), candle_core::DType::U32, &dev).unwrap(),
+            vec![0, 1, 2, 3, 4],
+        )
+        .unwrap();
+        let inputs = Inputs::new(Some(sparse), Some(dense.clone()), Some(domains))
+            .unwrap()
+            .with_sequences(vec![seq])
+            .unwrap();
+        let (sorted, inverse) = inputs.sorted_by_domain().unwrap().unwrap();
+        // Domain 0 (rows 1, 3), then 1 (row 2), then 2 (rows 0, 4).
+        assert_eq!(sorted.domains.as_ref().unwrap().ids(), [0, 0, 1, 2, 2]);
+        let d: Vec<f32> = sorted.dense.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(d, [2., 4., 3., 1., 5.]);
+        let s: Vec<Vec<u32>> = sorted.sparse.as_ref().unwrap().to_vec2().unwrap();
+        assert_eq!(s[0], [20, 21]);
+        assert_eq!(s[4], [50, 51]);
+        assert_eq!(sorted.sequences[0].lengths, [1, 3, 2, 0, 4]);
+        let back = sorted.dense.unwrap().index_select(&inverse, 0).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), dense.to_vec2::<f32>().unwrap());
+
+        // Already sorted, or no domains: nothing to do.
+        let one = Inputs::new(
+            None,
+            Some(dense),
+            Some(Domains::new(vec![0, 0, 1, 1, 2], 3, &dev).unwrap()),
+        )
+        .unwrap();
+        assert!(one.sorted_by_domain().unwrap().is_none());
     }
 }

@@ -39,6 +39,28 @@ pub struct ModelOutput {
     pub gates: Vec<GateRecord>,
 }
 
+impl ModelOutput {
+    /// Rows `inverse[r]` of every output and gate weight: back in batch order.
+    fn reordered(self, inverse: &Tensor) -> Result<Self> {
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| Ok(o.index_select(inverse, 0)?))
+            .collect::<Result<Vec<_>>>()?;
+        let gates = self
+            .gates
+            .into_iter()
+            .map(|g| {
+                Ok(GateRecord {
+                    weights: g.weights.index_select(inverse, 0)?,
+                    ..g
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { outputs, gates })
+    }
+}
+
 pub struct Model {
     features: FeatureInput,
     nodes: Vec<Node>,
@@ -155,7 +177,26 @@ impl Model {
         self.features.spec()
     }
 
+    /// The model on one batch: per task `[B]` outputs in the batch's row order.
+    ///
+    /// Rows are first put in domain order (a stable sort, when the batch has
+    /// domains and is not already sorted) and the outputs put back: every
+    /// per-domain component (STAR's norm, layers and towers, SAR-Net's
+    /// experts) then finds each domain's rows as one contiguous block, a view,
+    /// instead of gathering, concatenating and un-permuting them at every
+    /// node. Rows are independent, and batch statistics are per domain or over
+    /// the whole batch, so only the order of float additions changes.
     pub fn forward(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
+        match inputs.sorted_by_domain()? {
+            None => self.forward_rows(inputs, train),
+            Some((sorted, inverse)) => {
+                let out = self.forward_rows(&sorted, train)?;
+                out.reordered(&inverse)
+            }
+        }
+    }
+
+    fn forward_rows(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
         let (x, views) = self.features.forward_with_views(inputs)?;
         let ctx = ForwardCtx {
             train,

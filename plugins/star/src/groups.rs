@@ -86,7 +86,19 @@ impl DomainGroups {
         if self.groups.len() == 1 {
             return Ok(vec![x.clone()]);
         }
-        self.groups.iter().map(|g| Ok(x.index_select(&g.index, 0)?)).collect()
+        self.groups
+            .iter()
+            .map(|g| {
+                // `Model::forward` sorts rows by domain: a group is then one
+                // contiguous block, taken as a view.
+                let (first, n) = (g.rows[0] as usize, g.rows.len());
+                if g.rows[n - 1] as usize == first + n - 1 {
+                    Ok(x.narrow(0, first, n)?)
+                } else {
+                    Ok(x.index_select(&g.index, 0)?)
+                }
+            })
+            .collect()
     }
 
     /// The inverse of [`DomainGroups::split`]: one block per group, in group
