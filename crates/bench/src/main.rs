@@ -267,6 +267,7 @@ fn run_all(common: &Common, out: Option<PathBuf>) -> Result<(), BenchError> {
 
 fn main() -> std::process::ExitCode {
     mtrec_runner::alloc::keep_freed_memory();
+    mtrec_runner::threads::one_compute_pool();
     let cli = Cli::parse();
     let result = match cli.command {
         None => {

@@ -9,6 +9,7 @@ pub mod progress;
 pub mod reproduce;
 pub mod run;
 pub mod source;
+pub mod threads;
 
 pub use error::{Result, RunError};
 

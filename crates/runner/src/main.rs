@@ -173,6 +173,7 @@ fn load_inner(args: &ConfigArgs) -> Result<LoadedConfig> {
 
 fn main() -> ExitCode {
     mtrec_runner::alloc::keep_freed_memory();
+    mtrec_runner::threads::one_compute_pool();
     link_builtin_plugins();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
