@@ -1,10 +1,15 @@
 //! A bounds-checked, safe front to the `gemm` crate's matmul kernels.
 //!
-//! `gemm::gemm` takes raw pointers and strides; this is the only `unsafe` of
-//! mtrec-core. Every call checks, before the kernel runs, that every element
-//! the strides can reach lies inside its slice and that the destination's
-//! elements are distinct (row-major, unit column stride), so no caller can
-//! make it read or write out of bounds or race with itself.
+//! `gemm::gemm` takes raw pointers and strides; this module and `fresh`
+//! (uninitialised output buffers) hold the only `unsafe` of mtrec-core.
+//! Every call checks, before the kernel runs, that every element the strides
+//! can reach lies inside its slice and that the destination's elements are
+//! distinct (row-major, unit column stride), so no caller can make it read or
+//! write out of bounds or race with itself.
+
+use std::mem::MaybeUninit;
+
+use super::fresh::{assume_filled, Filled};
 
 /// A strided read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -72,7 +77,6 @@ pub(crate) fn matmul_with(
     rhs: Mat<'_>,
     parallel: bool,
 ) -> candle_core::Result<()> {
-    let fail = |what: &str| Err(candle_core::Error::Msg(format!("mtrec matmul: {what} out of bounds")));
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -92,28 +96,101 @@ pub(crate) fn matmul_with(
         }
         return Ok(());
     }
+    check_operands(m, n, k, lhs, rhs)?;
+    // SAFETY: the operands were checked by `check_operands`; every element
+    // the kernel writes (`(m-1)*dst_rs + n-1`) lies inside `dst` (checked
+    // above), the destination rows do not overlap (`dst_rs >= n`, unit
+    // column stride) and `dst` is borrowed mutably, so it aliases neither
+    // operand.
+    unsafe { kernel(m, n, k, dst.as_mut_ptr(), dst_rs, accumulate, lhs, rhs, parallel) };
+    Ok(())
+}
+
+/// `dst = lhs @ rhs` into a fresh (uninitialised) block of exactly `m x n`
+/// floats, row-major, on the calling thread: the block comes back
+/// initialised, with its token (`super::fresh`).
+#[allow(unsafe_code)]
+pub(crate) fn matmul_fresh<'a>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &'a mut [MaybeUninit<f32>],
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+) -> candle_core::Result<(&'a mut [f32], Filled<'a>)> {
+    if m.checked_mul(n) != Some(dst.len()) {
+        return fail("fresh destination");
+    }
+    if m > 0 && n > 0 {
+        if k == 0 {
+            dst.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        } else {
+            check_operands(m, n, k, lhs, rhs)?;
+            // SAFETY: operands checked by `check_operands`; `dst` holds
+            // exactly the `m x n` row-major elements the kernel writes
+            // (`dst_rs = n`), is borrowed mutably (no aliasing), and is never
+            // read: without accumulation the kernel stores each element
+            // before it reads it (gemm's `alpha` is zero on the first pass
+            // over `k`; later passes read what the first one stored).
+            unsafe { kernel(m, n, k, dst.as_mut_ptr().cast(), n, false, lhs, rhs, false) };
+        }
+    }
+    // SAFETY: every element was written above (by the kernel or the zero
+    // fill), or there are none.
+    Ok(unsafe { assume_filled(dst) })
+}
+
+fn fail<T>(what: &str) -> candle_core::Result<T> {
+    Err(candle_core::Error::Msg(format!("mtrec matmul: {what} out of bounds")))
+}
+
+fn check_operands(m: usize, n: usize, k: usize, lhs: Mat<'_>, rhs: Mat<'_>) -> candle_core::Result<()> {
     if !lhs.fits(m, k) {
         return fail("left operand");
     }
     if !rhs.fits(k, n) {
         return fail("right operand");
     }
+    Ok(())
+}
+
+/// The `gemm` crate's kernel: `dst (+)= lhs @ rhs`, `dst` row-major with row
+/// stride `dst_rs`.
+///
+/// # Safety
+/// `m, n, k > 0`; `lhs` and `rhs` fit `m x k` and `k x n`
+/// ([`check_operands`]); `dst` is valid for writes (and, with `accumulate`,
+/// reads) of the `m x n` elements `dst[r * dst_rs + c]`, `dst_rs >= n`, and
+/// aliases neither operand.
+#[allow(unsafe_code)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    parallel: bool,
+) {
     let par = if parallel && threads() > 1 && m * n * k >= 1 << 15 {
         gemm::Parallelism::Rayon(threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every element the kernel reads (`lhs`, `rhs`: `(m-1)*rs +
-    // (k-1)*cs` and `(k-1)*rs + (n-1)*cs`) and writes (`dst`: `(m-1)*dst_rs
-    // + n-1`) was checked to be inside its slice above; the destination rows
-    // do not overlap (`dst_rs >= n`, unit column stride) and `dst` is borrowed
-    // mutably, so it aliases neither operand.
+    // SAFETY: the caller's contract above is the kernel's: every element it
+    // reads (`lhs`, `rhs`: `(m-1)*rs + (k-1)*cs` and `(k-1)*rs + (n-1)*cs`,
+    // checked to lie inside their slices) and writes (`dst`) is valid.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,
@@ -131,7 +208,6 @@ pub(crate) fn matmul_with(
             par,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,11 @@
 //! written as zips so that they vectorise, split over the thread pool when
 //! there is enough work to pay for it.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use super::fresh::{write_rows, Filled};
 
 use super::gemm::threads;
 use super::Act;
@@ -23,16 +27,21 @@ pub(crate) fn chunk_rows(rows: usize, width: usize) -> usize {
 }
 
 /// Runs `f(first_row, rows_chunk)` over chunks of the rows of `data` (rows of
-/// `width`), in parallel when worth it.
-pub(crate) fn for_row_chunks(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+/// `width`), in parallel when worth it; returns what each chunk returned.
+pub(crate) fn for_row_chunks<'a, T: Send, R: Send>(
+    data: &'a mut [T],
+    width: usize,
+    f: impl Fn(usize, &'a mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
     let rows = data.len().checked_div(width).unwrap_or(0);
     let per = chunk_rows(rows, width);
     if per >= rows {
-        f(0, data);
+        vec![f(0, data)]
     } else {
         data.par_chunks_mut(per * width)
             .enumerate()
-            .for_each(|(i, c)| f(i * per, c));
+            .map(|(i, c)| f(i * per, c))
+            .collect()
     }
 }
 
@@ -71,19 +80,29 @@ pub(crate) fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Act) {
 }
 
 /// The gradient at the pre-activation from the output `y` and its gradient
-/// `dy`: `dz = act'(y) * dy` (for softmax, `y * (dy - <dy, y>)` per row).
-#[inline]
-pub(crate) fn act_grad_row(dz: &mut [f32], y: &[f32], dy: &[f32], act: Act) {
-    let it = dz.iter_mut().zip(y).zip(dy);
+/// `dy` (rows of `width`), written into a fresh block: `dz = act'(y) * dy`
+/// (for softmax, `y * (dy - <dy, y>)` per row).
+pub(crate) fn act_grad_fresh<'a>(
+    dz: &'a mut [MaybeUninit<f32>],
+    y: &[f32],
+    dy: &[f32],
+    width: usize,
+    act: Act,
+) -> candle_core::Result<(&'a mut [f32], Filled<'a>)> {
+    let none = |_: &[f32], _: &[f32]| 0.0;
     match act {
-        Act::Identity => dz.copy_from_slice(dy),
-        Act::Relu => it.for_each(|((z, &y), &g)| *z = if y > 0.0 { g } else { 0.0 }),
-        Act::Sigmoid => it.for_each(|((z, &y), &g)| *z = g * y * (1.0 - y)),
-        Act::Tanh => it.for_each(|((z, &y), &g)| *z = g * (1.0 - y * y)),
-        Act::Softmax => {
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            it.for_each(|((z, &y), &g)| *z = y * (g - dot));
-        }
+        Act::Identity => write_rows(dz, y, dy, width, none, |_, g, _| g),
+        Act::Relu => write_rows(dz, y, dy, width, none, |y, g, _| if y > 0.0 { g } else { 0.0 }),
+        Act::Sigmoid => write_rows(dz, y, dy, width, none, |y, g, _| g * y * (1.0 - y)),
+        Act::Tanh => write_rows(dz, y, dy, width, none, |y, g, _| g * (1.0 - y * y)),
+        Act::Softmax => write_rows(
+            dz,
+            y,
+            dy,
+            width,
+            |y, g| y.iter().zip(g).map(|(a, b)| a * b).sum(),
+            |y, g, dot| y * (g - dot),
+        ),
     }
 }
 

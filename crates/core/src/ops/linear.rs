@@ -15,12 +15,15 @@
 //! graph nodes with a zero-filled gradient buffer each and a strided
 //! reduction for the bias.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use rayon::prelude::*;
 
-use super::gemm::{matmul, threads, Mat};
-use super::kernels::{act_grad_row, bias_act_row, for_row_chunks, group_col_sums};
+use super::fresh::{fresh_vec, Filled};
+use super::gemm::{matmul, matmul_fresh, threads, Mat};
+use super::kernels::{act_grad_fresh, bias_act_row, for_row_chunks, group_col_sums};
 use super::{cpu_slice, op_error, storage_slice, Act};
 
 const OP: &str = "linear";
@@ -110,30 +113,28 @@ impl LinearAct {
             }
         }
         let act = self.act;
-        let mut out = vec![0.0f32; n * rows * o];
         // Each task: one block of rows of one expert, matmul then bias and
         // activation while the block is still in cache.
-        let block = |i: usize, r0: usize, dst: &mut [f32]| -> candle_core::Result<()> {
-            let m = dst.len() / o.max(1);
-            matmul(
-                m,
-                o,
-                d,
-                dst,
-                o,
-                false,
-                Mat::rows(&dm.x_of(x, i)[r0 * d..], d),
-                Mat::rows(&w[i * d * o..(i + 1) * d * o], o),
-            )?;
-            if b.is_some() || act != Act::Identity {
-                let bias = b.map(|b| &b[i * o..(i + 1) * o]);
-                for row in dst.chunks_exact_mut(o) {
-                    bias_act_row(row, bias, act);
+        let out = fresh_vec(n * rows * o, |buf| {
+            for_expert_blocks(buf, n, rows, o, rows * d * o, |i, r0, dst| {
+                let m = dst.len() / o.max(1);
+                let (dst, filled) = matmul_fresh(
+                    m,
+                    o,
+                    d,
+                    dst,
+                    Mat::rows(&dm.x_of(x, i)[r0 * d..], d),
+                    Mat::rows(&w[i * d * o..(i + 1) * d * o], o),
+                )?;
+                if b.is_some() || act != Act::Identity {
+                    let bias = b.map(|b| &b[i * o..(i + 1) * o]);
+                    for row in dst.chunks_exact_mut(o) {
+                        bias_act_row(row, bias, act);
+                    }
                 }
-            }
-            Ok(())
-        };
-        for_expert_blocks(&mut out, n, rows, o, rows * d * o, block)?;
+                Ok(filled)
+            })
+        })?;
         Ok((CpuStorage::F32(out), dm.out_shape()))
     }
 
@@ -168,15 +169,14 @@ impl LinearAct {
         let dz: &[f32] = if act == Act::Identity {
             dys
         } else {
-            let mut buf = vec![0.0f32; ys.len()];
-            for_row_chunks(&mut buf, o, |first, chunk| {
-                let at = first * o;
-                for (j, dz) in chunk.chunks_exact_mut(o).enumerate() {
-                    let r = at + j * o;
-                    act_grad_row(dz, &ys[r..r + o], &dys[r..r + o], act);
-                }
-            });
-            owned = buf;
+            owned = fresh_vec(ys.len(), |buf| {
+                for_row_chunks(buf, o, |first, chunk| {
+                    let (at, len) = (first * o, chunk.len());
+                    act_grad_fresh(chunk, &ys[at..at + len], &dys[at..at + len], o, act).map(|(_, f)| f)
+                })
+                .into_iter()
+                .collect()
+            })?;
             &owned
         };
         let db = match b {
@@ -185,54 +185,43 @@ impl LinearAct {
         };
         // dW_i = x_i^T dz_i: one task per expert, or blocks of W's rows.
         let dw = if w.track_op() {
-            let mut g = vec![0.0f32; n * d * o];
             let t = threads();
             let work = n * rows * d * o;
-            if t > 1 && n >= t && work >= PAR_WORK {
-                g.par_chunks_mut(d * o).enumerate().try_for_each(|(i, gi)| {
-                    matmul(
-                        d,
-                        o,
-                        rows,
-                        gi,
-                        o,
-                        false,
-                        Mat::transposed(dm.x_of(xs, i), d),
-                        Mat::rows(&dz[i * rows * o..(i + 1) * rows * o], o),
-                    )
-                })?;
-            } else {
-                for i in 0..n {
+            let g = fresh_vec(n * d * o, |buf| {
+                if n * d * o == 0 {
+                    return Ok(Vec::new());
+                }
+                if t > 1 && n >= t && work >= PAR_WORK {
+                    return buf
+                        .par_chunks_mut(d * o)
+                        .enumerate()
+                        .map(|(i, gi)| {
+                            let dzi = &dz[i * rows * o..(i + 1) * rows * o];
+                            matmul_fresh(d, o, rows, gi, Mat::transposed(dm.x_of(xs, i), d), Mat::rows(dzi, o))
+                                .map(|(_, f)| f)
+                        })
+                        .collect();
+                }
+                let mut tokens = Vec::new();
+                for (i, gi) in buf.chunks_mut(d * o).enumerate() {
                     let xi = dm.x_of(xs, i);
                     let dzi = &dz[i * rows * o..(i + 1) * rows * o];
                     // Rows p0.. of dW_i = columns p0.. of x_i, transposed.
-                    let part = |p0: usize, gb: &mut [f32]| {
-                        matmul(
-                            gb.len() / o.max(1),
-                            o,
-                            rows,
-                            gb,
-                            o,
-                            false,
-                            Mat {
-                                data: &xi[p0..],
-                                rs: 1,
-                                cs: d,
-                            },
-                            Mat::rows(dzi, o),
-                        )
-                    };
-                    let gi = &mut g[i * d * o..(i + 1) * d * o];
+                    let part = |p0: usize, gb| dw_rows(gb, &xi[p0..], d, dzi, o, rows);
                     if t > 1 && work >= PAR_WORK && d >= 2 * t {
                         let per = d.div_ceil(2 * t);
-                        gi.par_chunks_mut(per * o)
+                        let parts: Vec<Filled<'_>> = gi
+                            .par_chunks_mut(per * o)
                             .enumerate()
-                            .try_for_each(|(j, gb)| part(j * per, gb))?;
+                            .map(|(j, gb)| part(j * per, gb))
+                            .collect::<candle_core::Result<_>>()?;
+                        tokens.extend(parts);
                     } else {
-                        part(0, gi)?;
+                        tokens.push(part(0, gi)?);
                     }
                 }
-            }
+                Ok(tokens)
+            })?;
             Some(Tensor::from_vec(g, w.shape(), w.device())?)
         } else {
             None
@@ -241,20 +230,25 @@ impl LinearAct {
         let dx = if x.track_op() {
             let wt = |i: usize| Mat::transposed(&ws[i * d * o..(i + 1) * d * o], o);
             let dz_rows = |i: usize, r0: usize| Mat::rows(&dz[(i * rows + r0) * o..], o);
-            if dm.shared {
-                let mut g = vec![0.0f32; rows * d];
-                for_expert_blocks(&mut g, 1, rows, d, n * rows * d * o, |_, r0, dst| {
-                    let m = dst.len() / d.max(1);
-                    for i in 0..n {
-                        matmul(m, d, o, dst, d, i > 0, dz_rows(i, r0), wt(i))?;
-                    }
-                    Ok(())
+            if n == 0 {
+                Some(x.zeros_like()?)
+            } else if dm.shared {
+                let g = fresh_vec(rows * d, |buf| {
+                    for_expert_blocks(buf, 1, rows, d, n * rows * d * o, |_, r0, dst| {
+                        let m = dst.len() / d.max(1);
+                        let (dst, filled) = matmul_fresh(m, d, o, dst, dz_rows(0, r0), wt(0))?;
+                        for i in 1..n {
+                            matmul(m, d, o, dst, d, true, dz_rows(i, r0), wt(i))?;
+                        }
+                        Ok(filled)
+                    })
                 })?;
                 Some(Tensor::from_vec(g, x.shape(), x.device())?)
             } else {
-                let mut g = vec![0.0f32; n * rows * d];
-                for_expert_blocks(&mut g, n, rows, d, rows * d * o, |i, r0, dst| {
-                    matmul(dst.len() / d.max(1), d, o, dst, d, false, dz_rows(i, r0), wt(i))
+                let g = fresh_vec(n * rows * d, |buf| {
+                    for_expert_blocks(buf, n, rows, d, rows * d * o, |i, r0, dst| {
+                        matmul_fresh(dst.len() / d.max(1), d, o, dst, dz_rows(i, r0), wt(i)).map(|(_, f)| f)
+                    })
                 })?;
                 Some(Tensor::from_vec(g, x.shape(), x.device())?)
             }
@@ -265,6 +259,24 @@ impl LinearAct {
     }
 }
 
+/// Rows `p0..` of `dW = x^T dz` into the fresh block `gb` (whole rows of
+/// width `o`), from `x_cols = x[.., p0..]` (row stride `d`) and `dz [rows, o]`.
+fn dw_rows<'g>(
+    gb: &'g mut [MaybeUninit<f32>],
+    x_cols: &[f32],
+    d: usize,
+    dz: &[f32],
+    o: usize,
+    rows: usize,
+) -> candle_core::Result<Filled<'g>> {
+    let x_t = Mat {
+        data: x_cols,
+        rs: 1,
+        cs: d,
+    };
+    matmul_fresh(gb.len() / o.max(1), o, rows, gb, x_t, Mat::rows(dz, o)).map(|(_, f)| f)
+}
+
 /// Below this many multiply-adds an op runs on the calling thread.
 const PAR_WORK: usize = 1 << 18;
 
@@ -273,37 +285,44 @@ const PAR_WORK: usize = 1 << 18;
 /// experts: about two blocks per thread in all, each run on one thread (the
 /// matmuls inside are single-threaded, so every thread works on its own
 /// block with no synchronisation inside). `work_per_expert` (multiply-adds)
-/// decides whether splitting pays at all.
-fn for_expert_blocks(
-    out: &mut [f32],
+/// decides whether splitting pays at all. Returns what each block returned.
+fn for_expert_blocks<'a, T: Send, R: Send>(
+    out: &'a mut [T],
     n: usize,
     rows: usize,
     width: usize,
     work_per_expert: usize,
-    f: impl Fn(usize, usize, &mut [f32]) -> candle_core::Result<()> + Sync + Send,
-) -> candle_core::Result<()> {
+    f: impl Fn(usize, usize, &'a mut [T]) -> candle_core::Result<R> + Sync + Send,
+) -> candle_core::Result<Vec<R>> {
     let per_expert = rows * width;
     if per_expert == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let t = threads();
     if t <= 1 || n * work_per_expert < PAR_WORK {
-        for (i, oi) in out.chunks_mut(per_expert).enumerate() {
-            f(i, 0, oi)?;
-        }
-        return Ok(());
+        return out
+            .chunks_mut(per_expert)
+            .enumerate()
+            .map(|(i, oi)| f(i, 0, oi))
+            .collect();
     }
     let blocks = (2 * t).div_ceil(n).max(1);
     let per = rows.div_ceil(blocks).max(1);
-    out.par_chunks_mut(per_expert).enumerate().try_for_each(|(i, oi)| {
-        if blocks == 1 {
-            f(i, 0, oi)
-        } else {
-            oi.par_chunks_mut(per * width)
-                .enumerate()
-                .try_for_each(|(j, ob)| f(i, j * per, ob))
-        }
-    })
+    let nested: Vec<Vec<R>> = out
+        .par_chunks_mut(per_expert)
+        .enumerate()
+        .map(|(i, oi)| {
+            if blocks == 1 {
+                f(i, 0, oi).map(|r| vec![r])
+            } else {
+                oi.par_chunks_mut(per * width)
+                    .enumerate()
+                    .map(|(j, ob)| f(i, j * per, ob))
+                    .collect()
+            }
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(nested.into_iter().flatten().collect())
 }
 
 impl CustomOp2 for LinearAct {

@@ -19,6 +19,7 @@
 //! the plain ops.
 
 mod embed;
+mod fresh;
 mod gemm;
 mod kernels;
 mod linear;
