@@ -250,9 +250,26 @@ fn one_domain_batch_equals_its_rows_in_a_mixed_batch() {
     let mixed = all_rows(&d);
     let ids = mixed.inputs.domains.as_ref().unwrap().ids().to_vec();
     let all = outputs(&model, &mixed.inputs, false);
+    // `Model::forward` sorts the mixed batch by domain; the gate weights, like
+    // the outputs, must come back in batch order.
+    let all_gates: Vec<Vec<Vec<f32>>> = model
+        .forward(&mixed.inputs, false)
+        .unwrap()
+        .gates
+        .iter()
+        .map(|g| g.weights.to_vec2().unwrap())
+        .collect();
     for p in 0..3u32 {
         let rows: Vec<usize> = (0..d.rows()).filter(|&r| ids[r] == p).collect();
-        let alone = outputs(&model, &d.batch(&rows, &Device::Cpu).unwrap().inputs, false);
+        let own = d.batch(&rows, &Device::Cpu).unwrap();
+        for (g, gate) in model.forward(&own.inputs, false).unwrap().gates.iter().enumerate() {
+            for (k, row) in gate.weights.to_vec2::<f32>().unwrap().iter().enumerate() {
+                for (a, b) in row.iter().zip(&all_gates[g][rows[k]]) {
+                    assert!((a - b).abs() <= 1e-5, "gate {g}, row {}: {a} vs {b}", rows[k]);
+                }
+            }
+        }
+        let alone = outputs(&model, &own.inputs, false);
         for (t, task) in alone.iter().enumerate() {
             for (k, &r) in rows.iter().enumerate() {
                 assert!(
