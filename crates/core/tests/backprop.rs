@@ -86,3 +86,32 @@ fn subtraction_negates_a_first_gradient_and_subtracts_later_ones() {
     let grads = (l1 + l2).unwrap().backward().unwrap();
     close(&vals(grads.get(&x).unwrap()), &[-3.0, -5.0]);
 }
+
+/// The identity, whose backward returns a gradient of the wrong shape.
+struct BadBackward;
+
+impl candle_core::CustomOp1 for BadBackward {
+    fn name(&self) -> &'static str {
+        "bad-backward"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Ok((s.clone(), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.sum_keepdim(0)?))
+    }
+}
+
+#[test]
+fn a_first_gradient_of_the_wrong_shape_is_an_error() {
+    // Upstream's `zeros_like(x) + grad` rejected it; storing the first
+    // gradient as is must not accept it silently.
+    let x = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+    let y = x.apply_op1(BadBackward).unwrap();
+    let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+    assert!(err.contains("shape mismatch"), "{err}");
+}

@@ -664,6 +664,37 @@ impl Tensor {
     }
 }
 
+/// mtrec patch: the checks upstream's `zeros_like(tensor) + grad` made on a
+/// tensor's first gradient (a custom op's `bwd` returning a gradient of the
+/// wrong shape, dtype or device fails here, not later).
+fn check_first_grad(tensor: &Tensor, grad: &Tensor) -> Result<()> {
+    if tensor.shape() != grad.shape() {
+        Err(Error::ShapeMismatchBinaryOp {
+            lhs: tensor.shape().clone(),
+            rhs: grad.shape().clone(),
+            op: "backward-accumulate",
+        }
+        .bt())?
+    }
+    if tensor.dtype() != grad.dtype() {
+        Err(Error::DTypeMismatchBinaryOp {
+            lhs: tensor.dtype(),
+            rhs: grad.dtype(),
+            op: "backward-accumulate",
+        }
+        .bt())?
+    }
+    if !tensor.device().same_device(grad.device()) {
+        Err(Error::DeviceMismatchBinaryOp {
+            lhs: tensor.device().location(),
+            rhs: grad.device().location(),
+            op: "backward-accumulate",
+        }
+        .bt())?
+    }
+    Ok(())
+}
+
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
@@ -712,6 +743,7 @@ impl GradStore {
             // made them: backward ops may hand out views (a transpose, a
             // broadcast); only those are copied.
             Entry::Vacant(entry) => {
+                check_first_grad(tensor, grad)?;
                 entry.insert(grad.contiguous()?);
             }
         }
@@ -726,6 +758,7 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
+                check_first_grad(tensor, grad)?;
                 entry.insert(grad.neg()?);
             }
         }

@@ -61,7 +61,9 @@ pub(crate) fn fresh_vec(
         .ok_or_else(|| err("capacity below the requested length"))?;
     let base = buf.as_ptr() as usize;
     let mut tokens = fill(buf)?;
-    tokens.sort_unstable_by_key(|t| t.start);
+    // By (start, len): an empty block sharing its start with a full one
+    // sorts first and does not look like an overlap.
+    tokens.sort_unstable_by_key(|t| (t.start, t.len));
     let size = std::mem::size_of::<f32>();
     let mut at = base;
     for t in &tokens {
@@ -90,8 +92,16 @@ pub(crate) fn write_rows<'a>(
     per_row: impl Fn(&[f32], &[f32]) -> f32,
     f: impl Fn(f32, f32, f32) -> f32,
 ) -> candle_core::Result<(&'a mut [f32], Filled<'a>)> {
-    if a.len() != dst.len() || b.len() != dst.len() || width == 0 || !dst.chunks_exact(width).remainder().is_empty() {
+    if a.len() != dst.len() || b.len() != dst.len() {
         return Err(err("inputs do not match the block"));
+    }
+    if dst.is_empty() {
+        // SAFETY: an empty block has no element to write.
+        #[allow(unsafe_code)]
+        return Ok(unsafe { assume_filled(dst) });
+    }
+    if width == 0 || !dst.chunks_exact(width).remainder().is_empty() {
+        return Err(err("the block is not whole rows"));
     }
     for ((out, ra), rb) in dst
         .chunks_exact_mut(width)
@@ -140,5 +150,17 @@ mod tests {
         // (Two tokens for one block cannot both be returned: each keeps its
         // block mutably borrowed, so the borrow checker rejects it.)
         assert!(write_rows(&mut [MaybeUninit::uninit(); 3], &a, &a, 1, |_, _| 0.0, |x, _, _| x).is_err());
+        // Empty blocks (zero-width rows) are filled trivially, even next to
+        // a full block with the same start.
+        let v = fresh_vec(2, |buf| {
+            let (_, t0) = write_rows(&mut [], &[], &[], 0, |_, _| 0.0, |x, _, _| x)?;
+            drop(t0);
+            let (lo, hi) = buf.split_at_mut(0);
+            let (_, te) = write_rows(lo, &[], &[], 0, |_, _| 0.0, |x, _, _| x)?;
+            let (_, tf) = write_rows(hi, &a, &a, 2, |_, _| 0.0, |x, y, _| x + y)?;
+            Ok(vec![tf, te])
+        })
+        .unwrap();
+        assert_eq!(v, [2.0, 4.0]);
     }
 }

@@ -132,8 +132,15 @@ pub(crate) fn matmul_fresh<'a>(
             // exactly the `m x n` row-major elements the kernel writes
             // (`dst_rs = n`), is borrowed mutably (no aliasing), and is never
             // read: without accumulation the kernel stores each element
-            // before it reads it (gemm's `alpha` is zero on the first pass
-            // over `k`; later passes read what the first one stored).
+            // before it reads it (gemm-common 0.19: `alpha` is forced to zero
+            // on the first pass over `k` of every column block, and the
+            // micro-kernels, the small-matrix and the gemv paths store
+            // `beta * acc` without reading; later passes read what the first
+            // one stored). This holds for the x86 and generic kernels we
+            // build; gemm's `experimental-apple-amx` kernels (not enabled)
+            // copy partial destination tiles first and would read it. The
+            // column-major gemv path forms a `&mut [f32]` over the
+            // not-yet-written block, which it only writes.
             unsafe { kernel(m, n, k, dst.as_mut_ptr().cast(), n, false, lhs, rhs, false) };
         }
     }
