@@ -35,6 +35,8 @@ pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction
 pub use preprocess::{Labels, Pass, Preprocessor, Progress, ProgressFn};
 pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
 pub use split::{shuffled, split, Split};
-pub use stream::{Batches, HashSplit, Part, Shuffle, StreamFiles, StreamOptions, StreamedData};
+pub use stream::{
+    Batches, HashSplit, Part, Prefetch, Shuffle, StreamFiles, StreamOptions, StreamedData, PREFETCH_BATCHES,
+};
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
 pub use tabular::{count_rows, load_single, load_split, load_tabular, Loaded, LoadedSingle};

@@ -26,6 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use csv::StringRecord;
 use fnv::{FnvHashMap, FnvHasher};
@@ -1027,7 +1028,7 @@ impl Preprocessor {
     }
 
     pub(crate) fn encode_with(&self, path: &Path, labels: Labels, reporter: &mut Reporter<'_>) -> Result<Dataset> {
-        let mut chunks = EncodeChunks::new(self, path, usize::MAX, labels);
+        let mut chunks = EncodeChunks::new(PreRef::Borrowed(self), path, usize::MAX, labels);
         chunks.take_error()?;
         match chunks.read_chunk(reporter)? {
             Some(data) => Ok(data),
@@ -1045,7 +1046,31 @@ impl Preprocessor {
     /// is the last item; an empty file is an error. Count rows read with
     /// each chunk's [`Dataset::rows`].
     pub fn encode_chunks<'p>(&'p self, path: &Path, chunk_rows: usize, labels: Labels) -> EncodeChunks<'p> {
-        EncodeChunks::new(self, path, chunk_rows, labels)
+        EncodeChunks::new(PreRef::Borrowed(self), path, chunk_rows, labels)
+    }
+
+    /// [`Preprocessor::encode_chunks`] holding the preprocessor by `Arc`:
+    /// chunks that can be read on another thread.
+    pub fn encode_chunks_shared(
+        self: &Arc<Self>,
+        path: &Path,
+        chunk_rows: usize,
+        labels: Labels,
+    ) -> EncodeChunks<'static> {
+        EncodeChunks::new(PreRef::Shared(Arc::clone(self)), path, chunk_rows, labels)
+    }
+
+    /// [`Preprocessor::encode_part_chunks`] holding the preprocessor by `Arc`.
+    pub fn encode_part_chunks_shared(
+        self: &Arc<Self>,
+        path: &Path,
+        chunk_rows: usize,
+        split: HashSplit,
+        part: Part,
+    ) -> EncodeChunks<'static> {
+        let mut chunks = EncodeChunks::new(PreRef::Shared(Arc::clone(self)), path, chunk_rows, Labels::Required);
+        chunks.keep = Some((split, part));
+        chunks
     }
 
     /// [`Preprocessor::encode_chunks`] of only the rows of `file` that the
@@ -1057,7 +1082,7 @@ impl Preprocessor {
         split: HashSplit,
         part: Part,
     ) -> EncodeChunks<'p> {
-        let mut chunks = EncodeChunks::new(self, path, chunk_rows, Labels::Required);
+        let mut chunks = EncodeChunks::new(PreRef::Borrowed(self), path, chunk_rows, Labels::Required);
         chunks.keep = Some((split, part));
         chunks
     }
@@ -1156,9 +1181,26 @@ enum ChunkState {
     Done,
 }
 
+/// The preprocessor of an [`EncodeChunks`]: borrowed, or shared so that the
+/// chunks can move to a reading thread.
+enum PreRef<'p> {
+    Borrowed(&'p Preprocessor),
+    Shared(Arc<Preprocessor>),
+}
+
+impl std::ops::Deref for PreRef<'_> {
+    type Target = Preprocessor;
+    fn deref(&self) -> &Preprocessor {
+        match self {
+            PreRef::Borrowed(p) => p,
+            PreRef::Shared(p) => p,
+        }
+    }
+}
+
 /// The datasets of [`Preprocessor::encode_chunks`].
 pub struct EncodeChunks<'p> {
-    pre: &'p Preprocessor,
+    pre: PreRef<'p>,
     file: PathBuf,
     chunk_rows: usize,
     conds: Vec<(Cond, Option<Cond>)>,
@@ -1183,7 +1225,7 @@ impl std::fmt::Debug for EncodeChunks<'_> {
 }
 
 impl<'p> EncodeChunks<'p> {
-    fn new(pre: &'p Preprocessor, path: &Path, chunk_rows: usize, labels: Labels) -> Self {
+    fn new(pre: PreRef<'p>, path: &Path, chunk_rows: usize, labels: Labels) -> Self {
         let state = if chunk_rows == 0 {
             ChunkState::Failed(DataError::setting("chunk_rows", 0, "at least 1"))
         } else {
@@ -1195,11 +1237,12 @@ impl<'p> EncodeChunks<'p> {
                 Err(e) => ChunkState::Failed(e),
             }
         };
+        let conds = pre.conditions();
         Self {
             pre,
             file: path.to_path_buf(),
             chunk_rows,
-            conds: pre.conditions(),
+            conds,
             state,
             record: StringRecord::new(),
             rows: 0,
@@ -1224,7 +1267,7 @@ impl<'p> EncodeChunks<'p> {
             return Ok(None);
         };
         let total = src.known_rows();
-        let mut out = Builder::new(self.pre);
+        let mut out = Builder::new(&self.pre);
         while out.rows < self.chunk_rows {
             let Some(place) = src.next_row(&mut self.record)? else {
                 break;
@@ -1260,7 +1303,7 @@ impl<'p> EncodeChunks<'p> {
             return Ok(None);
         }
         self.rows += out.rows as u64;
-        out.finish(self.pre).map(Some)
+        out.finish(&self.pre).map(Some)
     }
 }
 

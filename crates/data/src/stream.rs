@@ -19,14 +19,22 @@
 //! - [`StreamedData`]: a tabular data set to stream: the fitted
 //!   preprocessor, the files of each part, the chunk and buffer sizes.
 //!
+//! - [`Prefetch`]: batches formed on a reading thread, [`PREFETCH_BATCHES`]
+//!   ahead of the training loop, so that reading and encoding the file
+//!   overlaps with training instead of stalling it.
+//!
 //! Rows held in memory at any time: at most one chunk (`chunk_rows`), the
 //! shuffle buffer (`shuffle_buffer`, training only) and the batch being
-//! formed (`batch_size`); [`Batches::peak_rows`] measures it. The readers
-//! add a fixed buffer (CSV: 64 KiB; Parquet: one row group's pages).
+//! formed (`batch_size`); [`Batches::peak_rows`] measures it. Prefetched
+//! training adds the batches waiting for the loop (at most
+//! `PREFETCH_BATCHES + 1`). The readers add a fixed buffer (CSV: 64 KiB;
+//! Parquet: one row group's pages).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -338,10 +346,74 @@ pub enum StreamFiles {
     Single { path: PathBuf, split: HashSplit },
 }
 
+/// Batches a [`Prefetch`] forms ahead of the loop that takes them.
+pub const PREFETCH_BATCHES: usize = 2;
+
+/// The items of an iterator produced on a thread of their own, up to
+/// `depth` items ahead of the consumer, in the iterator's order. Dropping it
+/// stops the thread after the item it is producing.
+pub struct Prefetch {
+    rx: Receiver<Result<Dataset>>,
+    handle: Option<JoinHandle<()>>,
+    file: PathBuf,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch").field("file", &self.file).finish()
+    }
+}
+
+impl Prefetch {
+    /// Runs `items` (batches read from `file`, named in errors) on a new
+    /// thread.
+    pub fn spawn<I>(items: I, depth: usize, file: &Path) -> Result<Self>
+    where
+        I: Iterator<Item = Result<Dataset>> + Send + 'static,
+    {
+        let (tx, rx) = sync_channel(depth);
+        let handle = std::thread::Builder::new()
+            .name("mtrec-read".into())
+            .spawn(move || {
+                for item in items {
+                    // The consumer is gone (done or failed): stop reading.
+                    if tx.send(item).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| DataError::io(file, e))?;
+        Ok(Self {
+            rx,
+            handle: Some(handle),
+            file: file.to_path_buf(),
+        })
+    }
+}
+
+impl Iterator for Prefetch {
+    type Item = Result<Dataset>;
+
+    fn next(&mut self) -> Option<Result<Dataset>> {
+        match self.rx.recv() {
+            Ok(item) => Some(item),
+            // The thread is done; a panic there is an error, not an early end.
+            Err(_) => match self.handle.take().map(JoinHandle::join) {
+                Some(Err(_)) => Some(Err(DataError::io(
+                    &self.file,
+                    std::io::Error::other("the thread reading this file panicked"),
+                ))),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A tabular data set to stream: each pass re-reads its files.
 #[derive(Clone, Debug)]
 pub struct StreamedData {
-    pub preprocessor: Preprocessor,
+    /// Shared with the reading threads of prefetched passes.
+    pub preprocessor: Arc<Preprocessor>,
     pub files: StreamFiles,
     pub options: StreamOptions,
     peak: PeakRows,
@@ -351,7 +423,7 @@ impl StreamedData {
     pub fn new(preprocessor: Preprocessor, files: StreamFiles, options: StreamOptions) -> Result<Self> {
         options.validate()?;
         Ok(Self {
-            preprocessor,
+            preprocessor: Arc::new(preprocessor),
             files,
             options,
             peak: PeakRows::default(),
@@ -388,19 +460,29 @@ impl StreamedData {
         Self::new(preprocessor, files, options)
     }
 
+    /// The file `part` is read from.
+    pub fn file_of(&self, part: Part) -> &Path {
+        match &self.files {
+            StreamFiles::Separate { train, valid, test } => match part {
+                Part::Train => train,
+                Part::Valid => valid,
+                Part::Test => test,
+            },
+            StreamFiles::Single { path, .. } => path,
+        }
+    }
+
     /// The encoded chunks of `part`, in file order (labels required).
-    pub fn chunks(&self, part: Part) -> crate::preprocess::EncodeChunks<'_> {
+    pub fn chunks(&self, part: Part) -> crate::preprocess::EncodeChunks<'static> {
         let rows = self.options.chunk_rows;
         match &self.files {
-            StreamFiles::Separate { train, valid, test } => {
-                let path = match part {
-                    Part::Train => train,
-                    Part::Valid => valid,
-                    Part::Test => test,
-                };
-                self.preprocessor.encode_chunks(path, rows, Labels::Required)
+            StreamFiles::Separate { .. } => {
+                self.preprocessor
+                    .encode_chunks_shared(self.file_of(part), rows, Labels::Required)
             }
-            StreamFiles::Single { path, split } => self.preprocessor.encode_part_chunks(path, rows, *split, part),
+            StreamFiles::Single { path, split } => {
+                self.preprocessor.encode_part_chunks_shared(path, rows, *split, part)
+            }
         }
     }
 
@@ -411,12 +493,23 @@ impl StreamedData {
         part: Part,
         batch_size: usize,
         shuffle_seed: Option<u64>,
-    ) -> Batches<crate::preprocess::EncodeChunks<'_>> {
+    ) -> Batches<crate::preprocess::EncodeChunks<'static>> {
         let shuffle = shuffle_seed.map(|seed| Shuffle {
             capacity: self.options.shuffle_buffer,
             seed,
         });
         Batches::new(self.chunks(part), batch_size, shuffle).with_peak(self.peak.clone())
+    }
+
+    /// [`StreamedData::batches`] formed on a reading thread,
+    /// [`PREFETCH_BATCHES`] ahead of the caller; the same batches in the
+    /// same order.
+    pub fn prefetched_batches(&self, part: Part, batch_size: usize, shuffle_seed: Option<u64>) -> Result<Prefetch> {
+        Prefetch::spawn(
+            self.batches(part, batch_size, shuffle_seed),
+            PREFETCH_BATCHES,
+            self.file_of(part),
+        )
     }
 
     /// The most rows held at once by any of this data set's batches so far.
@@ -456,6 +549,53 @@ mod tests {
         (0..total)
             .step_by(chunk)
             .map(move |s| Ok(numbered(s, chunk.min(total - s))))
+    }
+
+    #[test]
+    fn prefetch_yields_the_same_batches_in_order_and_passes_errors_on() {
+        let direct = rows_of(Batches::new(
+            chunks(1000, 64),
+            50,
+            Some(Shuffle { capacity: 200, seed: 3 }),
+        ));
+        let ahead = Prefetch::spawn(
+            Batches::new(chunks(1000, 64), 50, Some(Shuffle { capacity: 200, seed: 3 })),
+            PREFETCH_BATCHES,
+            Path::new("numbers.csv"),
+        )
+        .unwrap();
+        assert_eq!(rows_of(ahead), direct);
+
+        // An error item arrives in its place; the items before it too.
+        let failing = chunks(100, 10)
+            .take(3)
+            .chain(std::iter::once(Err(DataError::InvalidDataset("bad row".into()))));
+        let items: Vec<_> = Prefetch::spawn(failing, 1, Path::new("f.csv")).unwrap().collect();
+        assert_eq!(items.len(), 4);
+        assert!(items[..3].iter().all(Result::is_ok));
+        assert!(items[3].as_ref().unwrap_err().to_string().contains("bad row"));
+    }
+
+    #[test]
+    fn a_panicking_reader_is_an_error_naming_the_file_and_an_early_drop_stops_it() {
+        let panics = chunks(30, 10).map(|c| {
+            let c = c?;
+            if c.dense.as_ref().unwrap().values[0] >= 20.0 {
+                panic!("reader bug");
+            }
+            Ok(c)
+        });
+        let items: Vec<_> = Prefetch::spawn(panics, 1, Path::new("data/train.csv"))
+            .unwrap()
+            .collect();
+        assert_eq!(items.len(), 3);
+        let err = items[2].as_ref().unwrap_err().to_string();
+        assert!(err.contains("data/train.csv") && err.contains("panicked"), "{err}");
+
+        // Taking one item of an endless source and dropping the rest ends.
+        let mut endless = Prefetch::spawn((0..).map(|i| Ok(numbered(i, 1))), PREFETCH_BATCHES, Path::new("x")).unwrap();
+        assert!(endless.next().unwrap().is_ok());
+        drop(endless);
     }
 
     fn rows_of(batches: impl Iterator<Item = Result<Dataset>>) -> (Vec<usize>, Vec<usize>) {

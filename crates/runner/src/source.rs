@@ -32,6 +32,8 @@ pub const DEFAULT_TRAIN_EVAL_ROWS: usize = 100_000;
 
 /// Where a prepared data set's rows are.
 #[derive(Debug)]
+// One value per run: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Rows {
     /// Loaded (or generated) whole, with a seeded split of its rows.
     Memory { data: Dataset, split: Split },
@@ -214,7 +216,7 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                         progress,
                     )
                     .map_err(|e| cfg.error("data", None, format!("{e}{}", hint())))?;
-                    let pre = streamed.preprocessor.clone();
+                    let pre = Preprocessor::clone(&streamed.preprocessor);
                     (Rows::Streamed(streamed), pre)
                 }
                 None => {

@@ -298,9 +298,10 @@ impl TrainSource for Streamed<'_> {
         }
         self.read.set(0);
         let device = device.clone();
+        // Read and encoded on a thread of its own, overlapping training.
         let batches = self
             .data
-            .batches(Part::Train, cfg.batch_size, Some(epoch_seed(cfg.seed, epoch)));
+            .prefetched_batches(Part::Train, cfg.batch_size, Some(epoch_seed(cfg.seed, epoch)))?;
         Ok(Box::new(batches.map(move |b| {
             let b = b?;
             self.read.set(self.read.get() + b.rows());

@@ -18,9 +18,9 @@ use crate::error::{DataError, Place, Result};
 use crate::schema::Separator;
 
 enum Inner {
-    Csv(csv::Reader<Box<dyn Read>>),
+    Csv(csv::Reader<Box<dyn Read + Send>>),
     Lines {
-        reader: Box<dyn BufRead>,
+        reader: Box<dyn BufRead + Send>,
         separator: char,
         buf: String,
     },
@@ -43,7 +43,7 @@ fn is_gzip(path: &Path) -> bool {
 }
 
 /// Opens `path` as a byte stream, decompressing `.gz` files.
-pub fn open_stream(path: &Path) -> Result<Box<dyn BufRead>> {
+pub fn open_stream(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let buffered = BufReader::with_capacity(1 << 16, file);
     if is_gzip(path) {
@@ -84,7 +84,7 @@ impl CsvSource {
                     .flexible(true)
                     .delimiter(delimiter)
                     .trim(trim)
-                    .from_reader(Box::new(stream) as Box<dyn Read>);
+                    .from_reader(Box::new(stream) as Box<dyn Read + Send>);
                 Inner::Csv(reader)
             }
         };

@@ -51,7 +51,7 @@ impl ReadOptions {
 }
 
 /// A source of rows: the file's column names, then its rows.
-pub trait RowSource {
+pub trait RowSource: Send {
     /// The file being read.
     fn file(&self) -> &Path;
     /// The column names, in file order.
