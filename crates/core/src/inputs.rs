@@ -35,6 +35,19 @@ impl Domains {
     pub fn count(&self) -> usize {
         self.count
     }
+
+    /// The batch rows of each domain (`count` lists, rows increasing; empty
+    /// for a domain absent from the batch).
+    pub fn rows_by_domain(&self) -> Vec<Vec<u32>> {
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); self.count];
+        for (r, &d) in self.ids.iter().enumerate() {
+            // `Domains::new` guarantees d < count.
+            if let Some(rows) = per.get_mut(d as usize) {
+                rows.push(r as u32);
+            }
+        }
+        per
+    }
 }
 
 /// One sequence column of a batch: `[B, L]` `u32` ids (0 past each row's
@@ -148,14 +161,8 @@ impl Inputs {
         if ids.windows(2).all(|w| w[0] <= w[1]) {
             return Ok(None);
         }
-        // Counting sort: rows of domain 0 in order, then domain 1, ...
-        let mut per: Vec<Vec<u32>> = vec![Vec::new(); domains.count()];
-        for (r, &d) in ids.iter().enumerate() {
-            if let Some(rows) = per.get_mut(d as usize) {
-                rows.push(r as u32);
-            }
-        }
-        let order: Vec<u32> = per.into_iter().flatten().collect();
+        // Rows of domain 0 in order, then domain 1, ...
+        let order: Vec<u32> = domains.rows_by_domain().into_iter().flatten().collect();
         let mut inverse = vec![0u32; order.len()];
         for (j, &r) in order.iter().enumerate() {
             inverse[r as usize] = j as u32;

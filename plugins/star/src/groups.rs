@@ -52,13 +52,7 @@ pub fn domains_of<'a>(ctx: &ForwardCtx<'a>, what: &str, expected: usize) -> Resu
 impl DomainGroups {
     pub fn new(domains: &Domains) -> Result<Self> {
         let device = domains.tensor().device();
-        let mut per: Vec<Vec<u32>> = vec![Vec::new(); domains.count()];
-        for (r, &d) in domains.ids().iter().enumerate() {
-            // `Domains::new` guarantees d < count.
-            if let Some(rows) = per.get_mut(d as usize) {
-                rows.push(r as u32);
-            }
-        }
+        let per = domains.rows_by_domain();
         let order: Vec<u32> = per.iter().flatten().copied().collect();
         let inverse = if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
             None
