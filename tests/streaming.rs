@@ -109,7 +109,7 @@ fn streamed(p: &mtrec_runner::source::Prepared) -> &StreamedData {
 
 fn weights(m: &Model) -> Vec<(String, Vec<f32>)> {
     m.params()
-        .vars()
+        .all()
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
         .collect()

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -199,38 +199,50 @@ impl FeatureSpec {
     }
 }
 
-/// Fields of one embedding width share one table (one `index_select` for all
-/// of them); each field owns a row range `offset..offset + vocab`. Ids must be
-/// below their field's vocabulary (`mtrec_data::Dataset::new` guarantees it):
-/// a larger id would read another field's rows.
-struct Group {
-    /// Column positions of the group's fields in the batch's sparse ids.
-    columns: Tensor,
-    offsets: Tensor,
-    /// Host copy of `offsets` (for sequences sharing a field's rows).
-    host_offsets: Vec<u32>,
-    table: Tensor,
+/// One embedding table of the input layer, `[rows, dim]`: a row-sparse
+/// table of the [`ParamStore`](crate::ParamStore).
+struct Table {
+    /// The parameter name (the safetensors key and the optimizer's key).
+    name: String,
+    var: Var,
+    rows: usize,
     dim: usize,
-    identity: bool,
-    /// Positions (within the group) of the fields that enter the model input,
-    /// when some are side features; `None`: all of them.
-    keep: Option<(Tensor, usize)>,
+}
+
+/// Fields of one embedding width share one table (one gather for all of
+/// them); each field owns a row range `offset..offset + vocab`. An id at or
+/// past its field's vocabulary is an error naming the field (it would read
+/// another field's rows).
+struct Group {
+    /// Index of the group's table in `FeatureInput::tables`.
+    table: usize,
+    /// The group's fields (indices into `FeatureSpec::sparse`, i.e. batch
+    /// columns), increasing.
+    fields: Vec<usize>,
+    offsets: Vec<u32>,
+    dim: usize,
+    /// Positions (within the group) of the fields that enter the model input.
+    kept: Vec<usize>,
 }
 
 /// Where a sequence's embeddings come from: a table and the row offset of
 /// its ids in it.
 struct SequenceTable {
-    table: Tensor,
+    table: usize,
     offset: u32,
 }
 
+/// The model's input layer: embedding tables, their field layout, and the
+/// dense and sequence columns that enter the input.
 pub struct FeatureInput {
     spec: FeatureSpec,
+    tables: Vec<Table>,
     groups: Vec<Group>,
     /// Per sparse field: (group, position in the group).
     field_slots: Vec<(usize, usize)>,
     sequences: Vec<SequenceTable>,
-    domain: Option<Tensor>,
+    /// Index of the domain embedding's table.
+    domain: Option<usize>,
     /// Positions of the dense columns that enter the input, when some are
     /// side features.
     dense_keep: Option<Tensor>,
@@ -240,6 +252,38 @@ impl std::fmt::Debug for FeatureInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeatureInput").field("spec", &self.spec).finish()
     }
+}
+
+/// The rows of one embedding table that a training pass read.
+///
+/// A training pass never reads a table whole: it copies the rows its batch
+/// touches (unique, sorted) into `values`, a small variable, and looks ids up
+/// in that copy. The gradient of `values` is therefore the table's
+/// row-sparse gradient: row `i` is the summed gradient of table row
+/// `rows[i]` (over every field, sequence position and row of the batch that
+/// read it), and no table-sized buffer exists at any point. The optimizer
+/// writes the updated rows back into the table.
+#[derive(Clone, Debug)]
+pub struct TouchedRows {
+    /// The table's parameter name ([`ParamStore::tables`](crate::ParamStore::tables)).
+    pub table: String,
+    /// The table rows read, unique and increasing.
+    pub rows: Vec<u32>,
+    /// `[rows.len(), dim]`: the rows' values at the time of the pass.
+    pub values: Var,
+}
+
+/// One batch's lookups: per table, the tensor its ids index (the table
+/// itself when evaluating, the touched rows' copy when training) and the
+/// ids of every use, already mapped into that tensor.
+struct Lookup {
+    sources: Vec<Tensor>,
+    /// Per group: `[B, fields]` row-major.
+    group_rows: Vec<Vec<u32>>,
+    /// Per sequence: `[B, L]` row-major.
+    sequence_rows: Vec<Vec<u32>>,
+    domain_rows: Option<Vec<u32>>,
+    touched: Vec<TouchedRows>,
 }
 
 /// One sequence of one batch, position by position.
@@ -258,7 +302,14 @@ pub struct SequenceView {
 pub struct FeatureViews<'a> {
     input: &'a FeatureInput,
     inputs: &'a Inputs,
+    lookup: Lookup,
     sequences: Vec<SequenceView>,
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup").field("touched", &self.touched.len()).finish()
+    }
 }
 
 impl FeatureViews<'_> {
@@ -282,14 +333,12 @@ impl FeatureViews<'_> {
     pub fn feature(&self, name: &str) -> Result<Tensor> {
         let spec = &self.input.spec;
         if let Some(i) = spec.sparse.iter().position(|f| f.name == name) {
-            let ids =
-                self.inputs.sparse.as_ref().ok_or_else(|| {
-                    Error::Input("the model has sparse features but the batch has no sparse ids".into())
-                })?;
             let (g, pos) = self.input.field_slots[i];
-            let g = &self.input.groups[g];
-            let rows = (ids.narrow(1, i, 1)?.squeeze(1)? + f64::from(g.host_offsets[pos]))?;
-            return Ok(g.table.index_select(&rows, 0)?);
+            let group = &self.input.groups[g];
+            let n = group.fields.len();
+            let rows: Vec<u32> = self.lookup.group_rows[g].iter().skip(pos).step_by(n).copied().collect();
+            let rows = Tensor::from_vec(rows, self.inputs.rows(), self.input.device())?;
+            return Ok(self.lookup.sources[group.table].index_select(&rows, 0)?);
         }
         if let Some(j) = spec.dense.iter().position(|n| n == name) {
             let dense = self
@@ -314,6 +363,12 @@ impl FeatureViews<'_> {
             _ => Ok(Tensor::cat(&parts, 1)?),
         }
     }
+
+    /// The table rows this (training) pass read, to hand to the optimizer
+    /// with their gradients; empty when evaluating.
+    pub fn into_touched(self) -> Vec<TouchedRows> {
+        self.lookup.touched
+    }
 }
 
 /// Masked pooling of `[B, L, d]` embeddings: the sum over the real
@@ -331,6 +386,29 @@ pub fn pool(view: &SequenceView, lengths: &[u32], pooling: Pooling) -> Result<Te
     }
 }
 
+/// The ids of a `[B, n]` `u32` tensor on the host, row-major.
+fn host_ids(t: &Tensor, what: &str) -> Result<Vec<u32>> {
+    if t.dtype() != DType::U32 {
+        return Err(Error::Input(format!("{what} must be u32 ids, got {:?}", t.dtype())));
+    }
+    Ok(t.flatten_all()?.to_vec1::<u32>()?)
+}
+
+/// Maps every row of `uses` to its index among the unique rows (sorted),
+/// which it returns: the working set of one table for one batch.
+fn unique_rows(uses: &mut [&mut Vec<u32>]) -> Vec<u32> {
+    let mut unique: Vec<u32> = uses.iter().flat_map(|u| u.iter().copied()).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    for rows in uses.iter_mut() {
+        for r in rows.iter_mut() {
+            // Present by construction: `unique` holds every row of `uses`.
+            *r = unique.partition_point(|&u| u < *r) as u32;
+        }
+    }
+    unique
+}
+
 impl FeatureInput {
     /// Embedding tables start at `U(-0.05, 0.05)`: candle's N(0, 1) default is
     /// far too large for recommender embeddings. Tables are drawn in a fixed
@@ -339,47 +417,46 @@ impl FeatureInput {
     /// embedding start as before they existed).
     pub fn new(spec: &FeatureSpec, pb: &ParamBuilder) -> Result<Self> {
         spec.check()?;
+        let init = Init::Uniform { lo: -0.05, hi: 0.05 };
+        let mut tables = Vec::new();
+        let mut add_table = |pb: &ParamBuilder, name: &str, rows: usize, dim: usize| -> Result<usize> {
+            let var = pb.table(name, rows, dim, init)?;
+            tables.push(Table {
+                name: pb.path(name),
+                var,
+                rows,
+                dim,
+            });
+            Ok(tables.len() - 1)
+        };
         let mut by_dim: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, f) in spec.sparse.iter().enumerate() {
             by_dim.entry(f.dim).or_default().push(i);
         }
-        let dev = pb.device();
         let mut groups = Vec::new();
         let mut field_slots = vec![(0, 0); spec.sparse.len()];
         for (dim, fields) in by_dim {
             let mut offsets = Vec::with_capacity(fields.len());
-            let mut rows = 0u32;
+            let mut rows = 0usize;
             for (pos, &i) in fields.iter().enumerate() {
-                offsets.push(rows);
-                rows += spec.sparse[i].vocab as u32;
+                offsets.push(u32::try_from(rows).map_err(|_| too_many_rows(dim))?);
+                rows += spec.sparse[i].vocab;
                 field_slots[i] = (groups.len(), pos);
             }
-            let table = pb.pp("embedding").get(
-                &format!("dim{dim}"),
-                &[rows as usize, dim],
-                Init::Uniform { lo: -0.05, hi: 0.05 },
-            )?;
-            let identity = fields.iter().enumerate().all(|(k, &i)| k == i) && fields.len() == spec.sparse.len();
-            let cols: Vec<u32> = fields.iter().map(|&i| i as u32).collect();
-            let kept: Vec<u32> = fields
+            u32::try_from(rows).map_err(|_| too_many_rows(dim))?;
+            let table = add_table(&pb.pp("embedding"), &format!("dim{dim}"), rows, dim)?;
+            let kept = fields
                 .iter()
                 .enumerate()
                 .filter(|(_, &i)| spec.in_input(&spec.sparse[i].name))
-                .map(|(pos, _)| pos as u32)
+                .map(|(pos, _)| pos)
                 .collect();
-            let keep = if kept.len() == fields.len() {
-                None
-            } else {
-                Some((Tensor::new(kept.as_slice(), dev)?, kept.len()))
-            };
             groups.push(Group {
-                columns: Tensor::new(cols.as_slice(), dev)?,
-                offsets: Tensor::new(offsets.as_slice(), dev)?.unsqueeze(0)?,
-                host_offsets: offsets,
                 table,
+                fields,
+                offsets,
                 dim,
-                identity,
-                keep,
+                kept,
             });
         }
         let mut sequences = Vec::with_capacity(spec.sequences.len());
@@ -394,20 +471,18 @@ impl FeatureInput {
                     })?;
                     let (g, pos) = field_slots[i];
                     SequenceTable {
-                        table: groups[g].table.clone(),
-                        offset: groups[g].host_offsets[pos],
+                        table: groups[g].table,
+                        offset: groups[g].offsets[pos],
                     }
                 }
                 None => SequenceTable {
-                    table: pb
-                        .pp("sequence")
-                        .get(&q.name, &[q.vocab, q.dim], Init::Uniform { lo: -0.05, hi: 0.05 })?,
+                    table: add_table(&pb.pp("sequence"), &q.name, q.vocab, q.dim)?,
                     offset: 0,
                 },
             });
         }
         let domain = match &spec.domain {
-            Some(d) => Some(pb.get("domain", &[d.count, d.dim], Init::Uniform { lo: -0.05, hi: 0.05 })?),
+            Some(d) => Some(add_table(pb, "domain", d.count, d.dim)?),
             None => None,
         };
         let dense_kept: Vec<u32> = spec
@@ -420,10 +495,11 @@ impl FeatureInput {
         let dense_keep = if dense_kept.len() == spec.dense.len() {
             None
         } else {
-            Some(Tensor::new(dense_kept.as_slice(), dev)?)
+            Some(Tensor::new(dense_kept.as_slice(), pb.device())?)
         };
         Ok(Self {
             spec: spec.clone(),
+            tables,
             groups,
             field_slots,
             sequences,
@@ -434,6 +510,12 @@ impl FeatureInput {
 
     pub fn spec(&self) -> &FeatureSpec {
         &self.spec
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        self.tables
+            .first()
+            .map_or(&candle_core::Device::Cpu, |t| t.var.device())
     }
 
     /// The dense columns that enter the input: all of them, or the ones not
@@ -460,55 +542,12 @@ impl FeatureInput {
         }))
     }
 
-    /// One fused op when every sparse field shares one table (one embedding
-    /// width), none is a side feature, and the fused ops are on: the gather,
-    /// the concatenation with the dense features and their backward in one
-    /// (see [`crate::ops::embed_concat`]). `None`: take the plain path.
-    fn forward_fused(&self, inputs: &Inputs) -> Result<Option<Tensor>> {
-        let ([g], Some(ids)) = (self.groups.as_slice(), inputs.sparse.as_ref()) else {
-            return Ok(None);
-        };
-        if g.keep.is_some() || self.dense_keep.is_some() {
-            return Ok(None);
-        }
-        let dense = if self.spec.dense.is_empty() {
-            None
-        } else {
-            inputs.dense.as_ref()
-        };
-        if !g.identity
-            || (dense.is_none() && !self.spec.dense.is_empty())
-            || !crate::ops::embed_fusable(&g.table, dense)
-        {
-            return Ok(None);
-        }
-        let (_, f) = ids.dims2()?;
-        if ids.dtype() != DType::U32
-            || f != self.spec.sparse.len()
-            || dense.is_some_and(|d| d.dim(D::Minus1).ok() != Some(self.spec.dense.len()))
-        {
-            return Ok(None); // the plain path names the mismatch
-        }
-        let mut rows = ids.flatten_all()?.to_vec1::<u32>()?;
-        let offsets = g.offsets.flatten_all()?.to_vec1::<u32>()?;
-        for chunk in rows.chunks_exact_mut(f) {
-            for (id, off) in chunk.iter_mut().zip(&offsets) {
-                // An id past its field's vocabulary is caught by the op's
-                // bounds check (or reads another field's rows, as on the
-                // plain path; `Dataset::new` rules both out).
-                *id = id.saturating_add(*off);
-            }
-        }
-        Ok(Some(crate::ops::embed_concat(&g.table, rows, f, dense)?))
-    }
-
-    /// The sparse embeddings then the dense columns (side features left out).
-    fn forward_flat(&self, inputs: &Inputs) -> Result<Vec<Tensor>> {
-        if let Some(x) = self.forward_fused(inputs)? {
-            return Ok(vec![x]);
-        }
+    /// Every id of the batch as a row of its table, checked against its
+    /// field's vocabulary; when training, the touched rows of each table
+    /// copied into a small variable and the ids mapped into it.
+    fn lookup(&self, inputs: &Inputs, train: bool) -> Result<Lookup> {
         let b = inputs.rows();
-        let mut parts = Vec::with_capacity(self.groups.len() + 1);
+        let mut group_rows = Vec::with_capacity(self.groups.len());
         if !self.groups.is_empty() {
             let ids = inputs
                 .sparse
@@ -521,35 +560,25 @@ impl FeatureInput {
                     self.spec.sparse.len()
                 )));
             }
+            let ids = host_ids(ids, "sparse features")?;
             for g in &self.groups {
-                let cols = if g.identity {
-                    ids.clone()
-                } else {
-                    ids.index_select(&g.columns, 1)?
-                };
-                let cols = match &g.keep {
-                    None => cols,
-                    Some((_, 0)) => continue,
-                    Some((k, _)) => cols.index_select(k, 1)?,
-                };
-                let offsets = match &g.keep {
-                    None => g.offsets.clone(),
-                    Some((k, _)) => g.offsets.index_select(k, 1)?,
-                };
-                let n = cols.dim(1)?;
-                let rows = cols.broadcast_add(&offsets)?.flatten_all()?;
-                let emb = g.table.index_select(&rows, 0)?;
-                parts.push(emb.reshape((b, n * g.dim))?);
+                let mut rows = Vec::with_capacity(b * g.fields.len());
+                for row in ids.chunks_exact(f) {
+                    for (&i, &offset) in g.fields.iter().zip(&g.offsets) {
+                        let field = &self.spec.sparse[i];
+                        let id = row[i];
+                        if id as usize >= field.vocab {
+                            return Err(Error::Input(format!(
+                                "sparse feature `{}`: id {id} is outside its vocabulary of {} ids",
+                                field.name, field.vocab
+                            )));
+                        }
+                        rows.push(id + offset);
+                    }
+                }
+                group_rows.push(rows);
             }
         }
-        if let Some(d) = self.input_dense(inputs)? {
-            parts.push(d.into_owned());
-        }
-        Ok(parts)
-    }
-
-    /// The per-position embeddings and mask of every sequence of the batch.
-    fn sequence_views(&self, inputs: &Inputs) -> Result<Vec<SequenceView>> {
         if inputs.sequences.len() != self.spec.sequences.len() {
             return Err(Error::Input(format!(
                 "the batch has {} sequence columns, the model expects {} ({})",
@@ -563,25 +592,167 @@ impl FeatureInput {
                     .join(", ")
             )));
         }
+        let mut sequence_rows = Vec::with_capacity(self.sequences.len());
+        for ((q, s), t) in self.spec.sequences.iter().zip(&inputs.sequences).zip(&self.sequences) {
+            let (_, l) = s.ids.dims2()?;
+            if l != q.max_len {
+                return Err(Error::Input(format!(
+                    "sequence `{}` has {l} positions in the batch, the model expects {}",
+                    q.name, q.max_len
+                )));
+            }
+            let mut rows = host_ids(&s.ids, "sequence ids")?;
+            for id in &mut rows {
+                if *id as usize >= q.vocab {
+                    return Err(Error::Input(format!(
+                        "sequence `{}`: id {id} is outside its vocabulary of {} ids",
+                        q.name, q.vocab
+                    )));
+                }
+                *id += t.offset;
+            }
+            sequence_rows.push(rows);
+        }
+        let domain_rows = match (&self.domain, &self.spec.domain) {
+            (Some(_), Some(spec)) => {
+                let d = inputs.domains.as_ref().ok_or_else(|| {
+                    Error::Input("the model embeds the domain id, but the batch has no domains".into())
+                })?;
+                if let Some(bad) = d.ids().iter().find(|&&id| id as usize >= spec.count) {
+                    return Err(Error::Input(format!(
+                        "domain id {bad} is outside the domain embedding's {} domains",
+                        spec.count
+                    )));
+                }
+                Some(d.ids().to_vec())
+            }
+            _ => None,
+        };
+        let mut lookup = Lookup {
+            sources: Vec::with_capacity(self.tables.len()),
+            group_rows,
+            sequence_rows,
+            domain_rows,
+            touched: Vec::new(),
+        };
+        for (t, table) in self.tables.iter().enumerate() {
+            if !train {
+                lookup.sources.push(table.var.as_detached_tensor());
+                continue;
+            }
+            let Lookup {
+                group_rows,
+                sequence_rows,
+                domain_rows,
+                ..
+            } = &mut lookup;
+            let mut uses: Vec<&mut Vec<u32>> = Vec::new();
+            uses.extend(
+                group_rows
+                    .iter_mut()
+                    .zip(&self.groups)
+                    .filter(|(_, g)| g.table == t)
+                    .map(|(r, _)| r),
+            );
+            uses.extend(
+                sequence_rows
+                    .iter_mut()
+                    .zip(&self.sequences)
+                    .filter(|(_, s)| s.table == t)
+                    .map(|(r, _)| r),
+            );
+            if self.domain == Some(t) {
+                uses.extend(domain_rows.as_mut());
+            }
+            let rows = unique_rows(&mut uses);
+            let index = Tensor::new(rows.as_slice(), table.var.device())?;
+            // A copy of the touched rows, owned by a fresh variable: the
+            // autograd graph ends there, never at the table.
+            let values = Var::from_tensor(&table.var.as_detached_tensor().index_select(&index, 0)?)?;
+            debug_assert_eq!(values.dims(), [rows.len(), table.dim]);
+            lookup.sources.push(values.as_tensor().clone());
+            lookup.touched.push(TouchedRows {
+                table: table.name.clone(),
+                rows,
+                values,
+            });
+        }
+        Ok(lookup)
+    }
+
+    /// One fused op when every sparse field shares one table (one embedding
+    /// width), none is a side feature, and the fused ops are on: the gather,
+    /// the concatenation with the dense features and their backward in one
+    /// (see [`crate::ops::embed_concat`]). `None`: take the plain path.
+    fn forward_fused(&self, inputs: &Inputs, lookup: &Lookup) -> Result<Option<Tensor>> {
+        let ([g], [rows]) = (self.groups.as_slice(), lookup.group_rows.as_slice()) else {
+            return Ok(None);
+        };
+        if g.kept.len() != g.fields.len() || self.dense_keep.is_some() {
+            return Ok(None);
+        }
+        let dense = if self.spec.dense.is_empty() {
+            None
+        } else {
+            inputs.dense.as_ref()
+        };
+        let table = &lookup.sources[g.table];
+        if (dense.is_none() && !self.spec.dense.is_empty()) || !crate::ops::embed_fusable(table, dense) {
+            return Ok(None);
+        }
+        if dense.is_some_and(|d| d.dim(D::Minus1).ok() != Some(self.spec.dense.len())) {
+            return Ok(None); // the plain path names the mismatch
+        }
+        Ok(Some(crate::ops::embed_concat(
+            table,
+            rows.clone(),
+            g.fields.len(),
+            dense,
+        )?))
+    }
+
+    /// The sparse embeddings then the dense columns (side features left out).
+    fn forward_flat(&self, inputs: &Inputs, lookup: &Lookup) -> Result<Vec<Tensor>> {
+        if let Some(x) = self.forward_fused(inputs, lookup)? {
+            return Ok(vec![x]);
+        }
+        let b = inputs.rows();
+        let mut parts = Vec::with_capacity(self.groups.len() + 1);
+        for (g, rows) in self.groups.iter().zip(&lookup.group_rows) {
+            if g.kept.is_empty() {
+                continue;
+            }
+            let n = g.fields.len();
+            let kept: Vec<u32> = if g.kept.len() == n {
+                rows.clone()
+            } else {
+                rows.chunks_exact(n)
+                    .flat_map(|row| g.kept.iter().map(move |&p| row[p]))
+                    .collect()
+            };
+            let index = Tensor::from_vec(kept, b * g.kept.len(), self.device())?;
+            let emb = lookup.sources[g.table].index_select(&index, 0)?;
+            parts.push(emb.reshape((b, g.kept.len() * g.dim))?);
+        }
+        if let Some(d) = self.input_dense(inputs)? {
+            parts.push(d.into_owned());
+        }
+        Ok(parts)
+    }
+
+    /// The per-position embeddings and mask of every sequence of the batch.
+    fn sequence_views(&self, inputs: &Inputs, lookup: &Lookup) -> Result<Vec<SequenceView>> {
         let b = inputs.rows();
         self.spec
             .sequences
             .iter()
             .zip(&inputs.sequences)
-            .zip(&self.sequences)
-            .map(|((q, s), t)| {
-                let (_, l) = s.ids.dims2()?;
-                if l != q.max_len {
-                    return Err(Error::Input(format!(
-                        "sequence `{}` has {l} positions in the batch, the model expects {}",
-                        q.name, q.max_len
-                    )));
-                }
-                let mut rows = s.ids.flatten_all()?;
-                if t.offset != 0 {
-                    rows = (rows + f64::from(t.offset))?;
-                }
-                let embeddings = t.table.index_select(&rows, 0)?.reshape((b, l, q.dim))?;
+            .zip(self.sequences.iter().zip(&lookup.sequence_rows))
+            .map(|((q, s), (t, rows))| {
+                let index = Tensor::new(rows.as_slice(), self.device())?;
+                let embeddings = lookup.sources[t.table]
+                    .index_select(&index, 0)?
+                    .reshape((b, q.max_len, q.dim))?;
                 Ok(SequenceView {
                     embeddings,
                     mask: s.mask()?,
@@ -590,27 +761,28 @@ impl FeatureInput {
             .collect()
     }
 
-    /// The model input `[B, width]`: sparse embeddings (grouped by width),
-    /// dense columns, pooled sequences, domain embedding.
+    /// The model input `[B, width]` when evaluating: sparse embeddings
+    /// (grouped by width), dense columns, pooled sequences, domain embedding.
     pub fn forward(&self, inputs: &Inputs) -> Result<Tensor> {
-        Ok(self.forward_with_views(inputs)?.0)
+        Ok(self.forward_with_views(inputs, false)?.0)
     }
 
-    /// [`FeatureInput::forward`] and the batch's [`FeatureViews`].
-    pub fn forward_with_views<'a>(&'a self, inputs: &'a Inputs) -> Result<(Tensor, FeatureViews<'a>)> {
-        let mut parts = self.forward_flat(inputs)?;
-        let sequences = self.sequence_views(inputs)?;
+    /// The model input and the batch's [`FeatureViews`]. With `train`, the
+    /// embeddings are read from a copy of the rows the batch touches, whose
+    /// gradients [`FeatureViews::into_touched`] hands over (see
+    /// [`TouchedRows`]); else straight from the tables.
+    pub fn forward_with_views<'a>(&'a self, inputs: &'a Inputs, train: bool) -> Result<(Tensor, FeatureViews<'a>)> {
+        let lookup = self.lookup(inputs, train)?;
+        let mut parts = self.forward_flat(inputs, &lookup)?;
+        let sequences = self.sequence_views(inputs, &lookup)?;
         for ((q, view), s) in self.spec.sequences.iter().zip(&sequences).zip(&inputs.sequences) {
             if self.spec.in_input(&q.name) {
                 parts.push(pool(view, &s.lengths, q.pooling)?);
             }
         }
-        if let Some(table) = &self.domain {
-            let d = inputs
-                .domains
-                .as_ref()
-                .ok_or_else(|| Error::Input("the model embeds the domain id, but the batch has no domains".into()))?;
-            parts.push(table.index_select(d.tensor(), 0)?);
+        if let (Some(t), Some(rows)) = (self.domain, &lookup.domain_rows) {
+            let index = Tensor::new(rows.as_slice(), self.device())?;
+            parts.push(lookup.sources[t].index_select(&index, 0)?);
         }
         let x = match parts.len() {
             0 => return Err(Error::Input("the model has no input features".into())),
@@ -622,8 +794,20 @@ impl FeatureInput {
             FeatureViews {
                 input: self,
                 inputs,
+                lookup,
                 sequences,
             },
         ))
     }
+
+    /// The input layer's tables: name, rows, width.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.tables.iter().map(|t| (t.name.as_str(), t.rows, t.dim))
+    }
+}
+
+fn too_many_rows(dim: usize) -> Error {
+    Error::Input(format!(
+        "the fields of width {dim} have more than 2^32 ids together: give some another embedding width"
+    ))
 }

@@ -27,7 +27,9 @@ pub mod template;
 
 pub use component::{Component, Expert, Fusion, Gate, Layer, Port, Role, Tower};
 pub use error::{Error, Result};
-pub use features::{DomainEmbedding, FeatureSpec, FeatureViews, Pooling, SequenceFeature, SequenceView, SparseFeature};
+pub use features::{
+    DomainEmbedding, FeatureSpec, FeatureViews, Pooling, SequenceFeature, SequenceView, SparseFeature, TouchedRows,
+};
 pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
 pub use inputs::{Domains, ForwardCtx, Inputs, SequenceInput};
 pub use model::{GateRecord, Model, ModelOutput};

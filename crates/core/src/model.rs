@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 
 use crate::component::{Component, Port};
 use crate::error::{Error, Result};
-use crate::features::{FeatureInput, FeatureSpec};
+use crate::features::{FeatureInput, FeatureSpec, TouchedRows};
 use crate::graph::{self, CheckedGraph, GraphEnv, GraphSpec, Source};
 use crate::inputs::{ForwardCtx, Inputs};
 use crate::params::{ParamBuilder, ParamStore};
@@ -37,6 +37,9 @@ pub struct ModelOutput {
     pub outputs: Vec<Tensor>,
     /// Every gate's weights, in evaluation order.
     pub gates: Vec<GateRecord>,
+    /// In training, the embedding-table rows the pass read (their
+    /// gradients are the tables' row-sparse gradients); empty in evaluation.
+    pub touched: Vec<TouchedRows>,
 }
 
 impl ModelOutput {
@@ -57,7 +60,11 @@ impl ModelOutput {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { outputs, gates })
+        Ok(Self {
+            outputs,
+            gates,
+            touched: self.touched,
+        })
     }
 }
 
@@ -197,7 +204,7 @@ impl Model {
     }
 
     fn forward_rows(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
-        let (x, views) = self.features.forward_with_views(inputs)?;
+        let (x, views) = self.features.forward_with_views(inputs, train)?;
         let ctx = ForwardCtx {
             train,
             domains: inputs.domains.as_ref(),
@@ -254,6 +261,10 @@ impl Model {
                 _ => Err(Error::GraphWide("internal: tower produced no value".into())),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ModelOutput { outputs, gates })
+        Ok(ModelOutput {
+            outputs,
+            gates,
+            touched: views.into_touched(),
+        })
     }
 }

@@ -6,12 +6,20 @@
 //! variables are kept sorted by name. Names are the safetensors keys of a
 //! checkpoint: treat them as a stable format. Asking for a name twice is an
 //! error, never a silent weight share.
+//!
+//! Embedding tables are a third kind, beside trainable variables and
+//! buffers: trainable, but row-sparse. They never enter candle's autograd
+//! graph whole: a training pass reads the rows its batch touches into a
+//! small variable (`crate::features`), and the trainer updates just those
+//! rows. [`ParamStore::vars`] therefore lists the dense variables only, so
+//! that nothing on the training path (dense optimizer, clipping, the
+//! balancers) does work proportional to a table.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -42,6 +50,8 @@ struct Inner {
     vars: BTreeMap<String, Var>,
     /// State that is saved but not trained (e.g. moving averages).
     buffers: BTreeMap<String, Var>,
+    /// Row-sparse trainable embedding tables `[rows, dim]`.
+    tables: BTreeMap<String, Var>,
 }
 
 /// All parameters of one model.
@@ -56,6 +66,7 @@ impl std::fmt::Debug for ParamStore {
         f.debug_struct("ParamStore")
             .field("vars", &g.vars.len())
             .field("buffers", &g.buffers.len())
+            .field("tables", &g.tables.len())
             .finish()
     }
 }
@@ -71,9 +82,31 @@ impl ParamStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Trainable variables, sorted by name.
+    /// Dense trainable variables (embedding tables excluded: see
+    /// [`ParamStore::tables`]), sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.lock().vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Row-sparse embedding tables `[rows, dim]`, sorted by name: trained
+    /// through the rows a batch touches (`crate::TouchedRows`).
+    pub fn tables(&self) -> Vec<(String, Var)> {
+        self.lock().tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every variable, table and buffer, sorted by name: the weights a
+    /// checkpoint or a best-epoch snapshot holds.
+    pub fn all(&self) -> Vec<(String, Var)> {
+        let g = self.lock();
+        let mut all: Vec<(String, Var)> = g
+            .vars
+            .iter()
+            .chain(g.tables.iter())
+            .chain(g.buffers.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Non-trainable saved state, sorted by name.
@@ -85,18 +118,17 @@ impl ParamStore {
             .collect()
     }
 
-    /// Number of trainable scalars.
+    /// Number of trainable scalars (embedding tables included).
     pub fn parameter_count(&self) -> usize {
-        self.lock().vars.values().map(|v| v.elem_count()).sum()
+        let g = self.lock();
+        g.vars.values().chain(g.tables.values()).map(|v| v.elem_count()).sum()
     }
 
-    /// Every variable and buffer by name, as saved in a checkpoint.
+    /// Every variable, table and buffer by name, as saved in a checkpoint.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        let g = self.lock();
-        g.vars
-            .iter()
-            .chain(g.buffers.iter())
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        self.all()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect()
     }
 
@@ -118,7 +150,7 @@ impl ParamStore {
         };
         let loaded = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
         let g = self.lock();
-        let all: BTreeMap<&String, &Var> = g.vars.iter().chain(g.buffers.iter()).collect();
+        let all: BTreeMap<&String, &Var> = g.vars.iter().chain(g.tables.iter()).chain(g.buffers.iter()).collect();
         if let Some(extra) = loaded.keys().find(|k| !all.contains_key(k)) {
             return Err(bad(format!(
                 "holds `{extra}`, which this model does not have: it was written by another model or config"
@@ -139,6 +171,14 @@ impl ParamStore {
         }
         Ok(())
     }
+}
+
+/// Which map of the store a new parameter joins.
+#[derive(Clone, Copy)]
+enum Kind {
+    Var,
+    Buffer,
+    Table,
 }
 
 /// Hands out parameters under a name prefix, drawing initial values from a
@@ -182,7 +222,7 @@ impl ParamBuilder {
         &self.store
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
         } else {
@@ -190,7 +230,10 @@ impl ParamBuilder {
         }
     }
 
-    fn draw(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+    /// The initial values, drawn in order. Returned as a `Vec` so that the
+    /// variable owns them without a copy (a table of millions of rows would
+    /// otherwise exist twice while being built).
+    fn draw(&self, shape: &[usize], init: Init) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
@@ -213,34 +256,44 @@ impl ParamBuilder {
                 (0..n).map(|_| dist.sample(&mut *rng) as f32).collect()
             }
         };
-        Ok(Tensor::from_vec(values, shape, &self.device)?.to_dtype(DType::F32)?)
+        Ok(values)
     }
 
-    fn insert(&self, name: &str, shape: &[usize], init: Init, buffer: bool) -> Result<Var> {
+    fn insert(&self, name: &str, shape: &[usize], init: Init, kind: Kind) -> Result<Var> {
         let path = self.path(name);
-        let t = self.draw(shape, init)?;
+        let values = self.draw(shape, init)?;
         let mut g = self.store.lock();
-        if g.vars.contains_key(&path) || g.buffers.contains_key(&path) {
+        if g.vars.contains_key(&path) || g.buffers.contains_key(&path) || g.tables.contains_key(&path) {
             return Err(Error::graph(
                 path,
                 "parameter name used twice: two components share a prefix",
             ));
         }
-        let var = Var::from_tensor(&t)?;
-        let map = if buffer { &mut g.buffers } else { &mut g.vars };
+        let var = Var::from_vec(values, shape, &self.device)?;
+        let map = match kind {
+            Kind::Var => &mut g.vars,
+            Kind::Buffer => &mut g.buffers,
+            Kind::Table => &mut g.tables,
+        };
         map.insert(path, var.clone());
         Ok(var)
     }
 
     /// A new trainable parameter `prefix.name`.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        Ok(self.insert(name, shape, init, false)?.as_tensor().clone())
+        Ok(self.insert(name, shape, init, Kind::Var)?.as_tensor().clone())
     }
 
     /// A new saved, non-trainable buffer `prefix.name` (e.g. a moving average),
     /// returned as a `Var` so that the forward pass can update it.
     pub fn buffer(&self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
-        self.insert(name, shape, init, true)
+        self.insert(name, shape, init, Kind::Buffer)
+    }
+
+    /// A new row-sparse embedding table `prefix.name` of shape `[rows, dim]`:
+    /// trained only through the rows a batch reads (see [`ParamStore::tables`]).
+    pub fn table(&self, name: &str, rows: usize, dim: usize, init: Init) -> Result<Var> {
+        self.insert(name, &[rows, dim], init, Kind::Table)
     }
 }
 

@@ -11,7 +11,7 @@ use mtrec_core::{
 };
 
 fn set(store: &ParamStore, name: &str, values: &[f32]) {
-    let (_, v) = store.vars().into_iter().find(|(n, _)| n == name).unwrap();
+    let (_, v) = store.all().into_iter().find(|(n, _)| n == name).unwrap();
     v.set(&Tensor::from_vec(values.to_vec(), v.dims(), &Device::Cpu).unwrap())
         .unwrap();
 }
@@ -87,10 +87,11 @@ fn shared_table_side_features_and_views() {
     let store = ParamStore::new();
     let input = FeatureInput::new(&sp, &ParamBuilder::new(&store, 1, &Device::Cpu).pp("features")).unwrap();
     // One table: the sequence has no table of its own.
-    assert_eq!(store.vars().len(), 1);
+    assert_eq!(store.tables().len(), 1);
+    assert!(store.vars().is_empty(), "tables are not dense variables");
     set(&store, "features.embedding.dim2", &TABLE);
     let inp = inputs(1);
-    let (x, views) = input.forward_with_views(&inp).unwrap();
+    let (x, views) = input.forward_with_views(&inp, false).unwrap();
     let x = x.to_vec2::<f32>().unwrap();
     assert_eq!(x[0], [1.0, -1.0, 4.0, -4.0]);
     assert_eq!(x[1], [2.0, -2.0, 0.0, 0.0]);

@@ -29,7 +29,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
-use mtrec_core::{loss, Model};
+use mtrec_core::{loss, Model, TouchedRows};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
-use crate::optim::{Adam, AdamConfig};
+use crate::optim::{Adam, AdamConfig, Optimizer};
 use crate::trainer::{EpochLog, TrainConfig};
 
 fn two() -> f64 {
@@ -177,8 +177,10 @@ impl PairConflict {
     }
 }
 
-/// Each task's masked loss on a batch (task order), as tensors on the graph.
-pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<Vec<Tensor>> {
+/// Each task's masked loss on a batch (task order), as tensors on the graph,
+/// and the embedding-table rows the pass read (whose copies' gradients are
+/// the tables' row-sparse gradients).
+pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<(Vec<Tensor>, Vec<TouchedRows>)> {
     let out = model.forward(&batch.inputs, true)?;
     let mut losses = Vec::with_capacity(out.outputs.len());
     for (k, (task, o)) in model.tasks().iter().zip(&out.outputs).enumerate() {
@@ -189,7 +191,7 @@ pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<Vec<Tenso
     if losses.is_empty() {
         return Err(TrainError::Config("the model has no task".into()));
     }
-    Ok(losses)
+    Ok((losses, out.touched))
 }
 
 /// Kendall et al.'s objective `sum_k exp(-s_k) L_k / 2 + s_k / 2` for
@@ -644,7 +646,9 @@ impl Balancer {
         Ok(())
     }
 
-    /// One backward pass per task; the shared set is fixed on the first call.
+    /// One backward pass per task; the shared set of dense variables is
+    /// fixed on the first call (table rows are judged per batch, see
+    /// [`Balancer::step`]).
     fn per_task(&mut self, model: &Model, losses: &[Tensor]) -> Result<Vec<GradStore>> {
         let stores = losses.iter().map(|l| Ok(l.backward()?)).collect::<Result<Vec<_>>>()?;
         if self.shared.is_none() {
@@ -662,11 +666,11 @@ impl Balancer {
     pub fn step(
         &mut self,
         model: &Model,
-        opt: &mut Adam,
+        opt: &mut Optimizer,
         batch: &mtrec_data::Batch,
         clip: Option<f64>,
     ) -> Result<Vec<f64>> {
-        let losses = task_losses(model, batch)?;
+        let (losses, touched) = task_losses(model, batch)?;
         let values = crate::trainer::loss_values(&losses)?;
         let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
         self.batch_in_epoch += 1;
@@ -676,7 +680,13 @@ impl Balancer {
         } else {
             None
         };
-        let shared = self.shared.clone().unwrap_or_default();
+        let mut shared = self.shared.clone().unwrap_or_default();
+        if let Some(stores) = &stores {
+            // The copies of this batch's touched table rows are shared when
+            // two tasks' losses reach them (only these rows, never a table).
+            let rows: Vec<(String, Var)> = touched.iter().map(|t| (t.table.clone(), t.values.clone())).collect();
+            shared.extend(shared_vars(&rows, stores));
+        }
         let flat = match &stores {
             // No shared parameter (e.g. single-task models): nothing to compare or project.
             Some(s) if !shared.is_empty() && (sample || matches!(self.state, State::PcGrad)) => {
@@ -689,7 +699,7 @@ impl Balancer {
                 self.record(f)?;
             }
         }
-        let vars = model.params().vars();
+        let vars = crate::trainer::step_vars(model, &touched);
         let mut grads = match &mut self.state {
             State::Fixed => weighted_backward(&losses, &self.fixed)?,
             State::Dwa { weights, .. } => weighted_backward(&losses, weights)?,
@@ -718,7 +728,7 @@ impl Balancer {
                 let (mut store, _) = combine(stores, &vars, &self.fixed)?;
                 let Some(flat) = flat else {
                     // Nothing shared: PCGrad is the plain weighted sum.
-                    return finish(store, opt, &vars, clip, values);
+                    return finish(store, opt, &vars, &touched, clip, values);
                 };
                 let weighted = flat
                     .iter()
@@ -742,7 +752,7 @@ impl Balancer {
         if let Some(max) = clip {
             clip_grad_norm(&mut grads, &vars, max)?;
         }
-        opt.step(&grads)?;
+        opt.step(&grads, &touched)?;
         if let State::Uncertainty { opt: s_opt, .. } = &mut self.state {
             s_opt.step(&grads)?;
         }
@@ -752,15 +762,16 @@ impl Balancer {
 
 fn finish(
     mut grads: GradStore,
-    opt: &mut Adam,
+    opt: &mut Optimizer,
     vars: &[(String, Var)],
+    touched: &[TouchedRows],
     clip: Option<f64>,
     values: Vec<f64>,
 ) -> Result<Vec<f64>> {
     if let Some(max) = clip {
         clip_grad_norm(&mut grads, vars, max)?;
     }
-    opt.step(&grads)?;
+    opt.step(&grads, touched)?;
     Ok(values)
 }
 

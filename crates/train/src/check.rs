@@ -12,9 +12,9 @@ use crate::balance::{Balancer, BalancerConfig};
 use crate::error::Result;
 use crate::trainer::{optimizer, TrainConfig};
 
-/// Takes one Adam step on `batch` (every task weighted 1) and returns the
-/// names of the trainable variables that did not change. Empty means every
-/// weight receives a gradient.
+/// Takes one optimizer step on `batch` (every task weighted 1) and returns
+/// the names of the trainable variables and embedding tables that did not
+/// change. Empty means every weight receives a gradient.
 pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<String>> {
     unchanged_after_one_step_with(model, batch, &BalancerConfig::Fixed)
 }
@@ -25,6 +25,7 @@ pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &Ba
         m.params()
             .vars()
             .into_iter()
+            .chain(m.params().tables())
             .map(|(n, v)| Ok((n, v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
             .collect()
     };

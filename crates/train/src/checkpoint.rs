@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::Balancer;
 use crate::error::{Result, TrainError};
-use crate::optim::Adam;
+use crate::optim::Optimizer;
 use crate::trainer::EpochLog;
 
 /// What `state.json` holds.
@@ -78,7 +78,7 @@ impl Checkpointer {
     pub fn save(
         &self,
         model: &Model,
-        opt: &Adam,
+        opt: &Optimizer,
         balancer: &Balancer,
         best: &[(String, Tensor)],
         state: &TrainState,
@@ -130,7 +130,7 @@ impl Checkpointer {
     /// returning the history and the best weights. Strict: a checkpoint
     /// written by another model or another balancer is an error naming the
     /// mismatch.
-    pub fn load(&self, model: &Model, opt: &mut Adam, balancer: &mut Balancer) -> Result<Resumed> {
+    pub fn load(&self, model: &Model, opt: &mut Optimizer, balancer: &mut Balancer) -> Result<Resumed> {
         let path = self.state_path();
         let bad = |message: String| TrainError::Checkpoint {
             path: path.clone(),
@@ -187,13 +187,7 @@ impl Checkpointer {
         })?;
         let mut best: Vec<(String, Tensor)> = best.into_iter().collect();
         best.sort_by(|a, b| a.0.cmp(&b.0));
-        let known: std::collections::BTreeSet<String> = model
-            .params()
-            .vars()
-            .into_iter()
-            .chain(model.params().buffers())
-            .map(|(n, _)| n)
-            .collect();
+        let known: std::collections::BTreeSet<String> = model.params().all().into_iter().map(|(n, _)| n).collect();
         if let Some((n, _)) = best.iter().find(|(n, _)| !known.contains(n)) {
             return Err(TrainError::Checkpoint {
                 path: best_path,

@@ -1,5 +1,7 @@
 //! mtrec training: the loop with early stopping, a resumable one-pass
-//! Adam(W), global-norm gradient clipping, evaluation metrics and the run report.
+//! Adam(W) for dense weights and row-sparse optimizers (lazy Adam, row-wise
+//! Adagrad, SGD) for embedding tables, global-norm gradient clipping,
+//! evaluation metrics and the run report.
 pub mod balance;
 pub mod check;
 pub mod checkpoint;
@@ -20,7 +22,7 @@ pub use evaluate::{
     TaskResult,
 };
 pub use metrics::{auc, logloss, mse, TaskMetrics};
-pub use optim::{Adam, AdamConfig};
+pub use optim::{Adam, AdamConfig, Optimizer, TableOptimizer, TableOptimizerConfig};
 pub use report::{domain_table, metrics_table, Report, SplitRows};
 pub use trainer::{
     epoch_seed, optimizer, train, train_on, train_step, train_with, BatchProgress, EpochLog, InMemory, Streamed,

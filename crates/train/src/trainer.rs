@@ -15,7 +15,7 @@ use crate::checkpoint::{Checkpointer, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate, evaluate_batches, Evaluation};
-use crate::optim::{Adam, AdamConfig};
+use crate::optim::{AdamConfig, Optimizer, TableOptimizerConfig};
 
 /// The `[train]` section of a config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -48,6 +48,14 @@ pub struct TrainConfig {
     /// Every this many batches of an epoch, record the cosine between the
     /// tasks' gradients on the shared parameters; 0 disables.
     pub conflict_every: usize,
+    /// How every embedding table is trained (row-sparse: only the rows a
+    /// batch touches); default lazy Adam with `lr`. `lr`, `weight_decay` and
+    /// `decoupled_weight_decay` above apply to the dense weights only.
+    pub embedding_optimizer: TableOptimizerConfig,
+    /// Per embedding table, by its parameter name (`features.embedding.dim16`,
+    /// `features.sequence.<name>`, `features.domain`): another optimizer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_optimizers: BTreeMap<String, TableOptimizerConfig>,
 }
 
 impl Default for TrainConfig {
@@ -65,6 +73,8 @@ impl Default for TrainConfig {
             task_weights: BTreeMap::new(),
             balancer: BalancerConfig::Fixed,
             conflict_every: 50,
+            embedding_optimizer: TableOptimizerConfig::default(),
+            table_optimizers: BTreeMap::new(),
         }
     }
 }
@@ -96,6 +106,14 @@ impl TrainConfig {
             }
             if !(w.is_finite() && *w >= 0.0) {
                 return bad("task_weights", format!("weight of `{name}` must be >= 0, got {w}"));
+            }
+        }
+        if let Err(msg) = self.embedding_optimizer.validate() {
+            return bad("embedding_optimizer", msg);
+        }
+        for (table, o) in &self.table_optimizers {
+            if let Err(msg) = o.validate() {
+                return bad("table_optimizers", format!("`{table}`: {msg}"));
             }
         }
         let has_weights = self.task_weights.values().any(|w| *w != 1.0);
@@ -148,30 +166,40 @@ pub(crate) fn loss_values(losses: &[Tensor]) -> Result<Vec<f64>> {
 
 pub fn train_step(
     model: &Model,
-    opt: &mut Adam,
+    opt: &mut Optimizer,
     batch: &mtrec_data::Batch,
     weights: &[f64],
     clip: Option<f64>,
 ) -> Result<Vec<f64>> {
-    let losses = task_losses(model, batch)?;
+    let (losses, touched) = task_losses(model, batch)?;
     let values = loss_values(&losses)?;
     let mut grads = weighted_backward(&losses, weights)?;
     if let Some(max) = clip {
-        clip_grad_norm(&mut grads, &model.params().vars(), max)?;
+        clip_grad_norm(&mut grads, &step_vars(model, &touched), max)?;
     }
-    opt.step(&grads)?;
+    opt.step(&grads, &touched)?;
     Ok(values)
 }
 
-/// Builds the optimizer for a model and a config.
-pub fn optimizer(model: &Model, cfg: &TrainConfig) -> Result<Adam> {
+/// The variables one step's gradients are for: the model's dense variables
+/// and the copies of the table rows the batch touched (named by table).
+pub(crate) fn step_vars(model: &Model, touched: &[mtrec_core::TouchedRows]) -> Vec<(String, candle_core::Var)> {
+    let mut vars = model.params().vars();
+    vars.extend(touched.iter().map(|t| (t.table.clone(), t.values.clone())));
+    vars
+}
+
+/// Builds the optimizers for a model and a config: Adam(W) for the dense
+/// variables, `[train] embedding_optimizer` / `table_optimizers` for the
+/// embedding tables.
+pub fn optimizer(model: &Model, cfg: &TrainConfig) -> Result<Optimizer> {
     let acfg = AdamConfig {
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
         decoupled: cfg.decoupled_weight_decay,
         ..AdamConfig::default()
     };
-    Adam::new(model.params().vars(), acfg)
+    Optimizer::new(model, acfg, &cfg.embedding_optimizer, &cfg.table_optimizers)
 }
 
 /// Progress within an epoch, for progress bars.
@@ -333,14 +361,13 @@ pub fn train(
 }
 
 fn snapshot(model: &Model) -> Result<Vec<(String, Tensor)>> {
-    // A deep copy: the optimizer updates the variables in place. Buffers
-    // too (e.g. normalization moving averages, updated in place by training
-    // forwards): they belong to these weights.
+    // A deep copy: the optimizers update variables and tables in place.
+    // Buffers too (e.g. normalization moving averages, updated in place by
+    // training forwards): they belong to these weights.
     model
         .params()
-        .vars()
+        .all()
         .into_iter()
-        .chain(model.params().buffers())
         .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
         .collect()
 }
@@ -364,8 +391,8 @@ pub fn train_with(
 /// through the balancer's step (losses, backward, clipping, Adam), then the
 /// validation metrics decide early stopping and the best weights; a
 /// checkpoint is saved after every epoch. Resuming restarts at the epoch
-/// after the checkpoint's (weights, Adam state, best weights and history
-/// restored; see [`Checkpointer`]).
+/// after the checkpoint's (weights, optimizer state, best weights and
+/// history restored; see [`Checkpointer`]).
 pub fn train_on(
     model: &Model,
     source: &dyn TrainSource,
@@ -469,12 +496,7 @@ pub fn train_on(
     }
     let mut best_epoch = history.len();
     if let Some((_, epoch, snapshot)) = best {
-        let vars: BTreeMap<String, candle_core::Var> = model
-            .params()
-            .vars()
-            .into_iter()
-            .chain(model.params().buffers())
-            .collect();
+        let vars: BTreeMap<String, candle_core::Var> = model.params().all().into_iter().collect();
         for (name, t) in snapshot {
             if let Some(v) = vars.get(&name) {
                 v.set(&t)?;

@@ -232,7 +232,7 @@ fn empty_history_is_finite_and_pools_to_zero_interest() {
         mtrec_core::Component::Layer(l) => l,
         _ => panic!("sar-behaviour is a layer"),
     };
-    let (x, views) = input.forward_with_views(&inputs).unwrap();
+    let (x, views) = input.forward_with_views(&inputs, false).unwrap();
     let ctx = mtrec_core::ForwardCtx::eval()
         .with_domains(inputs.domains.as_ref())
         .with_features(Some(&views));

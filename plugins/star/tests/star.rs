@@ -52,9 +52,8 @@ fn layer(kind: &str, node: NodeSpec, width: usize, domains: usize) -> (Box<dyn L
 
 fn var(store: &ParamStore, name: &str) -> Var {
     store
-        .vars()
+        .all()
         .into_iter()
-        .chain(store.buffers())
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("no `{name}`"))
         .1
@@ -302,9 +301,8 @@ fn star(data: &Dataset, seed: u64) -> Model {
 
 fn snapshot(m: &Model) -> BTreeMap<String, Vec<f32>> {
     m.params()
-        .vars()
+        .all()
         .into_iter()
-        .chain(m.params().buffers())
         .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
         .collect()
 }

@@ -390,14 +390,14 @@ fn is_host_f32(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu()
 }
 
-fn step_tensor(step: u64) -> Result<Tensor> {
+pub(super) fn step_tensor(step: u64) -> Result<Tensor> {
     let step =
         i64::try_from(step).map_err(|_| TrainError::Invalid(format!("step count {step} does not fit in i64")))?;
     Ok(Tensor::new(step, &Device::Cpu)?)
 }
 
 /// A non-negative integer scalar.
-fn read_step(t: &Tensor) -> std::result::Result<u64, String> {
+pub(super) fn read_step(t: &Tensor) -> std::result::Result<u64, String> {
     if t.rank() != 0 {
         return Err(format!("expected a scalar, found shape {:?}", t.dims()));
     }
@@ -428,7 +428,7 @@ fn check_values(t: &Tensor, second_moment: bool) -> std::result::Result<(), Stri
 
 /// The scalars of one update, in f64 as PyTorch computes them in Python.
 #[derive(Debug, Clone, Copy)]
-struct Coeffs {
+pub(super) struct Coeffs {
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -443,7 +443,7 @@ struct Coeffs {
 }
 
 impl Coeffs {
-    fn new(c: &AdamConfig, t: u64) -> Self {
+    pub(super) fn new(c: &AdamConfig, t: u64) -> Self {
         let t = t as f64;
         let bc1 = 1.0 - c.beta1.powf(t);
         let bc2 = 1.0 - c.beta2.powf(t);
@@ -504,7 +504,7 @@ impl Slot {
 /// [`Coeffs`] rounded to f32 once per variable, as PyTorch casts its Python
 /// scalars to the tensor dtype.
 #[derive(Debug, Clone, Copy)]
-struct F32Coeffs {
+pub(super) struct F32Coeffs {
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
@@ -593,7 +593,7 @@ const PARALLEL_CHUNK: usize = 1 << 14;
 /// One pass over parameter, gradient and moments; branch-free inner loop
 /// (the decay mode is a const parameter) written as zips so it vectorises.
 #[inline(always)]
-fn adam_kernel<const L2: bool, const DECAY: bool>(
+pub(super) fn adam_kernel<const L2: bool, const DECAY: bool>(
     p: &mut [f32],
     g: &[f32],
     m: &mut [f32],
