@@ -561,7 +561,11 @@ impl TaskSpec {
             .collect();
         Err(DataError::TaskName {
             name: name.clone(),
-            suggestion: if suggestion.is_empty() { "task_1".into() } else { suggestion },
+            suggestion: if suggestion.is_empty() {
+                "task_1".into()
+            } else {
+                suggestion
+            },
         })
     }
 }

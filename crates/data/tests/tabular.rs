@@ -489,7 +489,7 @@ label = "click"
         [-1.0 / sd, 0.0, 0.0, 5.0],
         [0.0, 1.0 / 3.0, -(6.0f32.ln()), 5.0],      // c missing -> -5 -> -ln(1 + 5)
         [1.0 / sd, 2.0 / 3.0, -(6.0f32.ln()), 5.0], // NaN is missing
-        [0.0, 1.0, 3.0f32.ln(), 5.0],    // a missing -> mean 2 -> 0
+        [0.0, 1.0, 3.0f32.ln(), 5.0],               // a missing -> mean 2 -> 0
     ];
     for (r, row) in expect.iter().enumerate() {
         for (k, want) in row.iter().enumerate() {
@@ -576,7 +576,12 @@ fn task_names_allow_what_node_ids_allow() {
     for ok in ["click", "ctr-1_b", "A9"] {
         task(ok).check_name().unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    for (bad, suggestion) in [("my task", "my_task"), ("clické", "click_"), ("a.b", "a_b"), ("", "task_1")] {
+    for (bad, suggestion) in [
+        ("my task", "my_task"),
+        ("clické", "click_"),
+        ("a.b", "a_b"),
+        ("", "task_1"),
+    ] {
         let e = task(bad).check_name().expect_err(bad);
         assert!(matches!(&e, DataError::TaskName { name, .. } if name == bad), "{e:?}");
         let msg = e.to_string();
@@ -593,12 +598,19 @@ fn task_names_allow_what_node_ids_allow() {
 #[test]
 fn label_counts_per_task() {
     let dir = TempDir::new("label-counts");
-    dir.write("train.csv", "city,age,click\nparis,30,1\nrome,40,0\nparis,50,1\nnice,1,?\n");
+    dir.write(
+        "train.csv",
+        "city,age,click\nparis,30,1\nrome,40,0\nparis,50,1\nnice,1,?\n",
+    );
     let (schema, tasks) = config(BASIC);
     let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
     let d = pre.load_file(&dir.0.join("train.csv")).expect("load");
     let all = d.label_counts(None).expect("all");
-    assert_eq!((all[0].labelled, all[0].positives), (3, 2), "the missing label is not labelled");
+    assert_eq!(
+        (all[0].labelled, all[0].positives),
+        (3, 2),
+        "the missing label is not labelled"
+    );
     assert!(all[0].both_classes());
     let some = d.label_counts(Some(&[0, 2, 3])).expect("some");
     assert_eq!((some[0].labelled, some[0].positives), (2, 2));

@@ -52,10 +52,10 @@ use mtrec_core::template::tower_id;
 use mtrec_core::{ArchRegistration, Architecture, Error, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
 use serde::{Deserialize, Serialize};
 
-pub use norm::MIN_GROUP_ROWS;
 pub use fcn::{StarFcn, StarLinear, StarStack};
 pub use groups::DomainGroups;
 pub use norm::PartitionedNorm;
+pub use norm::MIN_GROUP_ROWS;
 pub use tower::{AuxNet, StarTower};
 
 /// The component kinds of this crate that normalise with batch statistics

@@ -233,15 +233,31 @@ fn one_row_group_normalises_with_moving_statistics_and_leaves_them_untouched() {
             2.0 * 1.0 / (0.25 + EPS).sqrt() - 1.2,
         ];
         for j in 0..2 {
-            assert!(close(f64::from(y[1][j]), want[j], 1e-6), "fused {fused}: y[1][{j}] = {}", y[1][j]);
+            assert!(
+                close(f64::from(y[1][j]), want[j], 1e-6),
+                "fused {fused}: y[1][{j}] = {}",
+                y[1][j]
+            );
         }
         assert!((want[0] - 19.1).abs() < 1e-3 && (want[1] - 2.8).abs() < 1e-3);
         // d(sum y)/dx of that row = scale / sqrt(Var_1 + eps): (3, 4), not 0.
-        assert!(close(f64::from(dx[1][0]), 6.0 / (4.0 + EPS).sqrt(), 1e-5), "{:?}", dx[1]);
-        assert!(close(f64::from(dx[1][1]), 2.0 / (0.25 + EPS).sqrt(), 1e-5), "{:?}", dx[1]);
+        assert!(
+            close(f64::from(dx[1][0]), 6.0 / (4.0 + EPS).sqrt(), 1e-5),
+            "{:?}",
+            dx[1]
+        );
+        assert!(
+            close(f64::from(dx[1][1]), 2.0 / (0.25 + EPS).sqrt(), 1e-5),
+            "{:?}",
+            dx[1]
+        );
         // Domain 0 (two rows) used its batch statistics: column 0 {1, 3},
         // mean 2, var 1, z = -1, +1 (eps aside) times 2 plus 0.1.
-        assert!(close(f64::from(y[0][0]), -2.0 / (1.0 + EPS).sqrt() + 0.1, 1e-5), "{}", y[0][0]);
+        assert!(
+            close(f64::from(y[0][0]), -2.0 / (1.0 + EPS).sqrt() + 0.1, 1e-5),
+            "{}",
+            y[0][0]
+        );
         // Moving statistics: domain 0 updated (E = 0.9 * 0.5 + 0.1 * (2, 4)),
         // domain 1 exactly as it was.
         let mean = values(&store, "n.moving_mean");
