@@ -317,3 +317,157 @@ fn run_writes_history_lines_and_plots() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Batch statistics need two rows of a domain: `batch_size = 1` is refused
+/// for STAR (and for a graph config with a `partitioned-norm` node), naming
+/// `[train] batch_size`, its line, the node and the fix; without such a
+/// node batch size 1 trains.
+#[test]
+fn batch_size_one_with_batch_statistics_is_refused() {
+    let star = "[data]\nsource = \"multi-domain-synthetic\"\nrows = 300\n\n[model]\narch = \"star\"\n\n[train]\nepochs = 1\nbatch_size = 1\n";
+    let e = parse_err(star);
+    assert!(
+        e.starts_with("bad.toml: line 10, [train] batch_size: batch_size = 1"),
+        "{e}"
+    );
+    assert!(e.contains("`partitioned-norm`") && e.contains("2 or more"), "{e}");
+    assert!(e.contains("`norm = false`"), "{e}");
+
+    let path = root()
+        .join("configs")
+        .join("examples")
+        .join("mmoe-partitioned-norm.toml");
+    let sets = ["train.batch_size=1".to_string(), "data.rows=300".to_string()];
+    let cfg = config::load(&path, &sets).unwrap();
+    let e = run(&cfg, |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("[train] batch_size") && e.contains("`pn`") && e.contains("2 or more"),
+        "{e}"
+    );
+
+    // No batch statistics, no refusal: STAR without its normalization, and
+    // MMoE, train at batch size 1.
+    for text in [
+        star.replace("arch = \"star\"", "arch = \"star\"\nnorm = false"),
+        SMALL.replace("epochs = 1", "epochs = 1\nbatch_size = 1"),
+    ] {
+        let cfg = parse(&text, Path::new("ok.toml"), &[]).unwrap();
+        let r = run(&cfg, |_| {}).unwrap();
+        assert_eq!(r.report.outcome.history.len(), 1);
+    }
+}
+
+const TASKS_CONFIG: &str = r#"[data]
+source = "csv"
+path = "x.csv"
+dense = ["a"]
+
+[model]
+arch = "mmoe"
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = { column = "c" }
+
+[[tasks]]
+kind = "binary"
+name = "my task"
+label = { column = "d" }
+"#;
+
+/// A task name is checked where it is written: file, line of `name`, the
+/// rule (what node ids allow) and a suggestion; not later through the node
+/// id `tower-<name>` the user never wrote.
+#[test]
+fn task_names_are_checked_at_their_line() {
+    let e = parse_err(TASKS_CONFIG);
+    assert!(
+        e.starts_with("bad.toml: line 16, [[tasks]] #2 `name`: task name `my task`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("ASCII letters, digits, `_` and `-`") && e.contains("e.g. `my_task`"),
+        "{e}"
+    );
+    assert!(!e.contains("tower-my task"), "{e}");
+    let e = parse_err(&TASKS_CONFIG.replace("my task", "clické"));
+    assert!(e.contains("line 16") && e.contains("task name `clické`"), "{e}");
+    // Through --set, no line to name, still the rule.
+    let e = parse(
+        &TASKS_CONFIG.replace("my task", "ok"),
+        Path::new("bad.toml"),
+        &["tasks=[{ name = \"a b\", kind = \"binary\", label = { column = \"c\" } }]".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[[tasks]] #1 `name`: task name `a b`"), "{e}");
+    parse(&TASKS_CONFIG.replace("my task", "like-2_b"), Path::new("ok.toml"), &[]).unwrap();
+}
+
+/// A tabular config over `dir` (given as --data-dir), binary `click` and,
+/// with `regression`, a regression task `spend`.
+fn tabular(dir: &Path, regression: bool) -> config::LoadedConfig {
+    let mut text = String::from(
+        "[data]\nsource = \"csv\"\ntrain = \"train.csv\"\nvalid = \"valid.csv\"\ntest = \"test.csv\"\n\
+         dense = [{ name = \"age\", scaling = \"log\" }]\n\n[model]\narch = \"mmoe\"\nexperts = 2\n\n\
+         [train]\nepochs = 2\nbatch_size = 16\n\n[[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n",
+    );
+    if regression {
+        text.push_str("\n[[tasks]]\nname = \"spend\"\nkind = \"regression\"\nlabel = \"spend\"\n");
+    } else {
+        text = text.replace("dense = [", "ignore = [\"spend\"]\ndense = [");
+    }
+    let mut cfg = parse(&text, &dir.join("config.toml"), &[]).unwrap();
+    cfg.data_dir = Some(dir.to_path_buf());
+    cfg
+}
+
+fn write_rows(path: &Path, rows: usize, click: impl Fn(usize) -> u8) {
+    let mut s = String::from("age,click,spend\n");
+    for r in 0..rows {
+        s.push_str(&format!("{},{},{}\n", 20 + r % 50, click(r), r % 7));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// Validation rows of one class only: no task has a metric, and the run says
+/// so before training instead of early-stopping on -infinity; with a
+/// regression task beside it, the run goes on (early stopping follows that
+/// task).
+#[test]
+fn undefined_validation_metrics_are_an_error_before_training() {
+    mtrec_runner::link_builtin_plugins();
+    let dir = std::env::temp_dir().join(format!("mtrec-undefined-valid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_rows(&dir.join("train.csv"), 200, |r| u8::from(r % 3 == 0));
+    write_rows(&dir.join("valid.csv"), 40, |_| 0);
+    write_rows(&dir.join("test.csv"), 40, |r| u8::from(r % 2 == 0));
+    let mut epochs = 0;
+    let e = run(&tabular(&dir, false), |_| epochs += 1).unwrap_err();
+    assert!(matches!(e, mtrec_runner::RunError::NoValidationMetric { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("config.toml: no validation metric is defined"), "{e}");
+    assert!(
+        e.contains("task `click`'s 40 labelled validation rows are all of class 0"),
+        "{e}"
+    );
+    assert!(e.contains("split_seed"), "the fix: {e}");
+    assert_eq!(epochs, 0, "refused before training");
+
+    let r = run(&tabular(&dir, true), |_| {}).unwrap();
+    assert!(r.report.valid.tasks[0].metrics.auc.is_none());
+    assert!(r.report.outcome.history.iter().all(|h| h.valid_score.is_finite()));
+
+    // `log` of a negative value: the file, line and column.
+    write_rows(&dir.join("valid.csv"), 40, |r| u8::from(r % 2 == 0));
+    let text = std::fs::read_to_string(dir.join("valid.csv"))
+        .unwrap()
+        .replace("\n21,", "\n-21,");
+    std::fs::write(dir.join("valid.csv"), text).unwrap();
+    let e = run(&tabular(&dir, false), |_| {}).unwrap_err().to_string();
+    assert!(e.contains("valid.csv: line 3, column `age`: -21 is negative"), "{e}");
+    assert!(e.contains("signed-log"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

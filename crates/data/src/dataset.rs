@@ -84,6 +84,29 @@ pub struct Dataset {
     rows: usize,
 }
 
+/// One task's labelled rows and positives in some rows of a dataset
+/// ([`Dataset::label_counts`]); counts of several parts add up with
+/// [`LabelCount::add`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabelCount {
+    /// Rows whose mask is 1 (that carry the task's label).
+    pub labelled: usize,
+    /// Labelled rows with label 1.
+    pub positives: usize,
+}
+
+impl LabelCount {
+    pub fn add(&mut self, other: LabelCount) {
+        self.labelled += other.labelled;
+        self.positives += other.positives;
+    }
+
+    /// Whether a binary task's AUC is defined on these rows (both classes).
+    pub fn both_classes(&self) -> bool {
+        self.positives > 0 && self.positives < self.labelled
+    }
+}
+
 /// The tensors of one batch of rows (sequence columns in
 /// `inputs.sequences`, in [`Dataset::sequences`] order).
 #[derive(Clone, Debug)]
@@ -508,6 +531,31 @@ impl Dataset {
     /// Number of tasks `K`.
     pub fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Per task (task order), the labelled rows (mask 1) among `rows` (all
+    /// rows when `None`) and how many of them have label 1 (binary tasks'
+    /// positives; meaningless for regression). Whether a metric can exist
+    /// follows from it: AUC needs both classes, any metric a labelled row.
+    pub fn label_counts(&self, rows: Option<&[usize]>) -> Result<Vec<LabelCount>> {
+        let k = self.task_count();
+        let mut counts = vec![LabelCount::default(); k];
+        let mut add = |r: usize| {
+            for (t, c) in counts.iter_mut().enumerate() {
+                if self.masks[r * k + t] > 0.0 {
+                    c.labelled += 1;
+                    c.positives += usize::from(self.labels[r * k + t] == 1.0);
+                }
+            }
+        };
+        match rows {
+            Some(rows) => {
+                self.check_rows(rows)?;
+                rows.iter().for_each(|&r| add(r));
+            }
+            None => (0..self.rows).for_each(add),
+        }
+        Ok(counts)
     }
 
     fn check_rows(&self, rows: &[usize]) -> Result<()> {

@@ -35,6 +35,15 @@ pub enum DataError {
     #[error("invalid data schema: {0}")]
     Schema(String),
 
+    /// A `[[tasks]]` name that cannot name the task's tower node and
+    /// parameters (empty, or with a character other than an ASCII letter, a
+    /// digit, `_` or `-`).
+    #[error(
+        "task name `{name}` may hold only ASCII letters, digits, `_` and `-` (it names the task's tower node \
+         `tower-<name>` and its parameters) and must not be empty; rename it, e.g. `{suggestion}`"
+    )]
+    TaskName { name: String, suggestion: String },
+
     /// Bad content in an input file, located: the file, the line (CSV, 1-based,
     /// the header counted) or row (Parquet, 1-based), and the column.
     #[error("{}", input_message(file, place, column.as_deref(), message))]

@@ -29,7 +29,7 @@ pub mod stream;
 pub mod synthetic;
 pub mod tabular;
 
-pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, SequenceColumn, SparseColumns};
+pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, LabelCount, SequenceColumn, SparseColumns};
 pub use error::{DataError, Place, Result};
 pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
 pub use preprocess::{Labels, Pass, Preprocessor, Progress, ProgressFn};

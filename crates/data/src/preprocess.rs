@@ -260,11 +260,20 @@ pub struct FittedDense {
 }
 
 impl FittedDense {
-    /// The scaled value of a raw one.
-    pub fn scale(&self, x: f64) -> f64 {
-        match self.scaling {
+    /// The scaled value of a raw one, or why it has none (a negative value
+    /// under `log`; the caller locates it).
+    pub fn scale(&self, x: f64) -> std::result::Result<f64, String> {
+        Ok(match self.scaling {
             Scaling::None => x,
-            Scaling::Log => x.max(0.0).ln_1p(),
+            Scaling::Log if x < 0.0 => {
+                return Err(format!(
+                    "{x} is negative, and `scaling = \"log\"` is ln(1 + x), for x >= 0: use \
+                     `scaling = \"signed-log\"` (sign(x) * ln(1 + |x|)) for a column with negative values, \
+                     or another scaling"
+                ))
+            }
+            Scaling::Log => x.ln_1p(),
+            Scaling::SignedLog => x.signum() * x.abs().ln_1p(),
             Scaling::Standard => {
                 if self.std > 0.0 {
                     (x - self.mean) / self.std
@@ -280,7 +289,7 @@ impl FittedDense {
                     x - self.min
                 }
             }
-        }
+        })
     }
 }
 
@@ -671,6 +680,9 @@ impl Preprocessor {
             }
             for ((f, &col), st) in pre.dense.iter().zip(&bind.dense).zip(&mut stats) {
                 if let Some(x) = pre.dense_raw(get(col)).map_err(|m| pre.err(file, place, &f.name, m))? {
+                    // Refused here already (`log` of a negative), at the
+                    // first training row that has it.
+                    f.scale(x).map_err(|m| pre.err(file, place, &f.name, m))?;
                     st.add(x);
                 }
             }
@@ -928,7 +940,7 @@ impl Preprocessor {
                 .dense_raw(get(col))
                 .map_err(|m| self.err(file, place, &f.name, m))?
                 .unwrap_or(f.fill);
-            let x = f.scale(raw) as f32;
+            let x = f.scale(raw).map_err(|m| self.err(file, place, &f.name, m))? as f32;
             if !x.is_finite() {
                 return Err(self.err(
                     file,

@@ -141,8 +141,15 @@ pub enum Scaling {
     /// other files may fall outside `[0, 1]`); `x - min` when max = min.
     #[default]
     Minmax,
-    /// `ln(1 + max(x, 0))`: no statistics.
+    /// `ln(1 + x)`, for non-negative columns (counts, amounts): no
+    /// statistics. A negative value (or `fill`) is an error naming its file,
+    /// line and column, never clamped: use `signed-log` for such a column.
     Log,
+    /// `sign(x) * ln(1 + |x|)`: `log` extended to negative values, odd and
+    /// monotone (equal to `log` on `x >= 0`), for heavy-tailed columns of
+    /// both signs (balances, changes). No statistics.
+    #[serde(rename = "signed-log")]
+    SignedLog,
     /// `x` as read.
     None,
 }
@@ -539,6 +546,30 @@ pub struct TaskSpec {
     pub weight: f64,
 }
 
+impl TaskSpec {
+    /// A task name becomes part of graph node ids (`tower-<task>`) and so of
+    /// parameter names: it may hold only what a node id may, ASCII letters,
+    /// digits, `_` and `-`, and must not be empty.
+    pub fn check_name(&self) -> Result<()> {
+        let name = &self.name;
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Ok(());
+        }
+        let suggestion: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        Err(DataError::TaskName {
+            name: name.clone(),
+            suggestion: if suggestion.is_empty() {
+                "task_1".into()
+            } else {
+                suggestion
+            },
+        })
+    }
+}
+
 fn schema_err(message: impl Into<String>) -> DataError {
     DataError::schema(message)
 }
@@ -684,6 +715,14 @@ impl TabularSchema {
                     f.name
                 )));
             }
+            let scaling = f.scaling.unwrap_or(self.defaults.scaling);
+            if let (Scaling::Log, Some(v)) = (scaling, f.fill.filter(|v| *v < 0.0)) {
+                return Err(schema_err(format!(
+                    "dense `{}`: `fill` = {v} is negative, and `scaling = \"log\"` is ln(1 + x), for x >= 0: \
+                     use a fill >= 0, or `scaling = \"signed-log\"` (sign(x) * ln(1 + |x|))",
+                    f.name
+                )));
+            }
         }
         for f in &self.sequence {
             let name = &f.name;
@@ -722,9 +761,7 @@ impl TabularSchema {
         }
         let mut names = HashSet::new();
         for t in tasks {
-            if t.name.is_empty() {
-                return Err(schema_err("a task has an empty `name`"));
-            }
+            t.check_name()?;
             if !names.insert(t.name.as_str()) {
                 return Err(schema_err(format!("task `{}` is given twice", t.name)));
             }

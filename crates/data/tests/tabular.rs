@@ -456,7 +456,7 @@ fn scaling_is_fitted_on_train_rows_only() {
     let (schema, tasks) = config(
         r#"
 [data]
-dense = [{ name = "a", scaling = "standard" }, "b", { name = "c", scaling = "log", fill = -5 }, { name = "d", scaling = "none" }]
+dense = [{ name = "a", scaling = "standard" }, "b", { name = "c", scaling = "signed-log", fill = -5 }, { name = "d", scaling = "none" }]
 [[tasks]]
 name = "click"
 kind = "binary"
@@ -487,9 +487,9 @@ label = "click"
     let sd = (2.0f32 / 3.0).sqrt();
     let expect = [
         [-1.0 / sd, 0.0, 0.0, 5.0],
-        [0.0, 1.0 / 3.0, 0.0, 5.0],      // c missing -> -5 -> log(1 + max(-5, 0)) = 0
-        [1.0 / sd, 2.0 / 3.0, 0.0, 5.0], // NaN is missing
-        [0.0, 1.0, 3.0f32.ln(), 5.0],    // a missing -> mean 2 -> 0
+        [0.0, 1.0 / 3.0, -(6.0f32.ln()), 5.0],      // c missing -> -5 -> -ln(1 + 5)
+        [1.0 / sd, 2.0 / 3.0, -(6.0f32.ln()), 5.0], // NaN is missing
+        [0.0, 1.0, 3.0f32.ln(), 5.0],               // a missing -> mean 2 -> 0
     ];
     for (r, row) in expect.iter().enumerate() {
         for (k, want) in row.iter().enumerate() {
@@ -518,6 +518,104 @@ label = "click"
     dir.write("both.csv", both);
     let wider = fit(&dir, &schema, &tasks, "both.csv").expect("fit");
     assert_ne!(wider.dense[0].mean, pre.dense[0].mean);
+}
+
+/// `log` is ln(1 + x) for x >= 0: a negative value is an error naming the
+/// file, line and column (at fit, and in a later file), never clamped to 0;
+/// a negative `fill` under `log` is refused before reading; `signed-log`
+/// is sign(x) * ln(1 + |x|).
+#[test]
+fn log_scaling_refuses_negative_values_and_signed_log_takes_them() {
+    let dir = TempDir::new("log-negative");
+    let text = |scaling: &str, fill: &str| {
+        format!(
+            "[data]\ndense = [{{ name = \"v\", scaling = \"{scaling}\"{fill} }}]\n\
+             [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n"
+        )
+    };
+    dir.write("train.csv", "v,click\n3,1\n0,0\n-2.5,1\n");
+    let (schema, tasks) = config(&text("log", ""));
+    let msg = err_text(fit(&dir, &schema, &tasks, "train.csv"));
+    assert!(msg.contains("train.csv: line 4, column `v`: -2.5 is negative"), "{msg}");
+    assert!(msg.contains("signed-log") && msg.contains("ln(1 + x)"), "{msg}");
+
+    // Fitted on non-negative rows, a negative value in another file.
+    dir.write("good.csv", "v,click\n3,1\n0,0\n");
+    let pre = fit(&dir, &schema, &tasks, "good.csv").expect("fit");
+    dir.write("valid.csv", "v,click\n1,1\n\n-7,0\n");
+    let msg = err_text(pre.load_file(&dir.0.join("valid.csv")));
+    assert!(msg.contains("valid.csv: line 4, column `v`: -7 is negative"), "{msg}");
+    let ok = pre.load_file(&dir.0.join("good.csv")).expect("good");
+    let v = &ok.dense.as_ref().expect("dense").values;
+    assert_eq!(v, &[4.0f32.ln(), 0.0]);
+
+    let (schema, tasks) = config(&text("log", ", fill = -1"));
+    let msg = err_text(fit(&dir, &schema, &tasks, "good.csv"));
+    assert!(msg.contains("dense `v`: `fill` = -1 is negative"), "{msg}");
+
+    let (schema, tasks) = config(&text("signed-log", ""));
+    let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
+    let d = pre.load_file(&dir.0.join("train.csv")).expect("train");
+    let v = &d.dense.as_ref().expect("dense").values;
+    let want = [4.0f32.ln(), 0.0, -(3.5f32.ln())];
+    for (got, want) in v.iter().zip(want) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    // Saved and read back under its config name.
+    assert!(pre.to_json().expect("json").contains("\"signed-log\""));
+}
+
+/// Task names name graph nodes (`tower-<task>`): what a node id allows
+/// (ASCII letters, digits, `_`, `-`) and nothing else, with a suggestion.
+#[test]
+fn task_names_allow_what_node_ids_allow() {
+    let task = |name: &str| TaskSpec {
+        name: name.into(),
+        ..config(BASIC).1.remove(0)
+    };
+    for ok in ["click", "ctr-1_b", "A9"] {
+        task(ok).check_name().unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (bad, suggestion) in [
+        ("my task", "my_task"),
+        ("clické", "click_"),
+        ("a.b", "a_b"),
+        ("", "task_1"),
+    ] {
+        let e = task(bad).check_name().expect_err(bad);
+        assert!(matches!(&e, DataError::TaskName { name, .. } if name == bad), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("ASCII letters, digits, `_` and `-`"), "{msg}");
+        assert!(msg.contains(&format!("e.g. `{suggestion}`")), "{msg}");
+    }
+    // The schema check applies it too.
+    let (schema, _) = config(BASIC);
+    let msg = err_text(schema.check(&[task("my task")]));
+    assert!(msg.contains("task name `my task`"), "{msg}");
+}
+
+/// Per task, labelled rows and positives, over chosen rows or all.
+#[test]
+fn label_counts_per_task() {
+    let dir = TempDir::new("label-counts");
+    dir.write(
+        "train.csv",
+        "city,age,click\nparis,30,1\nrome,40,0\nparis,50,1\nnice,1,?\n",
+    );
+    let (schema, tasks) = config(BASIC);
+    let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
+    let d = pre.load_file(&dir.0.join("train.csv")).expect("load");
+    let all = d.label_counts(None).expect("all");
+    assert_eq!(
+        (all[0].labelled, all[0].positives),
+        (3, 2),
+        "the missing label is not labelled"
+    );
+    assert!(all[0].both_classes());
+    let some = d.label_counts(Some(&[0, 2, 3])).expect("some");
+    assert_eq!((some[0].labelled, some[0].positives), (2, 2));
+    assert!(!some[0].both_classes());
+    assert!(d.label_counts(Some(&[9])).is_err());
 }
 
 // ---------------------------------------------------------------- sequences

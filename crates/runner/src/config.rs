@@ -42,6 +42,14 @@ pub struct DataSection {
     /// and task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_eval_rows: Option<usize>,
+    /// Tabular sources: the folder relative file paths start from, itself
+    /// relative to the config file's folder. Precedence: `--data-dir`, then
+    /// this key, then `MTREC_DATA_DIR`, then the config file's folder. A run
+    /// folder's `config.toml` holds the absolute folder its run read from,
+    /// so that `--resume` (and a new run from that config) reads the same
+    /// files wherever it is started and whatever `MTREC_DATA_DIR` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
     #[serde(flatten)]
     pub params: toml::Table,
 }
@@ -151,6 +159,58 @@ pub fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// The 1-based lines of the array-of-tables headers `[[a.b]]` with the
+/// dotted name `path` (e.g. `["model", "nodes"]`) in a config text, in order.
+pub fn array_table_lines(text: &str, path: &[&str]) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim();
+            t.strip_prefix("[[")
+                .and_then(|r| r.split("]]").next())
+                .is_some_and(|h| h.split('.').map(str::trim).eq(path.iter().copied()))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// The 1-based line of `key = ...` between line `from` (a table's header)
+/// and the next table header.
+pub fn key_line_in_table(text: &str, from: usize, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| l.split('=').next().is_some_and(|k| k.trim().trim_matches('"') == key))
+        .map(|(i, _)| i + 1)
+}
+
+/// Checks every `[[tasks]]` name where it is written (a name with a space
+/// or a non-ASCII letter would otherwise fail later, through the node id
+/// `tower-<name>` the user never wrote): the error names the file, the
+/// line of `name` (or of the `[[tasks]]` header) and the rule.
+fn check_task_names(cfg: &LoadedConfig) -> Result<()> {
+    let tasks = &cfg.config.tasks;
+    let headers = array_table_lines(&cfg.text, &["tasks"]);
+    for (i, t) in tasks.iter().enumerate() {
+        let Err(e) = t.check_name() else { continue };
+        // Lines only when the file's tables are the tasks (not replaced by --set).
+        let header = (headers.len() == tasks.len()).then(|| headers[i]);
+        let place = match header {
+            Some(h) => match key_line_in_table(&cfg.text, h, "name") {
+                Some(l) => format!("line {l}, [[tasks]] #{} `name`", i + 1),
+                None => format!("line {h}, [[tasks]] #{}", i + 1),
+            },
+            None => format!("[[tasks]] #{} `name`", i + 1),
+        };
+        return Err(RunError::Config {
+            file: cfg.file.clone(),
+            message: format!("{place}: {e}"),
+        });
+    }
+    Ok(())
+}
+
 /// The first unknown key named in a serde message (`unknown field `x``).
 pub fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.split("unknown field `").nth(1)?;
@@ -211,6 +271,7 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
         text: text.to_string(),
         data_dir: None,
     };
+    check_task_names(&loaded)?;
     // The architecture must exist (its parameters are checked at expansion).
     registry::architecture(&loaded.config.model.arch).map_err(|e| loaded.error("model", Some("arch"), e))?;
     Ok(loaded)

@@ -24,6 +24,32 @@ pub enum RunError {
     },
     #[error("{0}")]
     Usage(String),
+    /// Another process holds the run folder's lock (`crate::folder`).
+    #[error(
+        "{} is in use by another run ({holder}); wait for that run to end, or choose another --out \
+         (a run folder is written by one run at a time)",
+        dir.display()
+    )]
+    FolderInUse { dir: PathBuf, holder: String },
+    /// A weights or checkpoint file that cannot be read as safetensors (cut
+    /// short by a full disk, overwritten, copied partly): the file, what is
+    /// wrong with it and what to do.
+    #[error("{}: damaged ({problem}); {fix}", path.display())]
+    DamagedFile {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    /// No task has a validation metric (one class only in a binary task's
+    /// validation rows, no labelled rows): early stopping and the best epoch
+    /// would rest on a score of -infinity.
+    #[error(
+        "{}: no validation metric is defined, so early stopping and the choice of the best epoch would \
+         have nothing to go on: {tasks}; give the validation rows both classes of at least one binary task \
+         (another [data] split or split_seed, or a larger validation file) or a labelled regression task",
+        file.display()
+    )]
+    NoValidationMetric { file: PathBuf, tasks: String },
 }
 
 pub type Result<T, E = RunError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod compare;
 pub mod config;
 pub mod error;
+pub mod folder;
 pub mod plot;
 pub mod progress;
 pub mod reproduce;

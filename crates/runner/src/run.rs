@@ -14,14 +14,21 @@
 //!   appended as training goes (rewritten from the checkpoint on resume);
 //! - `model.safetensors`: the best epoch's weights, and `report.json`;
 //! - plots (PNG + SVG): `train-loss`, `valid-metric`, `grad-cosine`,
-//!   `utilisation` and, with domains, `utilisation-<gate>` (domain x expert).
+//!   `utilisation` and, with domains, `utilisation-<gate>` (domain x expert);
+//! - `run.lock` while the run lives: one run per folder, temporary files of
+//!   killed saves removed at the next start (`crate::folder`).
+//!
+//! Before training, a run refuses what would train silently wrong:
+//! `[train] batch_size = 1` with a node normalising by batch statistics
+//! ([`check_batch_statistics`]), and validation rows on which no task has a
+//! metric ([`check_validation_metrics`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use mtrec_core::{registry, GraphEnv, GraphSpec, Model};
+use mtrec_core::{registry, GraphEnv, GraphSpec, Model, TaskInfo, TaskKind};
 use mtrec_data::preprocess::Progress;
-use mtrec_data::{Batches, Dataset, Labels, Part, Preprocessor, StreamOptions};
+use mtrec_data::{Batches, Dataset, LabelCount, Labels, Part, Preprocessor, StreamOptions};
 use mtrec_train::{
     batch_outputs, evaluate, evaluate_batches, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator,
     InMemory, Report, SplitRows, Streamed, TrainOptions, TrainSource,
@@ -29,6 +36,7 @@ use mtrec_train::{
 
 use crate::config::{self, unknown_field, LoadedConfig, RunConfig};
 use crate::error::{io, Result, RunError};
+use crate::folder::{self, FolderLock};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -105,27 +113,7 @@ pub const GRAPH_ARCH: &str = "graph";
 
 /// The 1-based lines of the `[[model.nodes]]` headers of a config text, in order.
 pub fn node_header_lines(text: &str) -> Vec<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let t = l.trim();
-            t.strip_prefix("[[")
-                .and_then(|r| r.split("]]").next())
-                .is_some_and(|h| h.split('.').map(str::trim).eq(["model", "nodes"]))
-        })
-        .map(|(i, _)| i + 1)
-        .collect()
-}
-
-/// The 1-based line of `key = ...` between line `from` (a node's header) and
-/// the next table header.
-fn key_line_in_node(text: &str, from: usize, key: &str) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .skip(from)
-        .take_while(|(_, l)| !l.trim_start().starts_with('['))
-        .find(|(_, l)| l.split('=').next().is_some_and(|k| k.trim().trim_matches('"') == key))
-        .map(|(i, _)| i + 1)
+    config::array_table_lines(text, &["model", "nodes"])
 }
 
 /// For `arch = "graph"`: checks each node's own keys (`id`, `kind`,
@@ -155,7 +143,7 @@ fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<Option<String>>> {
             .unwrap_or_else(|| format!("graph node #{}", i + 1));
         let err = |key: Option<&str>, message: String| {
             let place = match (key, header) {
-                (Some(k), Some(h)) => match key_line_in_node(&cfg.text, h, k) {
+                (Some(k), Some(h)) => match config::key_line_in_table(&cfg.text, h, k) {
                     Some(l) => format!("{file} line {l}, key `{k}`"),
                     None => format!("{origin}, key `{k}`"),
                 },
@@ -228,10 +216,162 @@ pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunRes
     run_with(cfg, RunOptions::default(), on_epoch)
 }
 
+/// Locks the run folder `dir` for this run and removes what killed saves
+/// left there; a fresh run (not `resume`) also needs a folder without a
+/// finished epoch.
+fn open_run_folder(dir: &Path, resume: bool) -> Result<FolderLock> {
+    let lock = FolderLock::acquire(dir)?;
+    if !resume && dir.join(CHECKPOINT_DIR).join("state.json").exists() {
+        return Err(RunError::Usage(format!(
+            "{} already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    folder::remove_stale_temporaries(dir)?;
+    // A killed run's last checkpoint files (see `folder`).
+    folder::unify_permissions(dir)?;
+    Ok(lock)
+}
+
+/// Refuses `[train] batch_size = 1` for a graph with nodes that normalise by
+/// batch statistics (STAR's `partitioned-norm`): a one-row batch has none, so
+/// every row would be normalised with moving statistics that never update.
+pub fn check_batch_statistics(cfg: &LoadedConfig, graph: &GraphSpec, batch_size: usize) -> Result<()> {
+    let nodes = mtrec_star::batch_statistics_nodes(graph);
+    if batch_size != 1 || nodes.is_empty() {
+        return Ok(());
+    }
+    let list = nodes.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let star_hint = if cfg.config.model.arch == "star" {
+        ", or drop the normalization with `norm = false` in [model]"
+    } else {
+        ""
+    };
+    Err(cfg.error(
+        "train",
+        Some("batch_size"),
+        format!(
+            "batch_size = 1 cannot train {list}, which normalises each domain's rows of a batch with their \
+             batch mean and variance: one row has none, so the moving statistics used in evaluation would \
+             never be fitted; set `batch_size` to 2 or more (batches of a few hundred rows give each domain \
+             enough rows){star_hint}"
+        ),
+    ))
+}
+
+/// Why task `task` has no validation metric on rows with `count`, if it has none.
+fn undefined_metric(task: &TaskInfo, count: LabelCount) -> Option<String> {
+    let n = count.labelled;
+    match task.kind {
+        _ if n == 0 => Some(format!("task `{}` has no labelled validation rows", task.name)),
+        TaskKind::Binary if !count.both_classes() => {
+            let class = if count.positives == 0 { 0 } else { 1 };
+            Some(format!(
+                "task `{}`'s {n} labelled validation rows are all of class {class} (AUC needs both classes)",
+                task.name
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The validation rows' label counts per task, in task order (streamed
+/// data: one pass over the validation file, labels only matter).
+fn validation_label_counts(prepared: &Prepared, eval_batch_size: usize) -> Result<Vec<LabelCount>> {
+    let mut total = vec![LabelCount::default(); prepared.tasks.len()];
+    let mut add = |counts: Vec<LabelCount>| {
+        for (t, c) in total.iter_mut().zip(counts) {
+            t.add(c);
+        }
+    };
+    match &prepared.rows {
+        Rows::Memory { data, split } => add(data.label_counts(Some(&split.valid))?),
+        Rows::Streamed(data) => {
+            for batch in data.batches(Part::Valid, eval_batch_size, None) {
+                add(batch?.label_counts(None)?);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Refuses a run in which no task has a validation metric (the early-stopping
+/// score would be -infinity every epoch: the first epoch "best", training
+/// stopped after `patience` epochs, silently); warns when only some tasks
+/// have none (early stopping then follows the others).
+pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_batch_size: usize) -> Result<()> {
+    let counts = validation_label_counts(prepared, eval_batch_size)?;
+    let undefined: Vec<String> = prepared
+        .tasks
+        .iter()
+        .zip(counts)
+        .filter_map(|(t, c)| undefined_metric(t, c))
+        .collect();
+    if undefined.is_empty() {
+        return Ok(());
+    }
+    if undefined.len() == prepared.tasks.len() {
+        return Err(RunError::NoValidationMetric {
+            file: cfg.file.clone(),
+            tasks: undefined.join("; "),
+        });
+    }
+    eprintln!(
+        "warning: {}: {}: early stopping and the best epoch follow the other tasks only",
+        cfg.file.display(),
+        undefined.join("; ")
+    );
+    Ok(())
+}
+
+/// What is wrong with `path` as a safetensors file, if anything.
+fn safetensors_problem(path: &Path) -> Option<String> {
+    match std::fs::read(path) {
+        Err(e) => Some(format!("cannot be read: {e}")),
+        Ok(bytes) => candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .err()
+            .map(|e| format!("not a complete safetensors file: {e}")),
+    }
+}
+
+/// The path named by a failed load of weights or checkpoint state.
+fn failed_file(e: &mtrec_train::TrainError) -> Option<&Path> {
+    use mtrec_train::TrainError as T;
+    match e {
+        T::Checkpoint { path, .. } | T::Core(mtrec_core::Error::Checkpoint { path, .. }) => Some(path),
+        _ => None,
+    }
+}
+
+/// A resumed run's failure: a damaged checkpoint file named as such, with
+/// what to do; other errors as they are.
+fn resume_error(dir: &Path, e: mtrec_train::TrainError) -> RunError {
+    let damaged = failed_file(&e).and_then(|p| safetensors_problem(p).map(|problem| (p.to_path_buf(), problem)));
+    match damaged {
+        Some((path, problem)) => RunError::DamagedFile {
+            path,
+            problem,
+            fix: format!(
+                "this checkpoint cannot be resumed (earlier epochs' files are not kept): start the run again \
+                 with another --out, or remove {} and start it there",
+                dir.display()
+            ),
+        },
+        None => e.into(),
+    }
+}
+
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
 pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+    // Held until the run ends (dropped on return, error or not).
+    let _lock = match &opts.out {
+        Some(dir) => Some(open_run_folder(dir, opts.resume)?),
+        None => None,
+    };
     let prepared = prepare(cfg, opts.on_read)?;
     let (graph, model_params) = expand(cfg, &prepared)?;
+    check_batch_statistics(cfg, &graph, cfg.config.train.batch_size)?;
     let mut train_cfg = cfg.config.train.clone();
     for t in &cfg.config.tasks {
         if t.weight != 1.0 && !train_cfg.task_weights.contains_key(&t.name) {
@@ -249,10 +389,14 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     .map_err(|e| graph_error(cfg, e))?;
     let names: Vec<String> = prepared.tasks.iter().map(|t| t.name.clone()).collect();
     train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
+    check_validation_metrics(cfg, &prepared, train_cfg.eval_batch_size)?;
 
     let mut resolved = cfg.config.clone();
     resolved.data.params = prepared.resolved.clone();
     resolved.model.params = model_params;
+    // The folder relative paths were read from, so that a resumed run reads
+    // the same files (`[data] data_dir`).
+    resolved.data.data_dir = prepared.base.clone();
     if let Some(o) = stream_options(cfg)? {
         // Every default written out, as for the other keys.
         resolved.data.chunk_rows = Some(o.chunk_rows);
@@ -261,15 +405,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     }
     let checkpoint = match &opts.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
             if !opts.resume {
-                if dir.join(CHECKPOINT_DIR).join("state.json").exists() {
-                    return Err(RunError::Usage(format!(
-                        "{} already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
-                        dir.display(),
-                        dir.display()
-                    )));
-                }
                 let text = toml::to_string(&resolved)
                     .map_err(|e| RunError::Usage(format!("cannot write the resolved config: {e}")))?;
                 write(&dir.join(CONFIG_FILE), text.as_bytes())?;
@@ -338,6 +474,10 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
             }
         }
         on_epoch(log)
+    })
+    .map_err(|e| match (&opts.out, opts.resume) {
+        (Some(dir), true) => resume_error(dir, e),
+        _ => e.into(),
     })?;
     if let Some(e) = history_error {
         return Err(e);
@@ -403,6 +543,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         if let Err(e) = crate::plot::run_plots(dir, &result.report) {
             eprintln!("warning: {e}");
         }
+        folder::unify_permissions(dir)?;
     }
     Ok(result)
 }
@@ -550,12 +691,47 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
             dir.display()
         )));
     }
-    model.params().load(&weights)?;
+    model
+        .params()
+        .load(&weights)
+        .map_err(|e| match safetensors_problem(&weights) {
+            Some(problem) => RunError::DamagedFile {
+                fix: restore_hint(dir, &weights),
+                path: weights.clone(),
+                problem,
+            },
+            None => e.into(),
+        })?;
     Ok(Trained {
         model,
         preprocessor,
         config: cfg.config,
     })
+}
+
+/// What to do about a damaged `model.safetensors`: the run's last checkpoint
+/// holds the same best-epoch weights (`epoch-NNNN.best.safetensors`) when it
+/// is intact; else train again.
+fn restore_hint(dir: &Path, weights: &Path) -> String {
+    let best = std::fs::read_dir(dir.join(CHECKPOINT_DIR)).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".best.safetensors"))
+            .max()
+    });
+    match best.filter(|b| safetensors_problem(b).is_none()) {
+        Some(b) => format!(
+            "the run's checkpoint holds the same best-epoch weights: copy them over it \
+             (`cp {} {}`), or train the model again",
+            b.display(),
+            weights.display()
+        ),
+        None => format!(
+            "train the model again (`mtrec run --config {} --out NEW_DIR`)",
+            dir.join(CONFIG_FILE).display()
+        ),
+    }
 }
 
 /// Scores every row of `input` with the model of run folder `model_dir` and

@@ -3,10 +3,11 @@
 //! Generated sources (`mmoe-synthetic`, `multi-domain-synthetic`) need no
 //! file and define their own tasks. Tabular sources (`csv`, `parquet`) read
 //! files described by a `TabularSchema`, with tasks from `[[tasks]]`; paths
-//! are relative to `--data-dir`, else `MTREC_DATA_DIR`, else the config
-//! file's folder.
+//! are relative to `--data-dir`, else `[data] data_dir` (itself relative to
+//! the config file's folder), else `MTREC_DATA_DIR`, else the config file's
+//! folder ([`data_dir`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mtrec_core::{DomainEmbedding, FeatureSpec, TaskInfo};
 use mtrec_data::preprocess::Progress;
@@ -19,7 +20,7 @@ use mtrec_data::{
 use serde::de::DeserializeOwned;
 
 use crate::config::{unknown_field, LoadedConfig};
-use crate::error::Result;
+use crate::error::{io, Result};
 
 /// The names of the built-in sources, for error messages.
 pub const SOURCES: &[&str] = &["csv", "mmoe-synthetic", "multi-domain-synthetic", "parquet"];
@@ -56,6 +57,9 @@ pub struct Prepared {
     /// The mapping fitted on the training rows (tabular sources), saved with
     /// the model so that prediction on new files uses the same ids and scaling.
     pub preprocessor: Option<Preprocessor>,
+    /// Tabular sources: the absolute folder relative paths were read from
+    /// (written to a run folder's config as `[data] data_dir`).
+    pub base: Option<PathBuf>,
 }
 
 impl Prepared {
@@ -131,12 +135,26 @@ fn section<T: DeserializeOwned>(cfg: &LoadedConfig) -> Result<T> {
         .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))
 }
 
-/// The folder relative data paths start from.
-pub fn data_dir(cfg: &LoadedConfig) -> Option<PathBuf> {
-    cfg.data_dir
-        .clone()
-        .or_else(|| std::env::var_os(DATA_DIR_ENV).map(PathBuf::from))
-        .or_else(|| cfg.file.parent().map(|p| p.to_path_buf()))
+/// The folder relative data paths start from, made absolute (against the
+/// working directory): `--data-dir`, else `[data] data_dir` (relative to the
+/// config file's folder), else `MTREC_DATA_DIR`, else the config file's
+/// folder. The config's own key comes before the environment so that a run
+/// folder's config, which records the folder its run read from, resolves
+/// its paths as that run did.
+pub fn data_dir(cfg: &LoadedConfig) -> Result<PathBuf> {
+    let config_folder = cfg
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = match (&cfg.data_dir, &cfg.config.data.data_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => config_folder.join(d),
+        (None, None) => std::env::var_os(DATA_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config_folder.to_path_buf()),
+    };
+    std::path::absolute(&dir).map_err(io(&dir))
 }
 
 /// Reads or generates the data described by `[data]`. `progress` sees the
@@ -145,6 +163,16 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
     let d = &cfg.config.data;
     let streaming = stream_options(cfg)?;
     let generated = |data: Dataset, table: toml::Table, seed: u64| -> Result<Prepared> {
+        if d.data_dir.is_some() {
+            return Err(cfg.error(
+                "data",
+                Some("data_dir"),
+                format!(
+                    "source `{}` is generated and reads no file; remove `data_dir`",
+                    d.source
+                ),
+            ));
+        }
         if !cfg.config.tasks.is_empty() {
             return Err(cfg.error(
                 "tasks",
@@ -164,6 +192,7 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
             resolved: table,
             generated: true,
             preprocessor: None,
+            base: None,
         })
     };
     match d.source.as_str() {
@@ -191,14 +220,32 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                     "a tabular source needs at least one [[tasks]] table (name, kind, label)",
                 ));
             }
-            let base = data_dir(cfg);
+            let base = data_dir(cfg)?;
             let seed = d.split_seed.unwrap_or(cfg.config.train.seed);
-            let hint = || {
-                if cfg.data_dir.is_none() && std::env::var_os(DATA_DIR_ENV).is_none() {
-                    format!(" (paths are relative to the config's folder; set --data-dir DIR or {DATA_DIR_ENV})")
+            // Where relative paths led, for a file that cannot be opened.
+            let hint = |e: &mtrec_data::DataError| {
+                if !matches!(e, mtrec_data::DataError::Io { .. }) {
+                    return String::new();
+                }
+                let from = if cfg.data_dir.is_some() {
+                    "--data-dir"
+                } else if d.data_dir.is_some() {
+                    "[data] data_dir"
+                } else if std::env::var_os(DATA_DIR_ENV).is_some() {
+                    DATA_DIR_ENV
+                } else {
+                    "the config's folder"
+                };
+                // The environment is read after the config's key.
+                let env = if d.data_dir.is_none() {
+                    format!(" or {DATA_DIR_ENV}")
                 } else {
                     String::new()
-                }
+                };
+                format!(
+                    " (relative paths start at {}, from {from}; point elsewhere with --data-dir DIR{env})",
+                    base.display()
+                )
             };
             let mut resolved = cfg.config.data.params.clone();
             // Keep the schema as written (paths relative): it must run again
@@ -209,19 +256,26 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                     let streamed = StreamedData::open(
                         &schema,
                         &cfg.config.tasks,
-                        base.as_deref(),
+                        Some(base.as_path()),
                         d.split,
                         seed,
                         options,
                         progress,
                     )
-                    .map_err(|e| cfg.error("data", None, format!("{e}{}", hint())))?;
+                    .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;
                     let pre = Preprocessor::clone(&streamed.preprocessor);
                     (Rows::Streamed(streamed), pre)
                 }
                 None => {
-                    let loaded = load_split(&schema, &cfg.config.tasks, base.as_deref(), d.split, seed, progress)
-                        .map_err(|e| cfg.error("data", None, format!("{e}{}", hint())))?;
+                    let loaded = load_split(
+                        &schema,
+                        &cfg.config.tasks,
+                        Some(base.as_path()),
+                        d.split,
+                        seed,
+                        progress,
+                    )
+                    .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;
                     let rows = Rows::Memory {
                         data: loaded.data,
                         split: loaded.split,
@@ -238,6 +292,7 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                 resolved,
                 generated: false,
                 preprocessor: Some(preprocessor),
+                base: Some(base),
             })
         }
         other => Err(cfg.error(

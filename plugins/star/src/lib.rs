@@ -7,7 +7,11 @@
 //!
 //! - [`partitioned-norm`](norm) (PN, a layer) on the FCN's input: per-domain
 //!   batch statistics in training, per-domain moving averages in evaluation,
-//!   `(gamma * gamma_p)` scale and `(beta + beta_p)` shift;
+//!   `(gamma * gamma_p)` scale and `(beta + beta_p)` shift; a domain with
+//!   fewer than two rows in a training batch has no batch statistics: it is
+//!   normalised with its moving averages (as in evaluation) and leaves them
+//!   untouched, and `[train] batch_size = 1` is refused by the runner for a
+//!   graph with such a node ([`batch_statistics_nodes`]);
 //! - [`star-fcn`](fcn) (a layer): per layer `W*_p = W * W_p` (elementwise),
 //!   `b*_p = b + b_p`, `out_p = act(in_p W*_p + b*_p)`, activation after every
 //!   layer; `W_p` starts at ones and `b_p` at zeros (training starts from the
@@ -51,7 +55,27 @@ use serde::{Deserialize, Serialize};
 pub use fcn::{StarFcn, StarLinear, StarStack};
 pub use groups::DomainGroups;
 pub use norm::PartitionedNorm;
+pub use norm::MIN_GROUP_ROWS;
 pub use tower::{AuxNet, StarTower};
+
+/// The component kinds of this crate that normalise with batch statistics
+/// in training (a one-row batch has none).
+pub const BATCH_STATISTICS_KINDS: &[&str] = &["partitioned-norm"];
+
+/// The ids of `graph`'s nodes that normalise with batch statistics in
+/// training, in graph order: a training batch must give each domain at
+/// least [`MIN_GROUP_ROWS`] rows for them to update their moving
+/// statistics, so the runner refuses `batch_size = 1` when this is not
+/// empty. (A query on the graph rather than on the architecture, so that
+/// `arch = "graph"` configs with a `partitioned-norm` node are covered too.)
+pub fn batch_statistics_nodes(graph: &GraphSpec) -> Vec<&str> {
+    graph
+        .nodes
+        .iter()
+        .filter(|n| BATCH_STATISTICS_KINDS.contains(&n.kind.as_str()))
+        .map(|n| n.id.as_str())
+        .collect()
+}
 
 /// The `star` template's parameters (`[model]` with `arch = "star"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -122,8 +122,9 @@ fn partitioned_norm_train_batch_stats_then_eval_moving_averages() {
     assert!(close(f64::from(y[0][0]), -3.0 * z + 1.1, 1e-5), "{}", y[0][0]);
     assert!(close(f64::from(y[2][0]), 1.1, 1e-5));
     assert!(close(f64::from(y[4][0]), 3.0 * z + 1.1, 1e-5));
-    // Every value against the formula with per-domain batch statistics.
-    for (r, row) in y.iter().enumerate() {
+    // Every value of the domains with two rows or more against the formula
+    // with per-domain batch statistics.
+    for (r, row) in y.iter().enumerate().filter(|(r, _)| ids[*r] != 2) {
         let p = ids[r];
         for j in 0..2 {
             let (mu, var) = stats(&x, &ids, p, j);
@@ -137,15 +138,20 @@ fn partitioned_norm_train_batch_stats_then_eval_moving_averages() {
             );
         }
     }
-    // The one-row domain: variance 0, normalized value 0, output beta + beta_p.
-    assert!(y[5].iter().all(|v| v.is_finite()));
-    assert!(close(f64::from(y[5][0]), 0.1 + 0.3, 1e-6) && close(f64::from(y[5][1]), -0.2 + 0.3, 1e-6));
+    // The one-row domain 2 has no batch statistics: normalised with its
+    // (initial) moving statistics E_2 = 0, Var_2 = 1, not to 0 (which would
+    // give beta + beta_p = (0.4, 0.1) whatever the row):
+    // (2 * 0.7) * 7 / sqrt(1 + eps) + 0.4 and (0.5 * 0.7) * 1 / sqrt(1 + eps) + 0.1.
+    let s = 1.0 / (1.0 + EPS).sqrt();
+    assert!(close(f64::from(y[5][0]), 1.4 * 7.0 * s + 0.4, 1e-6), "{}", y[5][0]);
+    assert!(close(f64::from(y[5][1]), 0.35 * s + 0.1, 1e-6), "{}", y[5][1]);
 
     // Moving averages: E_p = 0.9 * 0 + 0.1 mu_p, Var_p = 0.9 * 1 + 0.1 var_p for
-    // the domains present; domain 3 untouched.
+    // the domains with batch statistics; domain 2 (one row) and domain 3
+    // (absent) untouched.
     let mean = values(&store, "n.moving_mean");
     let mvar = values(&store, "n.moving_var");
-    for p in 0..3u32 {
+    for p in 0..2u32 {
         for j in 0..2 {
             let (mu, var) = stats(&x, &ids, p, j);
             let i = p as usize * 2 + j;
@@ -153,7 +159,7 @@ fn partitioned_norm_train_batch_stats_then_eval_moving_averages() {
             assert!(close(f64::from(mvar[i]), 0.9 + 0.1 * var, 1e-6), "Var_{p}[{j}]");
         }
     }
-    assert_eq!((&mean[6..], &mvar[6..]), (&[0.0f32, 0.0][..], &[1.0f32, 1.0][..]));
+    assert_eq!((&mean[4..], &mvar[4..]), (&[0.0f32; 4][..], &[1.0f32; 4][..]));
 
     // Eval: a batch from a very different distribution is normalized with
     // the moving averages, not with its own statistics.
@@ -188,6 +194,85 @@ fn partitioned_norm_train_batch_stats_then_eval_moving_averages() {
     assert_eq!((&mean2[2..], &mvar2[2..]), (&mean[2..], &mvar[2..]));
     assert!(close(f64::from(mean2[0]), 0.9 * f64::from(mean[0]) + 0.1 * 3.0, 1e-6));
     assert!(close(f64::from(mvar2[1]), 0.9 * f64::from(mvar[1]) + 0.1 * 0.25, 1e-6));
+}
+
+/// A domain with one row in a training batch, by hand, on both paths (fused
+/// op and candle's ops): normalised with its moving statistics, which stay
+/// as they were, with a gradient reaching the row (a batch-statistics
+/// normalisation of one row gives 0 and no gradient).
+#[test]
+fn one_row_group_normalises_with_moving_statistics_and_leaves_them_untouched() {
+    use mtrec_core::ops::with_fused;
+    for fused in [true, false] {
+        let (pn, store) = layer("partitioned-norm", NodeSpec::new("n", "partitioned-norm"), 2, 2);
+        set(&store, "n.gamma", &[2.0, 0.5]);
+        set(&store, "n.beta", &[0.1, -0.2]);
+        set(&store, "n.domain_gamma", &[1.0, 1.0, 3.0, 4.0]);
+        set(&store, "n.domain_beta", &[0.0, 0.0, 1.0, -1.0]);
+        // Moving statistics as after some training: domain 1 has E = (2, -1),
+        // Var = (4, 0.25).
+        set(&store, "n.moving_mean", &[0.5, 0.5, 2.0, -1.0]);
+        set(&store, "n.moving_var", &[2.0, 2.0, 4.0, 0.25]);
+        // Rows 0 and 2 of domain 0, row 1 alone in domain 1.
+        let doms = Domains::new(vec![0, 1, 0], 2, &dev()).unwrap();
+        let x = Var::from_vec(vec![1.0f32, 2.0, 8.0, 0.0, 3.0, 6.0], (3, 2), &dev()).unwrap();
+        let (y, dx) = with_fused(fused, || {
+            let y = pn
+                .forward(x.as_tensor(), &ForwardCtx::train().with_domains(Some(&doms)))
+                .unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            (rows2(&y), rows2(grads.get(x.as_tensor()).unwrap()))
+        });
+        // Row (8, 0) of domain 1, by hand: scale gamma * gamma_1 = (6, 2),
+        // shift beta + beta_1 = (1.1, -1.2);
+        // 6 * (8 - 2) / sqrt(4 + eps) + 1.1 = 19.1 (eps aside),
+        // 2 * (0 - (-1)) / sqrt(0.25 + eps) - 1.2 = 2.8.
+        let want = [
+            6.0 * 6.0 / (4.0 + EPS).sqrt() + 1.1,
+            2.0 * 1.0 / (0.25 + EPS).sqrt() - 1.2,
+        ];
+        for j in 0..2 {
+            assert!(
+                close(f64::from(y[1][j]), want[j], 1e-6),
+                "fused {fused}: y[1][{j}] = {}",
+                y[1][j]
+            );
+        }
+        assert!((want[0] - 19.1).abs() < 1e-3 && (want[1] - 2.8).abs() < 1e-3);
+        // d(sum y)/dx of that row = scale / sqrt(Var_1 + eps): (3, 4), not 0.
+        assert!(
+            close(f64::from(dx[1][0]), 6.0 / (4.0 + EPS).sqrt(), 1e-5),
+            "{:?}",
+            dx[1]
+        );
+        assert!(
+            close(f64::from(dx[1][1]), 2.0 / (0.25 + EPS).sqrt(), 1e-5),
+            "{:?}",
+            dx[1]
+        );
+        // Domain 0 (two rows) used its batch statistics: column 0 {1, 3},
+        // mean 2, var 1, z = -1, +1 (eps aside) times 2 plus 0.1.
+        assert!(
+            close(f64::from(y[0][0]), -2.0 / (1.0 + EPS).sqrt() + 0.1, 1e-5),
+            "{}",
+            y[0][0]
+        );
+        // Moving statistics: domain 0 updated (E = 0.9 * 0.5 + 0.1 * (2, 4)),
+        // domain 1 exactly as it was.
+        let mean = values(&store, "n.moving_mean");
+        let var = values(&store, "n.moving_var");
+        assert!(close(f64::from(mean[0]), 0.45 + 0.2, 1e-6) && close(f64::from(mean[1]), 0.45 + 0.4, 1e-6));
+        assert!(close(f64::from(var[0]), 1.8 + 0.1, 1e-6), "{var:?}");
+        assert_eq!((&mean[2..], &var[2..]), (&[2.0f32, -1.0][..], &[4.0f32, 0.25][..]));
+        // A whole training batch of one row leaves every statistic alone.
+        let one = Domains::new(vec![0], 2, &dev()).unwrap();
+        let x1 = Tensor::new(&[[100.0f32, -100.0]], &dev()).unwrap();
+        with_fused(fused, || {
+            pn.forward(&x1, &ForwardCtx::train().with_domains(Some(&one))).unwrap();
+        });
+        assert_eq!(values(&store, "n.moving_mean"), mean);
+        assert_eq!(values(&store, "n.moving_var"), var);
+    }
 }
 
 #[test]
