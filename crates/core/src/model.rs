@@ -184,6 +184,49 @@ impl Model {
         self.features.spec()
     }
 
+    /// For each task (task order), the ids of the graph nodes whose output
+    /// reaches its tower (the tower included): the model's structure, not
+    /// any batch's gradients.
+    pub fn nodes_reaching_tasks(&self) -> Vec<std::collections::BTreeSet<&str>> {
+        self.towers
+            .iter()
+            .map(|&t| {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut stack = vec![t];
+                while let Some(i) = stack.pop() {
+                    if !seen.insert(self.nodes[i].id.as_str()) {
+                        continue;
+                    }
+                    for s in self.nodes[i].inputs.iter().chain(&self.nodes[i].experts) {
+                        if let Source::Node(j) = s {
+                            stack.push(*j);
+                        }
+                    }
+                }
+                seen
+            })
+            .collect()
+    }
+
+    /// The dense variables that feed at least two tasks' losses by the
+    /// model's structure: those of graph nodes reached from two or more
+    /// towers (a variable's node is its name's first segment), sorted by
+    /// name. Every variable of such a node counts, whether or not a given
+    /// batch reaches it (e.g. a domain's parameters in a batch without that
+    /// domain). Embedding tables are not listed: their touched rows are
+    /// judged per batch ([`crate::TouchedRows`]).
+    pub fn shared_vars(&self) -> Vec<(String, candle_core::Var)> {
+        let reach = self.nodes_reaching_tasks();
+        self.store
+            .vars()
+            .into_iter()
+            .filter(|(name, _)| {
+                let node = name.split('.').next().unwrap_or("");
+                reach.iter().filter(|nodes| nodes.contains(node)).count() >= 2
+            })
+            .collect()
+    }
+
     /// The model on one batch: per task `[B]` outputs in the batch's row order.
     ///
     /// Rows are first put in domain order (a stable sort, when the batch has

@@ -319,3 +319,29 @@ fn sparse_features_embed_per_field() {
     let inp = Inputs::new(Some(ids), Some(dense), None).unwrap();
     assert_eq!(m.forward(&inp, false).unwrap().outputs[0].dims(), [2]);
 }
+
+/// MMoE's structure: the experts reach both towers (shared); each gate and
+/// tower reaches one task (not shared).
+#[test]
+fn shared_variables_follow_the_graph() {
+    let m = Model::build(&mmoe(), &features(), &tasks(), 0, 3, &Device::Cpu).unwrap();
+    let reach = m.nodes_reaching_tasks();
+    assert_eq!(
+        reach[0].iter().copied().collect::<Vec<_>>(),
+        ["experts", "gate-a", "tower-a"]
+    );
+    assert_eq!(
+        reach[1].iter().copied().collect::<Vec<_>>(),
+        ["experts", "gate-b", "tower-b"]
+    );
+    let shared: Vec<String> = m.shared_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(!shared.is_empty());
+    assert!(shared.iter().all(|n| n.starts_with("experts.")), "{shared:?}");
+    let experts = m
+        .params()
+        .vars()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("experts."))
+        .count();
+    assert_eq!(shared.len(), experts);
+}

@@ -411,7 +411,8 @@ pub struct Balancer {
     fixed: Vec<f64>,
     seed: u64,
     conflict_every: usize,
-    shared: Option<Vec<(String, Var)>>,
+    /// Dense variables feeding two or more tasks (`Model::shared_vars`).
+    shared: Vec<(String, Var)>,
     layer: Option<(String, Var)>,
     rng: StdRng,
     batch_in_epoch: usize,
@@ -453,14 +454,17 @@ impl Balancer {
             BalancerConfig::Gradnorm { alpha, lr } => State::GradNorm(GradNormState::new(k, *alpha, *lr)),
             BalancerConfig::Pcgrad => State::PcGrad,
         };
+        // From the model's structure, once: a batch's gradients would miss
+        // parameters it does not reach (e.g. an absent domain's).
+        let shared = model.shared_vars();
         Ok(Self {
+            layer: last_shared_layer(model, &shared),
             state,
             task_names,
             fixed,
             seed: cfg.seed,
             conflict_every: cfg.conflict_every,
-            shared: None,
-            layer: None,
+            shared,
             rng: StdRng::seed_from_u64(cfg.seed),
             batch_in_epoch: 0,
             acc: Vec::new(),
@@ -646,17 +650,9 @@ impl Balancer {
         Ok(())
     }
 
-    /// One backward pass per task; the shared set of dense variables is
-    /// fixed on the first call (table rows are judged per batch, see
-    /// [`Balancer::step`]).
-    fn per_task(&mut self, model: &Model, losses: &[Tensor]) -> Result<Vec<GradStore>> {
-        let stores = losses.iter().map(|l| Ok(l.backward()?)).collect::<Result<Vec<_>>>()?;
-        if self.shared.is_none() {
-            let shared = shared_vars(&model.params().vars(), &stores);
-            self.layer = last_shared_layer(model, &shared);
-            self.shared = Some(shared);
-        }
-        Ok(stores)
+    /// One backward pass per task.
+    fn per_task(losses: &[Tensor]) -> Result<Vec<GradStore>> {
+        losses.iter().map(|l| Ok(l.backward()?)).collect()
     }
 
     /// One optimisation step on a batch under the configured balancer;
@@ -676,11 +672,11 @@ impl Balancer {
         self.batch_in_epoch += 1;
         let needs_per_task = sample || matches!(self.state, State::GradNorm(_) | State::PcGrad);
         let stores = if needs_per_task {
-            Some(self.per_task(model, &losses)?)
+            Some(Self::per_task(&losses)?)
         } else {
             None
         };
-        let mut shared = self.shared.clone().unwrap_or_default();
+        let mut shared = self.shared.clone();
         if let Some(stores) = &stores {
             // The copies of this batch's touched table rows are shared when
             // two tasks' losses reach them (only these rows, never a table).

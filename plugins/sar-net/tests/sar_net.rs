@@ -341,3 +341,45 @@ fn bad_names_are_errors_naming_the_key() {
         .to_string();
     assert!(e.contains("cannot be both"), "{e}");
 }
+
+/// The balancers' shared parameters come from the graph: every scenario's
+/// experts feed both tasks (through both task gates), so they are shared even
+/// when a batch has no row of that scenario and gives them no gradient; the
+/// towers are not shared.
+#[test]
+fn shared_parameters_come_from_the_structure_not_from_a_batch() {
+    let d = data(400);
+    let model = build(&d, &params(&["x0"]), 2);
+    let shared: Vec<String> = model.shared_vars().into_iter().map(|(n, _)| n).collect();
+    for s in 0..3 {
+        assert!(
+            shared
+                .iter()
+                .any(|n| n.starts_with(&format!("experts-scenario.scenario{s}.main"))),
+            "scenario {s}: {shared:?}"
+        );
+    }
+    let towers: Vec<String> = model
+        .params()
+        .vars()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("tower"))
+        .collect();
+    assert!(!towers.is_empty());
+    assert!(towers.iter().all(|t| !shared.contains(t)), "{towers:?}");
+    // A batch of scenario 0 only: scenario 2's experts get no gradient, which
+    // is why a batch cannot decide what is shared.
+    let ids = all_rows(&d).inputs.domains.unwrap().ids().to_vec();
+    let rows: Vec<usize> = (0..d.rows()).filter(|&r| ids[r] == 0).collect();
+    let batch = d.batch(&rows, &Device::Cpu).unwrap();
+    let out = model.forward(&batch.inputs, true).unwrap();
+    let grads = out.outputs[0].sum_all().unwrap().backward().unwrap();
+    let (_, v) = model
+        .params()
+        .vars()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("experts-scenario.scenario2.main"))
+        .unwrap();
+    assert!(grads.get(v.as_tensor()).is_none());
+}
