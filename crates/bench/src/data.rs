@@ -1,18 +1,31 @@
-//! The benchmark's synthetic "census-like" rows, and the file both the Rust
-//! and the PyTorch side read them from (identical data on both sides).
+//! The benchmark's synthetic rows, and the file both the Rust and the
+//! PyTorch side read them from (identical data on both sides). Two generators:
 //!
-//! Rows: 40 categorical fields (vocabulary 1000 each, ids skewed towards
-//! small values as real categorical data is), 10 dense features N(0, 1), a
-//! domain id in 0..3 (sizes 50/30/20%), and two binary labels drawn from a
-//! logistic model over hidden per-id effects, the dense features and the
-//! domain, so that training has something to learn. All from one seeded
-//! `StdRng`.
+//! - "census-like" (mmoe, ple, star): 40 categorical fields (vocabulary 1000
+//!   each, ids skewed towards small values as real categorical data is), 10
+//!   dense features N(0, 1), a domain id in 0..3 (sizes 50/30/20%), and two
+//!   binary labels drawn from a logistic model over hidden per-id effects, the
+//!   dense features and the domain, so that training has something to learn.
+//! - "hashed-ids" (large-vocab, small-model): 2 id fields (`user_id`,
+//!   `item_id`) whose raw ids are drawn Zipf-like from large id spaces
+//!   ([`USER_IDS`], [`ITEM_IDS`]) and hashed into `buckets` rows each, 8
+//!   categorical fields of 50 values, 4 dense features, one domain; the labels
+//!   follow hidden effects of the raw ids (not of the buckets), the categorical
+//!   values and the dense features. The raw ids and labels depend only on the
+//!   seed, so the files of two bucket counts hold the same rows.
+//!
+//! Both draw from one seeded `StdRng`.
 //!
 //! File format (little-endian), read by `bench/pytorch/bench.py`:
-//! - line 1: `mtrec-bench-data 1`
-//! - line 2: a JSON header: `rows`, `fields`, `vocab`, `dense`, `tasks`,
-//!   `domains`, `seed` and `sections`, each `{name, dtype, shape, offset}`
-//!   with `offset` in bytes from the first byte after line 2;
+//! - line 1: `mtrec-bench-data 2` (version 1 files, census-like only, are
+//!   still read);
+//! - line 2: a JSON header: `generator` (`census-like` or `hashed-ids`),
+//!   `rows`, `fields`, `vocabs` (one vocabulary per field, in table order),
+//!   `field_names`, `dense`, `tasks`, `domains`, `seed`, for hashed-ids also
+//!   `ids` (`{buckets, raw_ids, zipf}`, one raw id space and exponent per id
+//!   field), and `sections`, each `{name, dtype, shape, offset}` with `offset`
+//!   in bytes from the first byte after line 2 (version 1 had one `vocab`
+//!   instead of `vocabs` and no `generator`, `field_names`, `ids`);
 //! - the sections: `sparse` int32 `[rows, fields]`, `dense` float32
 //!   `[rows, dense]`, `labels` float32 `[rows, tasks]`, `domains` int32 `[rows]`.
 
@@ -23,23 +36,53 @@ use mtrec_core::{TaskInfo, TaskKind};
 use mtrec_data::{Dataset, DenseColumns, DomainColumn, SparseColumns};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, Zipf};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
 
-const MAGIC: &str = "mtrec-bench-data 1";
+const MAGIC: &str = "mtrec-bench-data 2";
+const MAGIC_V1: &str = "mtrec-bench-data 1";
+
+/// Raw user ids of the hashed-ids generator, and their Zipf exponent.
+pub const USER_IDS: u64 = 20_000_000;
+pub const USER_ZIPF: f64 = 0.8;
+/// Raw item ids of the hashed-ids generator, and their Zipf exponent.
+pub const ITEM_IDS: u64 = 10_000_000;
+pub const ITEM_ZIPF: f64 = 1.0;
+
+/// Which generator wrote the rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generator {
+    #[default]
+    CensusLike,
+    HashedIds,
+}
+
+/// The id fields of the hashed-ids generator: raw id spaces and Zipf
+/// exponents (one per id field), and the rows each is hashed into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdFields {
+    pub buckets: usize,
+    pub raw_ids: Vec<u64>,
+    pub zipf: Vec<f64>,
+}
 
 /// The shape of the benchmark data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Shape {
+    pub generator: Generator,
     pub rows: usize,
-    pub fields: usize,
-    pub vocab: usize,
+    /// One vocabulary per categorical field, in table order.
+    pub vocabs: Vec<usize>,
+    pub field_names: Vec<String>,
     pub dense: usize,
     pub tasks: usize,
     pub domains: usize,
     pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<IdFields>,
 }
 
 impl Shape {
@@ -47,14 +90,46 @@ impl Shape {
     /// features, 2 binary tasks, 3 domains.
     pub fn census_like(rows: usize, seed: u64) -> Self {
         Self {
+            generator: Generator::CensusLike,
             rows,
-            fields: 40,
-            vocab: 1000,
+            vocabs: vec![1000; 40],
+            field_names: (0..40).map(|f| format!("c{f}")).collect(),
             dense: 10,
             tasks: 2,
             domains: 3,
             seed,
+            ids: None,
         }
+    }
+
+    /// The vocabulary workloads: `user_id` and `item_id` hashed into
+    /// `buckets` rows each, 8 fields of 50 values, 4 dense features, 2 binary
+    /// tasks, one domain.
+    pub fn hashed_ids(rows: usize, seed: u64, buckets: usize) -> Self {
+        let small = 8;
+        Self {
+            generator: Generator::HashedIds,
+            rows,
+            vocabs: [vec![buckets; 2], vec![50; small]].concat(),
+            field_names: ["user_id".to_string(), "item_id".to_string()]
+                .into_iter()
+                .chain((0..small).map(|f| format!("c{f}")))
+                .collect(),
+            dense: 4,
+            tasks: 2,
+            domains: 1,
+            seed,
+            ids: Some(IdFields {
+                buckets,
+                raw_ids: vec![USER_IDS, ITEM_IDS],
+                zipf: vec![USER_ZIPF, ITEM_ZIPF],
+            }),
+        }
+    }
+
+    /// Categorical fields.
+    pub fn fields(&self) -> usize {
+        self.vocabs.len()
     }
 }
 
@@ -74,19 +149,38 @@ fn normal(std: f64) -> Result<Normal<f64>, BenchError> {
 
 /// Draws the rows of `shape` from its seed.
 pub fn generate(shape: &Shape) -> Result<Rows, BenchError> {
+    match (shape.generator, &shape.ids) {
+        (Generator::CensusLike, _) => census_like(shape),
+        (Generator::HashedIds, Some(ids)) => hashed_ids(shape, ids),
+        (Generator::HashedIds, None) => Err(BenchError::msg("hashed-ids data needs its `ids` (raw id spaces)")),
+    }
+}
+
+fn census_like(shape: &Shape) -> Result<Rows, BenchError> {
     let Shape {
         rows,
-        fields,
-        vocab,
+        ref vocabs,
         dense,
         tasks,
         domains,
         seed,
-    } = shape.clone();
+        ..
+    } = *shape;
+    let fields = vocabs.len();
+    // Where field f's ids start among one task's effects.
+    let starts: Vec<usize> = vocabs
+        .iter()
+        .scan(0, |at, &v| {
+            let s = *at;
+            *at += v;
+            Some(s)
+        })
+        .collect();
+    let per_task: usize = vocabs.iter().sum();
     let mut rng = StdRng::seed_from_u64(seed);
     let n01 = normal(1.0)?;
     // Hidden effects: per task, per field and id; per task, per dense feature.
-    let effects: Vec<f32> = (0..tasks * fields * vocab)
+    let effects: Vec<f32> = (0..tasks * per_task)
         .map(|_| n01.sample(&mut rng) as f32 * 0.15)
         .collect();
     let slopes: Vec<f32> = (0..tasks * dense).map(|_| n01.sample(&mut rng) as f32 * 0.3).collect();
@@ -111,7 +205,7 @@ pub fn generate(shape: &Shape) -> Result<Rows, BenchError> {
         };
         out.domains.push(dom as u32);
         let base = out.sparse.len();
-        for _ in 0..fields {
+        for &vocab in vocabs {
             let u: f64 = rng.random();
             out.sparse.push(((u * u * vocab as f64) as usize).min(vocab - 1) as u32);
         }
@@ -122,7 +216,111 @@ pub fn generate(shape: &Shape) -> Result<Rows, BenchError> {
         for k in 0..tasks {
             let mut logit = shifts[k * domains.max(1) + dom] - 1.0;
             for f in 0..fields {
-                logit += effects[(k * fields + f) * vocab + out.sparse[base + f] as usize];
+                logit += effects[k * per_task + starts[f] + out.sparse[base + f] as usize];
+            }
+            for j in 0..dense {
+                logit += slopes[k * dense + j] * out.dense[dbase + j];
+            }
+            let p = 1.0 / (1.0 + (-logit as f64).exp());
+            out.labels.push(if rng.random::<f64>() < p { 1.0 } else { 0.0 });
+        }
+    }
+    Ok(out)
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The row of raw id `raw` of id field `field` among `buckets` (the hashing
+/// trick: a fixed hash per field, modulo the bucket count).
+pub fn bucket(raw: u64, field: usize, buckets: usize) -> u32 {
+    (mix64(raw ^ mix64(field as u64 + 1)) % buckets as u64) as u32
+}
+
+/// A hidden effect of raw id `raw` of id field `field` on task `task`: about
+/// N(0, 1) (a centred sum of three uniforms), fixed by the seed, no table.
+fn id_effect(seed: u64, task: usize, field: usize, raw: u64) -> f32 {
+    let h = mix64(mix64(mix64(seed) ^ (task as u64) << 8 ^ field as u64) ^ raw);
+    let u = |k: u32| ((h >> (k * 21)) & 0x1F_FFFF) as f32 / (1u32 << 21) as f32;
+    (u(0) + u(1) + u(2) - 1.5) * 2.0
+}
+
+fn hashed_ids(shape: &Shape, ids: &IdFields) -> Result<Rows, BenchError> {
+    let Shape {
+        rows,
+        ref vocabs,
+        dense,
+        tasks,
+        seed,
+        ..
+    } = *shape;
+    let fields = vocabs.len();
+    let id_fields = ids.raw_ids.len();
+    if ids.zipf.len() != id_fields || id_fields > fields || ids.buckets == 0 {
+        return Err(BenchError::msg(format!(
+            "hashed-ids data: {} raw id spaces, {} Zipf exponents, {fields} fields, {} buckets do not fit together",
+            id_fields,
+            ids.zipf.len(),
+            ids.buckets
+        )));
+    }
+    let zipfs = ids
+        .raw_ids
+        .iter()
+        .zip(&ids.zipf)
+        .map(|(&n, &s)| Zipf::new(n as f64, s).map_err(|e| BenchError::msg(format!("Zipf({n}, {s}): {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let small = &vocabs[id_fields..];
+    let starts: Vec<usize> = small
+        .iter()
+        .scan(0, |at, &v| {
+            let s = *at;
+            *at += v;
+            Some(s)
+        })
+        .collect();
+    let per_task: usize = small.iter().sum();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n01 = normal(1.0)?;
+    let effects: Vec<f32> = (0..tasks * per_task)
+        .map(|_| n01.sample(&mut rng) as f32 * 0.15)
+        .collect();
+    let slopes: Vec<f32> = (0..tasks * dense).map(|_| n01.sample(&mut rng) as f32 * 0.3).collect();
+    let mut out = Rows {
+        shape: shape.clone(),
+        sparse: Vec::with_capacity(rows * fields),
+        dense: Vec::with_capacity(rows * dense),
+        labels: Vec::with_capacity(rows * tasks),
+        domains: vec![0; rows],
+    };
+    let mut raw = vec![0u64; id_fields];
+    for _ in 0..rows {
+        for (j, z) in zipfs.iter().enumerate() {
+            // Rank 1 is the most frequent id; raw ids are the ranks less one.
+            raw[j] = (z.sample(&mut rng) as u64).saturating_sub(1);
+            out.sparse.push(bucket(raw[j], j, ids.buckets));
+        }
+        let base = out.sparse.len();
+        for &vocab in small {
+            let u: f64 = rng.random();
+            out.sparse.push(((u * u * vocab as f64) as usize).min(vocab - 1) as u32);
+        }
+        let dbase = out.dense.len();
+        for _ in 0..dense {
+            out.dense.push(n01.sample(&mut rng) as f32);
+        }
+        for k in 0..tasks {
+            let mut logit = -1.0;
+            for (j, &r) in raw.iter().enumerate() {
+                logit += 0.5 * id_effect(seed, k, j, r);
+            }
+            for (f, start) in starts.iter().enumerate() {
+                logit += effects[k * per_task + start + out.sparse[base + f] as usize];
             }
             for j in 0..dense {
                 logit += slopes[k * dense + j] * out.dense[dbase + j];
@@ -146,7 +344,34 @@ struct Section {
 struct Header {
     #[serde(flatten)]
     shape: Shape,
+    /// The number of categorical fields (the length of `vocabs`), for readers.
+    fields: usize,
     sections: Vec<Section>,
+}
+
+/// The header of a version-1 file (census-like data, one vocabulary).
+#[derive(Deserialize)]
+struct HeaderV1 {
+    rows: usize,
+    fields: usize,
+    vocab: usize,
+    dense: usize,
+    tasks: usize,
+    domains: usize,
+    seed: u64,
+}
+
+impl From<HeaderV1> for Shape {
+    fn from(h: HeaderV1) -> Self {
+        Shape {
+            vocabs: vec![h.vocab; h.fields],
+            field_names: (0..h.fields).map(|f| format!("c{f}")).collect(),
+            dense: h.dense,
+            tasks: h.tasks,
+            domains: h.domains,
+            ..Shape::census_like(h.rows, h.seed)
+        }
+    }
 }
 
 /// Writes `rows` to `path` (atomically).
@@ -156,7 +381,7 @@ pub fn write(rows: &Rows, path: &Path) -> Result<(), BenchError> {
         (
             "sparse",
             "int32",
-            vec![s.rows, s.fields],
+            vec![s.rows, s.fields()],
             rows.sparse.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ),
         (
@@ -191,6 +416,7 @@ pub fn write(rows: &Rows, path: &Path) -> Result<(), BenchError> {
     }
     let header = serde_json::to_string(&Header {
         shape: s.clone(),
+        fields: s.fields(),
         sections,
     })
     .map_err(|e| BenchError::msg(format!("header: {e}")))?;
@@ -231,15 +457,30 @@ pub fn read(path: &Path) -> Result<Rows, BenchError> {
     let mut r = BufReader::new(std::fs::File::open(path).map_err(|e| bad(e.to_string()))?);
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| bad(e.to_string()))?;
-    if line.trim_end() != MAGIC {
-        return Err(bad(format!("not a benchmark data file (expected `{MAGIC}`)")));
-    }
+    let version = match line.trim_end() {
+        MAGIC => 2,
+        MAGIC_V1 => 1,
+        _ => return Err(bad(format!("not a benchmark data file (expected `{MAGIC}`)"))),
+    };
     line.clear();
     r.read_line(&mut line).map_err(|e| bad(e.to_string()))?;
-    let h: Header = serde_json::from_str(&line).map_err(|e| bad(format!("header: {e}")))?;
-    let s = h.shape;
+    let header = |e: serde_json::Error| bad(format!("header: {e}"));
+    let s: Shape = if version == 1 {
+        serde_json::from_str::<HeaderV1>(&line).map_err(header)?.into()
+    } else {
+        let h: Header = serde_json::from_str(&line).map_err(header)?;
+        if h.fields != h.shape.fields() || h.shape.field_names.len() != h.shape.fields() {
+            return Err(bad(format!(
+                "header: {} fields, but {} vocabularies and {} field names",
+                h.fields,
+                h.shape.fields(),
+                h.shape.field_names.len()
+            )));
+        }
+        h.shape
+    };
     let io = |e: std::io::Error| bad(format!("truncated: {e}"));
-    let sparse = read_u32s(&mut r, s.rows * s.fields).map_err(io)?;
+    let sparse = read_u32s(&mut r, s.rows * s.fields()).map_err(io)?;
     let dense = read_f32s(&mut r, s.rows * s.dense).map_err(io)?;
     let labels = read_f32s(&mut r, s.rows * s.tasks).map_err(io)?;
     let domains = read_u32s(&mut r, s.rows).map_err(io)?;
@@ -272,8 +513,8 @@ pub fn dataset(rows: Rows, domains: bool) -> Result<Dataset, BenchError> {
     Ok(Dataset::new(
         tasks(s.tasks),
         Some(SparseColumns {
-            fields: (0..s.fields).map(|f| format!("c{f}")).collect(),
-            vocab: vec![s.vocab; s.fields],
+            fields: s.field_names.clone(),
+            vocab: s.vocabs.clone(),
             ids: rows.sparse,
         }),
         Some(DenseColumns {
@@ -291,23 +532,76 @@ pub fn dataset(rows: Rows, domains: bool) -> Result<Dataset, BenchError> {
 mod tests {
     use super::*;
 
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mtrec-bench-data-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn seeded_and_round_trips_through_the_file() {
-        let shape = Shape {
-            rows: 50,
-            ..Shape::census_like(50, 3)
-        };
+        let shape = Shape::census_like(50, 3);
         let a = generate(&shape).unwrap();
         assert_eq!(a, generate(&shape).unwrap());
-        assert!(a.sparse.iter().all(|&i| (i as usize) < shape.vocab));
+        assert!(a.sparse.iter().all(|&i| i < 1000));
         assert!(a.domains.iter().all(|&d| (d as usize) < shape.domains));
-        let dir = std::env::temp_dir().join(format!("mtrec-bench-data-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp("census");
         let path = dir.join("d.bin");
         write(&a, &path).unwrap();
         assert_eq!(read(&path).unwrap(), a);
         let ds = dataset(a, true).unwrap();
         assert_eq!(ds.rows(), 50);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn hashed_ids_round_trip_and_keep_their_rows_across_bucket_counts() {
+        let big = generate(&Shape::hashed_ids(300, 4, 1 << 22)).unwrap();
+        let small = generate(&Shape::hashed_ids(300, 4, 1024)).unwrap();
+        let fields = big.shape.fields();
+        assert_eq!(fields, 10);
+        for (r, (a, b)) in big.sparse.chunks(fields).zip(small.sparse.chunks(fields)).enumerate() {
+            assert!(a[..2].iter().all(|&i| i < 1 << 22), "row {r}: {a:?}");
+            assert!(b[..2].iter().all(|&i| i < 1024), "row {r}: {b:?}");
+            // Same small fields: only the hashing of the ids differs.
+            assert_eq!(a[2..], b[2..], "row {r}");
+            assert!(a[2..].iter().all(|&i| i < 50));
+        }
+        assert_eq!(big.labels, small.labels);
+        assert_eq!(big.dense, small.dense);
+        // Skewed: the most frequent item id is far above a uniform draw's count.
+        let mut counts = std::collections::HashMap::new();
+        for row in big.sparse.chunks(fields) {
+            *counts.entry(row[1]).or_insert(0usize) += 1;
+        }
+        assert!(counts.values().copied().max().unwrap() >= 5, "{counts:?}");
+        // Both labels occur.
+        assert!(big.labels.contains(&0.0) && big.labels.contains(&1.0));
+        let dir = temp("ids");
+        let path = dir.join("d.bin");
+        write(&big, &path).unwrap();
+        assert_eq!(read(&path).unwrap(), big);
+        let ds = dataset(big, false).unwrap();
+        assert_eq!(ds.rows(), 300);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn reads_version_1_files() {
+        let rows = generate(&Shape::census_like(20, 2)).unwrap();
+        let dir = temp("v1");
+        let path = dir.join("d.bin");
+        write(&rows, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let body_at = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(1).unwrap().0 + 1;
+        let v1 = r#"{"rows":20,"fields":40,"vocab":1000,"dense":10,"tasks":2,"domains":3,"seed":2,"sections":[]}"#;
+        let mut old = format!("{MAGIC_V1}\n{v1}\n").into_bytes();
+        old.extend_from_slice(&bytes[body_at..]);
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(read(&path).unwrap(), rows);
+        std::fs::write(&path, b"something else\n").unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("not a benchmark data file"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

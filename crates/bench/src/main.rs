@@ -6,7 +6,7 @@
 //! - `compare`: mtrec and PyTorch (default and fused Adam) alternately, whole
 //!   processes (A B C A B C ...), medians of `--repeats` runs, and the ratios;
 //! - `profile`: where one training step's time goes, by phase;
-//! - `data`: writes the synthetic data file both sides read;
+//! - `data`: writes a workload's synthetic data file both sides read;
 //! - `single`: one workload in this process (what `run` and `compare` spawn).
 
 mod compare;
@@ -34,7 +34,8 @@ struct Cli {
 
 #[derive(Args, Clone, Debug)]
 struct Common {
-    /// Workloads, comma-separated: mmoe, ple, star.
+    /// Workloads, comma-separated: mmoe, ple, star (census-like data),
+    /// large-vocab, small-model (hashed-id data).
     #[arg(long, default_value = "mmoe,ple,star", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Threads of every side (RAYON_NUM_THREADS; torch.set_num_threads).
@@ -42,18 +43,25 @@ struct Common {
     threads: usize,
     #[arg(long, default_value_t = 1024)]
     batch_size: usize,
-    /// Rows of the synthetic data set (one timed training pass over all of them).
-    #[arg(long, default_value_t = 200_000)]
-    rows: usize,
+    /// Rows of the synthetic data set (one timed training pass over all of
+    /// them); default 200,000 census-like, 180,000 hashed-id rows.
+    #[arg(long)]
+    rows: Option<usize>,
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The data file (written first if missing); default target/bench/census-like-<rows>-<seed>.bin.
+    /// The data file of every workload named (written first if missing);
+    /// default target/bench/census-like-<rows>-<seed>.bin, or
+    /// hashed-ids-<buckets>-<rows>-<seed>.bin for large-vocab and small-model.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Training steps before the timed pass.
     #[arg(long, default_value_t = 10)]
     warmup_steps: usize,
+    /// Timed training steps at most (a quick check; default: one whole pass
+    /// over the rows). Training throughput is then over these steps only.
+    #[arg(long)]
+    max_steps: Option<usize>,
     /// Timed inference batches.
     #[arg(long, default_value_t = 40)]
     infer_batches: usize,
@@ -82,9 +90,15 @@ enum Command {
         /// The Python interpreter with torch installed.
         #[arg(long, default_value = "python3")]
         python: String,
-        /// PyTorch Adam variants: default (torch.optim.Adam) and fused (fused=True).
+        /// PyTorch Adam variants of the dense parameters: default
+        /// (torch.optim.Adam), fused (fused=True), foreach (foreach=True).
         #[arg(long, default_value = "default,fused", value_delimiter = ',')]
         torch_adam: Vec<String>,
+        /// Timed steps of PyTorch with dense tables (nn.Embedding + Adam over
+        /// everything), run for large-vocab and small-model and reported on
+        /// its own line; 0 leaves it out.
+        #[arg(long, default_value_t = 20)]
+        dense_steps: usize,
         /// Where the JSON goes (default target/bench/compare.json).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -102,10 +116,14 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// Writes the synthetic data file.
+    /// Writes the synthetic data file of a workload.
     Data {
-        #[arg(long, default_value_t = 200_000)]
-        rows: usize,
+        /// The workload whose data to write (mmoe, ple and star share theirs).
+        #[arg(long, default_value = "mmoe")]
+        workload: String,
+        /// Rows; default 200,000 census-like, 180,000 hashed-id rows.
+        #[arg(long)]
+        rows: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         #[arg(long)]
@@ -126,24 +144,25 @@ impl Common {
         self.workloads.iter().map(|w| Workload::parse(w.trim())).collect()
     }
 
-    fn data_path(&self) -> PathBuf {
+    fn data_path(&self, w: Workload) -> PathBuf {
         self.data.clone().unwrap_or_else(|| {
             root()
                 .join("target")
                 .join("bench")
-                .join(format!("census-like-{}-{}.bin", self.rows, self.seed))
+                .join(w.data_file(self.rows.unwrap_or(w.default_rows()), self.seed))
         })
     }
 
-    /// The data file, generated first if it does not exist.
-    fn ensure_data(&self) -> Result<PathBuf, BenchError> {
-        let path = self.data_path();
+    /// The data file of `w`, generated first if it does not exist.
+    fn ensure_data(&self, w: Workload) -> Result<PathBuf, BenchError> {
+        let path = self.data_path(w);
         if !path.exists() {
-            if let Some(dir) = path.parent() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
             eprintln!("writing the synthetic data to {}", path.display());
-            data::write(&data::generate(&data::Shape::census_like(self.rows, self.seed))?, &path)?;
+            let shape = w.shape(self.rows.unwrap_or(w.default_rows()), self.seed);
+            data::write(&data::generate(&shape)?, &path)?;
         }
         Ok(path)
     }
@@ -155,12 +174,13 @@ impl Common {
             warmup_steps: self.warmup_steps,
             infer_batches: self.infer_batches,
             latency_calls: self.latency_calls,
+            max_steps: self.max_steps,
         }
     }
 
     /// The arguments that reproduce these settings in a child process.
     fn child_args(&self, data: &Path, w: Workload) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "--workloads".into(),
             w.name().into(),
             "--threads".into(),
@@ -175,7 +195,11 @@ impl Common {
             self.infer_batches.to_string(),
             "--latency-calls".into(),
             self.latency_calls.to_string(),
-        ]
+        ];
+        if let Some(n) = self.max_steps {
+            args.extend(["--max-steps".into(), n.to_string()]);
+        }
+        args
     }
 }
 
@@ -232,9 +256,9 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), BenchError> 
 }
 
 fn run_all(common: &Common, out: Option<PathBuf>) -> Result<(), BenchError> {
-    let data = common.ensure_data()?;
     let mut results = Vec::new();
     for w in common.workloads()? {
+        let data = common.ensure_data(w)?;
         eprintln!("running {} ...", w.title());
         results.push(spawn_single(common, &data, w)?);
     }
@@ -283,13 +307,29 @@ fn main() -> std::process::ExitCode {
             repeats,
             python,
             torch_adam,
+            dense_steps,
             out,
-        }) => compare::compare(&common, repeats, &python, &torch_adam, out),
+        }) => compare::compare(
+            &common,
+            &compare::CompareOptions {
+                repeats,
+                python: &python,
+                adams: &torch_adam,
+                dense_steps,
+            },
+            out,
+        ),
         Some(Command::Profile { common, steps }) => {
             set_threads(common.threads).and_then(|()| profile::profile(&common, steps))
         }
         Some(Command::Gemm { threads }) => set_threads(threads).and_then(|()| profile::gemm()),
-        Some(Command::Data { rows, seed, out }) => data::generate(&data::Shape::census_like(rows, seed))
+        Some(Command::Data {
+            workload,
+            rows,
+            seed,
+            out,
+        }) => Workload::parse(workload.trim())
+            .and_then(|w| data::generate(&w.shape(rows.unwrap_or(w.default_rows()), seed)))
             .and_then(|d| {
                 if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
@@ -303,7 +343,7 @@ fn main() -> std::process::ExitCode {
                 .into_iter()
                 .next()
                 .ok_or_else(|| BenchError::msg("name one workload"))?;
-            let path = common.ensure_data()?;
+            let path = common.ensure_data(w)?;
             let r = measure::run(w, &path, &common.settings())?;
             let text = serde_json::to_string_pretty(&r)?;
             match json {

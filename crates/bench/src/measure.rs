@@ -24,8 +24,12 @@ pub struct RunResult {
     pub batch_size: usize,
     pub rows: usize,
     pub parameters: usize,
-    /// Timed training steps (one pass over every row) and the warm-up steps before them.
+    /// Timed training steps (one pass over every row, or the first
+    /// `--max-steps` batches of it) and the warm-up steps before them.
     pub train_steps: usize,
+    /// Rows of the timed training steps (`rows` unless capped by `--max-steps`).
+    #[serde(default)]
+    pub train_rows: usize,
     pub warmup_steps: usize,
     pub train_samples_per_s: f64,
     /// Mean per-task training loss over the timed pass.
@@ -61,6 +65,8 @@ pub struct RunSettings {
     pub warmup_steps: usize,
     pub infer_batches: usize,
     pub latency_calls: usize,
+    /// Timed training steps at most (a quick check; default: the whole pass).
+    pub max_steps: Option<usize>,
 }
 
 /// The 1-minute load average, or NaN where `/proc/loadavg` is missing.
@@ -128,15 +134,19 @@ pub fn median_p99(xs: &mut [f64]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// Loads the data file for `w` (with the domain column only where the model reads it).
+/// Loads the data file for `w` (with the domain column only where the model
+/// reads it), checking that it holds `w`'s kind of data.
 pub fn load(w: Workload, path: &std::path::Path) -> Result<(data::Shape, Dataset), BenchError> {
     let rows = data::read(path)?;
     let shape = rows.shape.clone();
+    w.check(&shape)
+        .map_err(|e| BenchError::msg(format!("{}: {e}", path.display())))?;
     Ok((shape, data::dataset(rows, w.uses_domains())?))
 }
 
 /// Trains one warm-up pass of `warmup_steps` batches and one timed pass over
-/// every row, then measures inference and batch-1 latency.
+/// every row (its first `max_steps` batches if set), then measures inference
+/// and batch-1 latency.
 pub fn run(w: Workload, path: &std::path::Path, s: &RunSettings) -> Result<RunResult, BenchError> {
     let load_before = load_average();
     let ticks_before = cpu_ticks();
@@ -163,9 +173,15 @@ pub fn run(w: Workload, path: &std::path::Path, s: &RunSettings) -> Result<RunRe
     let order = shuffled(rows, 1);
     let mut sums = vec![0.0; shape.tasks];
     let mut steps = 0usize;
+    let mut train_rows = 0usize;
     let t0 = Instant::now();
-    for batch in data.batches(&order, s.batch_size, &dev) {
-        let losses = train_step(&model, &mut opt, &batch?, &weights, None)?;
+    for batch in data
+        .batches(&order, s.batch_size, &dev)
+        .take(s.max_steps.unwrap_or(usize::MAX))
+    {
+        let batch = batch?;
+        train_rows += batch.rows();
+        let losses = train_step(&model, &mut opt, &batch, &weights, None)?;
         for (a, l) in sums.iter_mut().zip(losses) {
             *a += l;
         }
@@ -216,8 +232,9 @@ pub fn run(w: Workload, path: &std::path::Path, s: &RunSettings) -> Result<RunRe
         rows,
         parameters: model.params().parameter_count(),
         train_steps: steps,
+        train_rows,
         warmup_steps: s.warmup_steps,
-        train_samples_per_s: rows as f64 / train_secs,
+        train_samples_per_s: train_rows as f64 / train_secs.max(1e-9),
         train_loss: sums.iter().map(|v| v / steps.max(1) as f64).collect(),
         infer_samples_per_s: infer_rows as f64 / infer_secs.max(1e-9),
         latency_us_median,

@@ -16,8 +16,8 @@ use crate::measure::load_average;
 use crate::{measure, workload, BenchError, Common};
 
 pub fn profile(common: &Common, steps: usize) -> Result<(), BenchError> {
-    let path = common.ensure_data()?;
     for w in common.workloads()? {
+        let path = common.ensure_data(w)?;
         let (shape, data) = measure::load(w, &path)?;
         let model = workload::build(w, &shape, 1)?;
         let cfg = TrainConfig {
