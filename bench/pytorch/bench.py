@@ -414,7 +414,7 @@ def main():
     ap.add_argument("--latency-calls", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bank", choices=["addmm", "bmm", "linear"], default="addmm")
-    ap.add_argument("--mix", choices=["mul", "einsum", "bmm"], default="einsum")
+    ap.add_argument("--mix", choices=["mul", "einsum", "bmm"], default="mul")
     ap.add_argument("--tables", choices=["one", "per-field"], default="one")
     ap.add_argument("--embedding", choices=["sparse", "dense"],
                     help="table gradients (default: sparse for large-vocab and small-model, dense otherwise)")
