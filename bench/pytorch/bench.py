@@ -15,7 +15,9 @@ size, batch-1 latency median and p99, and peak RSS after training. Float32,
 
 The reference should be the fastest PyTorch we can write, or every ratio
 flatters mtrec: the formulation flags choose between alternatives, and their
-defaults are the fastest measured (docs/results/bench/pytorch-alternatives.md):
+defaults are the fastest measured (docs/results/bench/pytorch-alternatives.md:
+`--mix mul` was as fast or faster on every workload with experts, up to 1.28x
+on small-model; the other alternatives were within noise or slower):
 - `--bank`: an expert bank as `addmm` (the first layer, whose input all
   experts share, as one [B, d] x [d, n*out] addmm over the weights side by
   side; later layers one `baddbmm`), `bmm` (every layer one `baddbmm`), or
