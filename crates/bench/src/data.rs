@@ -143,6 +143,35 @@ pub struct Rows {
     pub domains: Vec<u32>,
 }
 
+/// Where each field's ids start among one task's effects, and the effects
+/// per task (the fields' vocabularies summed).
+fn effect_offsets(vocabs: &[usize]) -> (Vec<usize>, usize) {
+    let starts = vocabs
+        .iter()
+        .scan(0, |at, &v| {
+            let s = *at;
+            *at += v;
+            Some(s)
+        })
+        .collect();
+    (starts, vocabs.iter().sum())
+}
+
+/// The hidden effects of the labels, drawn in this order (the data files
+/// depend on it): per task, per field and id (N(0, 0.15^2)); then per task,
+/// per dense feature (N(0, 0.3^2)).
+fn hidden_effects(
+    rng: &mut StdRng,
+    n01: &Normal<f64>,
+    tasks: usize,
+    per_task: usize,
+    dense: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let effects = (0..tasks * per_task).map(|_| n01.sample(rng) as f32 * 0.15).collect();
+    let slopes = (0..tasks * dense).map(|_| n01.sample(rng) as f32 * 0.3).collect();
+    (effects, slopes)
+}
+
 fn normal(std: f64) -> Result<Normal<f64>, BenchError> {
     Normal::new(0.0, std).map_err(|e| BenchError::msg(format!("normal distribution: {e}")))
 }
@@ -167,23 +196,10 @@ fn census_like(shape: &Shape) -> Result<Rows, BenchError> {
         ..
     } = *shape;
     let fields = vocabs.len();
-    // Where field f's ids start among one task's effects.
-    let starts: Vec<usize> = vocabs
-        .iter()
-        .scan(0, |at, &v| {
-            let s = *at;
-            *at += v;
-            Some(s)
-        })
-        .collect();
-    let per_task: usize = vocabs.iter().sum();
+    let (starts, per_task) = effect_offsets(vocabs);
     let mut rng = StdRng::seed_from_u64(seed);
     let n01 = normal(1.0)?;
-    // Hidden effects: per task, per field and id; per task, per dense feature.
-    let effects: Vec<f32> = (0..tasks * per_task)
-        .map(|_| n01.sample(&mut rng) as f32 * 0.15)
-        .collect();
-    let slopes: Vec<f32> = (0..tasks * dense).map(|_| n01.sample(&mut rng) as f32 * 0.3).collect();
+    let (effects, slopes) = hidden_effects(&mut rng, &n01, tasks, per_task, dense);
     let shifts: Vec<f32> = (0..tasks * domains.max(1))
         .map(|_| n01.sample(&mut rng) as f32 * 0.5)
         .collect();
@@ -276,21 +292,10 @@ fn hashed_ids(shape: &Shape, ids: &IdFields) -> Result<Rows, BenchError> {
         .map(|(&n, &s)| Zipf::new(n as f64, s).map_err(|e| BenchError::msg(format!("Zipf({n}, {s}): {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let small = &vocabs[id_fields..];
-    let starts: Vec<usize> = small
-        .iter()
-        .scan(0, |at, &v| {
-            let s = *at;
-            *at += v;
-            Some(s)
-        })
-        .collect();
-    let per_task: usize = small.iter().sum();
+    let (starts, per_task) = effect_offsets(small);
     let mut rng = StdRng::seed_from_u64(seed);
     let n01 = normal(1.0)?;
-    let effects: Vec<f32> = (0..tasks * per_task)
-        .map(|_| n01.sample(&mut rng) as f32 * 0.15)
-        .collect();
-    let slopes: Vec<f32> = (0..tasks * dense).map(|_| n01.sample(&mut rng) as f32 * 0.3).collect();
+    let (effects, slopes) = hidden_effects(&mut rng, &n01, tasks, per_task, dense);
     let mut out = Rows {
         shape: shape.clone(),
         sparse: Vec::with_capacity(rows * fields),
