@@ -9,13 +9,17 @@ use mtrec_tests::{build, synthetic};
 use mtrec_train::check::unchanged_after_one_step;
 use mtrec_train::{evaluate, predict, train, TrainConfig};
 
-const TEMPLATES: &[&str] = &["cgc", "mmoe", "omoe", "ple", "shared-bottom", "single-task"];
+/// The built-in architectures that run on data without domains (the
+/// multi-domain ones have their own crates' tests).
+fn templates() -> Vec<&'static str> {
+    mtrec_plugins::architectures(true)
+}
 
 #[test]
 fn registry_holds_every_builtin() {
     mtrec_runner::link_builtin_plugins();
     let names: Vec<&str> = registry::architectures().unwrap().keys().copied().collect();
-    for want in mtrec_runner::BUILTIN_ARCHS {
+    for want in mtrec_plugins::architectures(false).iter().chain(&["graph"]) {
         assert!(names.contains(want), "`{want}` not registered; have {names:?}");
     }
     let kinds = registry::components().unwrap();
@@ -50,7 +54,7 @@ fn every_variable_changes_after_one_step() {
         let data = synthetic(64, kind, 3);
         let rows: Vec<usize> = (0..64).collect();
         let batch = data.batch(&rows, &Device::Cpu).unwrap();
-        for arch in TEMPLATES {
+        for arch in templates() {
             let model = build(arch, &data, 1);
             let unchanged = unchanged_after_one_step(&model, &batch).unwrap();
             assert!(
@@ -65,7 +69,7 @@ fn every_variable_changes_after_one_step() {
 fn batch_size_one_trains_and_predicts() {
     let data = synthetic(40, TaskKind::Binary, 5);
     let sp = split(40, [0.5, 0.25, 0.25], 1).unwrap();
-    for arch in TEMPLATES {
+    for arch in templates() {
         let model = build(arch, &data, 2);
         let cfg = TrainConfig {
             epochs: 1,
@@ -89,7 +93,7 @@ fn batch_size_one_trains_and_predicts() {
 fn models_learn_synthetic_tasks() {
     let data = synthetic(3000, TaskKind::Binary, 11);
     let sp = split(3000, [0.8, 0.1, 0.1], 11).unwrap();
-    for arch in TEMPLATES {
+    for arch in templates() {
         let model = build(arch, &data, 4);
         let before = evaluate(&model, &data, &sp.test, 1024).unwrap();
         let cfg = TrainConfig {

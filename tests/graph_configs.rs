@@ -210,23 +210,23 @@ experts = ["e16", "e8"]
             "wrong value type of a node key",
             format!("{}{TOWERS}", BOTTOM.replace("kind = \"mlp\"", "kind = 5")),
             vec![
-                "graph node `bottom` (bad.toml line 11, key `kind`)",
-                "invalid type: integer `5`",
+                "bad.toml: line 11, [[model.nodes]] #1 kind",
+                "invalid type: integer `5`, expected a string",
             ],
         ),
         (
             "wrong value type of a kind's parameter",
             format!("{}{TOWERS}", BOTTOM.replace("units = [8]", "units = \"8\"")),
             vec![
-                "graph node `bottom` (bad.toml line 9)",
-                "parameters of `mlp`",
-                "invalid type",
+                "bad.toml: line 13, [[model.nodes]] #1 units",
+                "graph node `bottom` (kind `mlp`)",
+                "invalid type: string \"8\", expected a sequence (expected like `units = [16]`)",
             ],
         ),
         (
             "missing required key",
             format!("{}{TOWERS}", BOTTOM.replace("kind = \"mlp\"\n", "")),
-            vec!["graph node `bottom` (bad.toml line 9)", "missing required key `kind`"],
+            vec!["bad.toml: line 9, [[model.nodes]] #1: missing field `kind`"],
         ),
         (
             "TOML syntax error",

@@ -301,10 +301,11 @@ fn run_writes_history_lines_and_plots() {
     let _ = std::fs::remove_dir_all(&dir);
     let sets = ["data.rows=600", "train.epochs=1"].map(String::from);
     let mut cfg = config::load(&root().join("configs").join("star.toml"), &sets).unwrap();
-    cfg.config.model = config::ModelSection {
+    cfg.set_model(config::ModelSection {
         arch: "mmoe".into(),
         params: toml::Table::new(),
-    };
+    })
+    .unwrap();
     let opts = RunOptions {
         out: Some(dir.clone()),
         ..RunOptions::default()
@@ -383,7 +384,7 @@ label = { column = "d" }
 fn task_names_are_checked_at_their_line() {
     let e = parse_err(TASKS_CONFIG);
     assert!(
-        e.starts_with("bad.toml: line 16, [[tasks]] #2 `name`: task name `my task`"),
+        e.starts_with("bad.toml: line 16, [[tasks]] #2 name: task name `my task`"),
         "{e}"
     );
     assert!(
@@ -401,7 +402,10 @@ fn task_names_are_checked_at_their_line() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("[[tasks]] #1 `name`: task name `a b`"), "{e}");
+    assert!(
+        e.contains("--set `tasks=[{ name") && e.contains("[[tasks]] #1 name: task name `a b`"),
+        "{e}"
+    );
     parse(&TASKS_CONFIG.replace("my task", "like-2_b"), Path::new("ok.toml"), &[]).unwrap();
 }
 

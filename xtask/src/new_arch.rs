@@ -15,10 +15,10 @@ publish = false
 [dependencies]
 mtrec-core.workspace = true
 serde.workspace = true
-toml.workspace = true
 inventory.workspace = true
 
 [dev-dependencies]
+toml.workspace = true
 candle-core.workspace = true
 
 [lints]
@@ -27,13 +27,13 @@ workspace = true
 
 const LIB_RS: &str = r#"//! The `{name}` architecture (a scaffold from `cargo xtask new-arch`): a
 //! shared bottom MLP under one `mlp-tower` per task, built from core
-//! component kinds. Change `expand` to build your graph; register new
-//! component kinds with `inventory::submit!(ComponentRegistration(..))`.
+//! component kinds. Change `expand` to build your graph; a new component
+//! kind is a `mtrec_core::Kind` registered with `mtrec_core::register_kind!`.
 //! See docs/writing-a-plugin.md.
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::components::mlp::{MlpKind, MlpParams};
+use mtrec_core::protocol::towers;
+use mtrec_core::{GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 /// The template's parameters: `[model]` keys besides `arch`.
@@ -55,27 +55,22 @@ impl Default for Params {
 
 pub struct Arch;
 
-impl Architecture for Arch {
-    fn name(&self) -> &'static str {
-        "{name}"
-    }
-    fn summary(&self) -> &'static str {
-        "{name}: a shared bottom MLP under one tower per task (scaffold)"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&Params::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: Params = parse_arch_params(self.name(), params)?;
-        let mut nodes = vec![NodeSpec::new("bottom", "mlp")
-            .input(INPUT)
-            .param("units", &p.bottom_units)];
+impl Template for Arch {
+    const NAME: &'static str = "{name}";
+    const SUMMARY: &'static str = "{name}: a shared bottom MLP under one tower per task (scaffold)";
+    type Params = Params;
+    fn expand(&self, p: &Params, env: &GraphEnv) -> Result<GraphSpec> {
+        let bottom = MlpParams {
+            units: p.bottom_units.clone(),
+            ..Default::default()
+        };
+        let mut nodes = vec![NodeSpec::of("bottom", &MlpKind, &bottom).input(INPUT)];
         nodes.extend(towers(&env.tasks, &p.tower_units, |_| "bottom".to_string()));
         Ok(GraphSpec { nodes })
     }
 }
 
-inventory::submit!(ArchRegistration(&Arch));
+mtrec_core::register_template!(Arch);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

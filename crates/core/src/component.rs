@@ -1,23 +1,22 @@
 //! The component traits every graph node is made of.
 //!
-//! All are object-safe and `Send + Sync`, know their widths (so that a graph is
-//! checked before any weight exists) and receive a [`ForwardCtx`] with the
-//! rows' domain ids and the train/eval flag.
+//! All are object-safe and `Send + Sync` and receive a [`ForwardCtx`] with
+//! the rows' domain ids, the features and the train/eval flag. Widths are
+//! checked by each kind's `check` before any weight exists
+//! ([`crate::protocol::Kind`]).
 
 use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::inputs::ForwardCtx;
 
-/// A bank of `count` experts reading the same input: `[B, in] -> [count, B, out]`.
+/// A bank of experts reading the same input: `[B, in] -> [count, B, out]`.
 ///
 /// A bank, not a single expert, is the unit: `n` identical experts run as one
 /// batched matmul over `[n, in, out]` weights instead of a loop of `n` small
-/// ones. A single expert is a bank of one.
+/// ones. A single expert is a bank of one. (Widths and counts are the
+/// kind's `check`'s business, before any weight exists.)
 pub trait Expert: Send + Sync {
-    fn in_width(&self) -> usize;
-    fn out_width(&self) -> usize;
-    fn count(&self) -> usize;
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
 }
 
@@ -25,28 +24,22 @@ pub trait Expert: Send + Sync {
 /// non-negative, each row summing to 1. The graph runtime mixes the experts'
 /// outputs with these weights and records them for expert-utilisation reports.
 pub trait Gate: Send + Sync {
-    fn selector_width(&self) -> usize;
-    fn experts(&self) -> usize;
     fn weights(&self, selector: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
 }
 
 /// Combines several `[B, d_i]` tensors into one `[B, out]`.
 pub trait Fusion: Send + Sync {
-    fn out_width(&self) -> usize;
     fn forward(&self, xs: &[Tensor], ctx: &ForwardCtx) -> Result<Tensor>;
 }
 
 /// One task's head: `[B, in] -> [B, 1]` logit (or regression value).
 pub trait Tower: Send + Sync {
-    fn in_width(&self) -> usize;
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
 }
 
 /// Any other `[B, in] -> [B, out]` node: a shared bottom MLP, a normalisation,
 /// a scenario transform.
 pub trait Layer: Send + Sync {
-    fn in_width(&self) -> usize;
-    fn out_width(&self) -> usize;
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
 }
 

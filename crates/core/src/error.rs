@@ -33,9 +33,23 @@ pub enum Error {
     #[error("graph: {0}")]
     GraphWide(String),
 
-    /// Parameters of an architecture or component that do not parse.
-    #[error("parameters of {what}: {message}")]
-    Params { what: String, message: String },
+    /// Parameters of an architecture that do not parse: whose, and the
+    /// failing key's path (which the runner turns into a file line).
+    #[error("parameters of {owner}: {error}")]
+    Params {
+        owner: String,
+        error: Box<crate::protocol::ParamError>,
+    },
+
+    /// Parameters of a graph node that do not parse: the node, where it
+    /// was written, its kind, and the failing key's path.
+    #[error("graph node `{node}`{}: parameters of `{kind}`: {error}", origin.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    NodeParams {
+        node: String,
+        origin: Option<String>,
+        kind: String,
+        error: Box<crate::protocol::ParamError>,
+    },
 
     /// Inputs handed to a model that do not match what it was built for.
     #[error("model input: {0}")]
@@ -56,6 +70,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A template's parameter `key` that parses but does not fit (`levels
+    /// = 0`): located like a parse error.
+    pub fn arch_param(arch: &str, key: &str, message: impl Into<String>) -> Self {
+        Error::Params {
+            owner: format!("architecture `{arch}` ([model])"),
+            error: Box::new(crate::protocol::ParamError {
+                path: crate::protocol::KeyPath::default().key(key),
+                message: message.into(),
+                example: None,
+            }),
+        }
+    }
+
     pub fn graph(node: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Graph {
             node: node.into(),

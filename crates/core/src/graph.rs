@@ -9,11 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Port, Role};
 use crate::error::{Error, Result};
+use crate::protocol::{to_table, Kind, NodeParams};
 use crate::registry;
 use crate::task::TaskInfo;
 
@@ -69,6 +69,13 @@ impl NodeSpec {
             origin: None,
         }
     }
+    /// A node of kind `kind` with its typed parameters: what templates
+    /// write, so that a misspelt kind or parameter does not compile.
+    pub fn of<K: Kind>(id: impl Into<String>, kind: &K, params: &K::Params) -> Self {
+        let mut node = Self::new(id, kind.name());
+        node.params = to_table(params);
+        node
+    }
     pub fn input(mut self, id: impl Into<String>) -> Self {
         self.inputs.push(id.into());
         self
@@ -85,7 +92,9 @@ impl NodeSpec {
         self.task = Some(task.into());
         self
     }
-    /// Sets a parameter; anything serde can turn into TOML.
+    /// Sets a parameter by name, as a config file would: for graphs
+    /// assembled as data (tests, tools). Templates use [`NodeSpec::of`],
+    /// which the compiler checks.
     pub fn param(mut self, key: &str, value: impl Serialize) -> Self {
         // Values built in code are plain numbers, strings and lists: they
         // always convert; a failure would be a bug in the caller's types.
@@ -102,14 +111,6 @@ impl NodeSpec {
             origin: self.origin.clone(),
             message: message.into(),
         }
-    }
-
-    /// Parses the node's parameters into the kind's own struct (which should
-    /// `deny_unknown_fields`, so that a misspelt key is an error, not ignored).
-    pub fn parse_params<T: DeserializeOwned>(&self) -> Result<T> {
-        toml::Value::Table(self.params.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| self.error(format!("parameters of `{}`: {}", self.kind, e.message())))
     }
 }
 
@@ -165,6 +166,8 @@ pub struct CheckedGraph {
     pub outputs: Vec<Port>,
     /// For each task (in `env.tasks` order), the index of its tower.
     pub towers: Vec<usize>,
+    /// Each node's parameters, parsed once by its kind.
+    pub params: Vec<NodeParams>,
 }
 
 /// A reference to a node's output, or to the model input.
@@ -277,6 +280,19 @@ pub fn validate(spec: &GraphSpec, env: &GraphEnv) -> Result<CheckedGraph> {
         .nodes
         .iter()
         .map(|n| registry::component(&n.kind).map_err(|e| n.error(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let params = spec
+        .nodes
+        .iter()
+        .zip(&kinds)
+        .map(|(n, k)| {
+            k.parse(&n.params).map_err(|error| Error::NodeParams {
+                node: n.id.clone(),
+                origin: n.origin.clone(),
+                kind: n.kind.clone(),
+                error: Box::new(error),
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let deps: Vec<Vec<usize>> = inputs
         .iter()
@@ -392,7 +408,7 @@ pub fn validate(spec: &GraphSpec, env: &GraphEnv) -> Result<CheckedGraph> {
             inputs: ins,
             experts: exs,
         };
-        let out = kind.check(node, &nio, env)?;
+        let out = kind.check(&params[i], &nio, env).map_err(|m| node.error(m))?;
         let expected_ok = match (role, out) {
             (Role::Expert, Port::Bank { .. }) => true,
             (Role::Tower, Port::Dense { width: 1 }) => true,
@@ -454,6 +470,7 @@ pub fn validate(spec: &GraphSpec, env: &GraphEnv) -> Result<CheckedGraph> {
         io,
         outputs,
         towers,
+        params,
     })
 }
 

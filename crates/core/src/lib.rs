@@ -3,6 +3,8 @@
 //! - [`component`]: the `Expert`, `Gate`, `Fusion`, `Tower` (and `Layer`) traits;
 //! - [`graph`]: the graph description every architecture expands into, and
 //!   its validation before any weight exists;
+//! - [`protocol`]: what a plugin writes: a [`Template`] or a component [`Kind`],
+//!   each with one typed `Params`;
 //! - [`registry`]: the inventory registries of architectures and component kinds;
 //! - [`model`]: the one runtime that runs any validated graph;
 //! - [`components`]: the built-in component kinds (MLP experts, softmax gate,
@@ -21,9 +23,9 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod protocol;
 pub mod registry;
 pub mod task;
-pub mod template;
 
 pub use component::{Component, Expert, Fusion, Gate, Layer, Port, Role, Tower};
 pub use error::{Error, Result};
@@ -34,7 +36,8 @@ pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
 pub use inputs::{Domains, ForwardCtx, Inputs, SequenceInput};
 pub use model::{GateRecord, Model, ModelOutput};
 pub use params::{Init, ParamBuilder, ParamStore};
-pub use registry::{ArchRegistration, Architecture, ComponentKind, ComponentRegistration};
+pub use protocol::{ArchParams, Architecture, ComponentKind, Kind, NodeParams, Template};
+pub use registry::{ArchRegistration, ComponentRegistration};
 pub use task::{TaskInfo, TaskKind};
 
 // Re-exported so that plugin crates register with the same inventory version.

@@ -129,7 +129,7 @@ impl Model {
         for &i in &checked.order {
             let spec = &checked.spec.nodes[i];
             let kind = crate::registry::component(&spec.kind)?;
-            let comp = kind.build(spec, &checked.io[i], env, &pb.pp(&spec.id))?;
+            let comp = kind.build(&checked.params[i], &checked.io[i], env, &pb.pp(&spec.id))?;
             if comp.role() != kind.role() {
                 return Err(spec.error(format!(
                     "component kind `{}` declared role {} but built a {}",

@@ -248,10 +248,8 @@ impl ParamBuilder {
                 (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
             }
             Init::Normal { mean, std } => {
-                let dist = Normal::new(mean, std).map_err(|e| Error::Params {
-                    what: "initialiser".into(),
-                    message: e.to_string(),
-                })?;
+                let dist = Normal::new(mean, std)
+                    .map_err(|e| Error::GraphWide(format!("initialiser N({mean}, {std}): {e}")))?;
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                 (0..n).map(|_| dist.sample(&mut *rng) as f32).collect()
             }

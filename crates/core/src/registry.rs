@@ -8,49 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use crate::component::{Component, Port, Role};
 use crate::error::{Error, Result};
-use crate::graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec};
-use crate::params::ParamBuilder;
+pub use crate::protocol::{Architecture, ComponentKind};
 
-/// A named template that expands its few parameters into a graph.
-pub trait Architecture: Sync {
-    /// The name used in configs and on the command line (`mmoe`, `ple`...).
-    fn name(&self) -> &'static str;
-    /// One line for `mtrec list`.
-    fn summary(&self) -> &'static str;
-    /// The template's parameters with their defaults, as TOML (`mtrec graph`
-    /// and the docs print it). Parsing `{}` must give the same.
-    fn defaults(&self) -> toml::Table;
-    /// Expands `params` (the `[model]` table without `arch`) into a graph.
-    /// Unknown parameters are errors.
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec>;
-    /// Features (by name) that this template's components read themselves
-    /// (through `ForwardCtx::features`) and that must stay out of the shared
-    /// model input, e.g. SAR-Net's debias features, which must never reach the
-    /// serving path. The runner marks them `FeatureSpec::side` before
-    /// expanding. Default: none.
-    fn side_features(&self, _params: &toml::Table) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-}
-
-/// A kind of graph node (e.g. `mlp-experts`, `softmax-gate`, `concat`).
-pub trait ComponentKind: Sync {
-    fn name(&self) -> &'static str;
-    fn role(&self) -> Role;
-    fn summary(&self) -> &'static str;
-    /// Validates the node's parameters against its inputs and returns its
-    /// output port, without creating any weight.
-    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port>;
-    /// Builds the component, creating its weights under `pb` (already
-    /// prefixed with the node id).
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component>;
-}
-
-/// Registers an architecture: `inventory::submit!(ArchRegistration(&MyArch));`
+/// An architecture's registration (made by [`crate::register_template!`]).
 pub struct ArchRegistration(pub &'static dyn Architecture);
-/// Registers a component kind: `inventory::submit!(ComponentRegistration(&MyKind));`
+/// A component kind's registration (made by [`crate::register_kind!`]).
 pub struct ComponentRegistration(pub &'static dyn ComponentKind);
 
 inventory::collect!(ArchRegistration);
@@ -131,25 +94,6 @@ pub fn component(name: &str) -> Result<&'static dyn ComponentKind> {
         name: name.to_string(),
         known: all.keys().map(|k| k.to_string()).collect(),
     })
-}
-
-/// Parses a template's parameter table into its own struct, with the
-/// template's name in the error.
-pub fn parse_arch_params<T: serde::de::DeserializeOwned>(arch: &str, params: &toml::Table) -> Result<T> {
-    toml::Value::Table(params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Params {
-            what: format!("architecture `{arch}` ([model])"),
-            message: e.message().to_string(),
-        })
-}
-
-/// Serialises a template's parameter struct back into a table (for defaults).
-pub fn to_table<T: serde::Serialize>(value: &T) -> toml::Table {
-    match toml::Value::try_from(value) {
-        Ok(toml::Value::Table(t)) => t,
-        _ => toml::Table::new(),
-    }
 }
 
 #[cfg(test)]

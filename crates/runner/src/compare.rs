@@ -129,7 +129,7 @@ pub fn compare(
     for model in models {
         let arch = &model.arch;
         let mut cfg = base.clone();
-        cfg.config.model = model.clone();
+        cfg.set_model(model.clone())?;
         let mut parameters = 0;
         let mut per_task: Vec<TaskSummary> = Vec::new();
         let mut per_domain: Vec<DomainSummary> = Vec::new();
@@ -249,7 +249,7 @@ pub fn compare_and_write(
 pub fn models_for(base: &LoadedConfig, archs: &[String], model_configs: &[PathBuf]) -> Result<Vec<ModelSection>> {
     let mut models = Vec::new();
     for file in model_configs {
-        models.push(config::load(file, &[])?.config.model);
+        models.push(config::load_model(file)?);
     }
     for arch in archs {
         mtrec_core::registry::architecture(arch)?;

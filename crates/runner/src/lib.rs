@@ -16,29 +16,12 @@ pub use error::{Result, RunError};
 
 /// References every built-in plugin so that the linker keeps their
 /// `inventory` registrations (an unreferenced crate is dropped whole).
+/// Links every built-in plugin (`mtrec_plugins::BUILTIN`) and the
+/// third-party crates of enabled features, so that their registrations reach
+/// the registry.
 pub fn link_builtin_plugins() {
-    mtrec_single_task::link();
-    mtrec_shared_bottom::link();
-    mtrec_omoe::link();
-    mtrec_mmoe::link();
-    mtrec_star::link();
-    mtrec_sar_net::link();
-    mtrec_cgc::link();
-    mtrec_ple::link();
+    mtrec_plugins::link();
     // Third-party architecture crates, each behind its own cargo feature.
     #[cfg(feature = "esmm")]
     mtrec_esmm::link();
 }
-
-/// The architectures this runner ships with.
-pub const BUILTIN_ARCHS: &[&str] = &[
-    "cgc",
-    "graph",
-    "mmoe",
-    "omoe",
-    "ple",
-    "sar-net",
-    "shared-bottom",
-    "single-task",
-    "star",
-];

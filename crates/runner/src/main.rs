@@ -145,14 +145,11 @@ fn load(args: &ConfigArgs) -> Result<LoadedConfig> {
 fn load_inner(args: &ConfigArgs) -> Result<LoadedConfig> {
     let mut loaded = match (&args.config, &args.arch) {
         (Some(file), _) => config::load(file, &args.sets)?,
-        (None, Some(arch)) => {
-            let mut c = config::default_for(arch)?;
-            if !args.sets.is_empty() {
-                let text = c.text.clone();
-                c = config::parse(&text, &c.file, &args.sets)?;
-            }
-            c
-        }
+        (None, Some(arch)) => config::parse(
+            &config::default_text(arch),
+            std::path::Path::new("<built-in default config>"),
+            &args.sets,
+        )?,
         (None, None) => {
             return Err(RunError::Usage(
                 "give --arch NAME or --config FILE (see `mtrec list`)".into(),
@@ -162,10 +159,10 @@ fn load_inner(args: &ConfigArgs) -> Result<LoadedConfig> {
     if let Some(arch) = &args.arch {
         mtrec_core::registry::architecture(arch)?;
         if &loaded.config.model.arch != arch {
-            loaded.config.model = ModelSection {
+            loaded.set_model(ModelSection {
                 arch: arch.clone(),
                 params: toml::Table::new(),
-            };
+            })?;
         }
     }
     Ok(loaded)

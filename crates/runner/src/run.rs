@@ -34,7 +34,7 @@ use mtrec_train::{
     InMemory, Report, SplitRows, Streamed, TrainOptions, TrainSource,
 };
 
-use crate::config::{self, unknown_field, LoadedConfig, RunConfig};
+use crate::config::{self, LoadedConfig, RunConfig};
 use crate::error::{io, Result, RunError};
 use crate::folder::{self, FolderLock};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
@@ -76,7 +76,8 @@ pub struct RunOptions<'a> {
     pub on_test: Option<&'a mut OnTest<'a>>,
 }
 
-/// Expands the config's architecture into a graph for the given data.
+/// Expands the config's architecture into a graph for the given data;
+/// also gives the architecture's parameters as run (every default written out).
 pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, toml::Table)> {
     let m = &cfg.config.model;
     let arch = registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
@@ -91,69 +92,40 @@ pub fn expand(cfg: &LoadedConfig, prepared: &Prepared) -> Result<(GraphSpec, tom
     } else {
         None
     };
-    let mut graph = arch.expand(&m.params, &env).map_err(|e| match &e {
-        mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
-        _ => cfg.error("model", None, &e),
-    })?;
+    let mut graph = arch
+        .expand_parsed(&cfg.arch_params, &env)
+        .map_err(|e| cfg.model_error(e))?;
     if let Some(origins) = origins {
         for (node, origin) in graph.nodes.iter_mut().zip(origins) {
-            node.origin = origin;
+            node.origin = Some(origin);
         }
     }
-    // The parameters as run: defaults, then what the config set.
-    let mut params = arch.defaults();
-    for (k, v) in &m.params {
-        params.insert(k.clone(), v.clone());
-    }
-    Ok((graph, params))
+    Ok((graph, cfg.arch_params.table().clone()))
 }
 
 /// The name of the config-only architecture (`[[model.nodes]]`).
 pub const GRAPH_ARCH: &str = "graph";
 
-/// The 1-based lines of the `[[model.nodes]]` headers of a config text, in order.
-pub fn node_header_lines(text: &str) -> Vec<usize> {
-    config::array_table_lines(text, &["model", "nodes"])
-}
-
 /// For `arch = "graph"`: checks each node's own keys (`id`, `kind`,
-/// `inputs`, `experts`, `task`) with errors naming the node and its line, and
-/// returns each node's origin ("FILE line L") for later graph errors. When
-/// the nodes are not written as `[[model.nodes]]` tables (inline, or replaced
-/// by `--set`), origins name the file only.
-fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<Option<String>>> {
-    let file = cfg.file.display().to_string();
+/// `inputs`, `experts`, `task`) with errors naming the node and the key's
+/// line, and returns each node's origin ("FILE line L" of its
+/// `[[model.nodes]]` entry) for later graph errors.
+fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<String>> {
     let Some(toml::Value::Array(nodes)) = cfg.config.model.params.get("nodes") else {
-        // A missing or mistyped `nodes` is reported by the expansion.
+        // A missing or mistyped `nodes` is reported by the parse.
         return Ok(Vec::new());
     };
-    let lines = node_header_lines(&cfg.text);
-    let lines_fit = lines.len() == nodes.len();
     let mut origins = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
-        let header = lines_fit.then(|| lines[i]);
-        let origin = match header {
-            Some(l) => format!("{file} line {l}"),
-            None => format!("{file}, [[model.nodes]] #{}", i + 1),
-        };
+        let at = config::key_path(&["model", "nodes"]).index(i);
         let id = node
             .get("id")
             .and_then(toml::Value::as_str)
             .map(|s| format!("graph node `{s}`"))
             .unwrap_or_else(|| format!("graph node #{}", i + 1));
         let err = |key: Option<&str>, message: String| {
-            let place = match (key, header) {
-                (Some(k), Some(h)) => match config::key_line_in_table(&cfg.text, h, k) {
-                    Some(l) => format!("{file} line {l}, key `{k}`"),
-                    None => format!("{origin}, key `{k}`"),
-                },
-                (Some(k), None) => format!("{origin}, key `{k}`"),
-                (None, _) => origin.clone(),
-            };
-            RunError::Config {
-                file: cfg.file.clone(),
-                message: format!("{id} ({place}): {message}"),
-            }
+            let path = key.map_or_else(|| at.clone(), |k| at.clone().key(k));
+            cfg.error_at(&path, format!("{id}: {message}"))
         };
         let Some(table) = node.as_table() else {
             return Err(err(None, "a node must be a table ([[model.nodes]])".into()));
@@ -189,21 +161,9 @@ fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<Option<String>>> {
                 }
             }
         }
-        origins.push(Some(origin));
+        origins.push(cfg.origin(&at));
     }
     Ok(origins)
-}
-
-/// Maps a core error of a graph built from `cfg` to a config error: errors
-/// about one node already carry its origin; graph-wide ones name `[model]`.
-fn graph_error(cfg: &LoadedConfig, e: mtrec_core::Error) -> RunError {
-    match e {
-        mtrec_core::Error::Graph { .. } => RunError::Config {
-            file: cfg.file.clone(),
-            message: e.to_string(),
-        },
-        other => cfg.error("model", Some("arch"), other),
-    }
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -386,7 +346,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         train_cfg.seed,
         &Device::Cpu,
     )
-    .map_err(|e| graph_error(cfg, e))?;
+    .map_err(|e| cfg.model_error(e))?;
     let names: Vec<String> = prepared.tasks.iter().map(|t| t.name.clone()).collect();
     train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
     check_validation_metrics(cfg, &prepared, train_cfg.eval_batch_size)?;

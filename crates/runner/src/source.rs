@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mtrec_core::protocol::{parse_value, to_table};
 use mtrec_core::{DomainEmbedding, FeatureSpec, TaskInfo};
 use mtrec_data::preprocess::Progress;
 use mtrec_data::schema::FileFormat;
@@ -19,7 +20,7 @@ use mtrec_data::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::config::{unknown_field, LoadedConfig};
+use crate::config::{key_path, LoadedConfig};
 use crate::error::{io, Result};
 
 /// The names of the built-in sources, for error messages.
@@ -129,10 +130,12 @@ pub fn stream_options(cfg: &LoadedConfig) -> Result<Option<StreamOptions>> {
     Ok(Some(options))
 }
 
-fn section<T: DeserializeOwned>(cfg: &LoadedConfig) -> Result<T> {
-    toml::Value::Table(cfg.config.data.params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| cfg.error("data", unknown_field(e.message()), e.message()))
+/// The source's own keys of `[data]`, parsed into its typed form; a
+/// generator's defaults give the examples of each key's syntax.
+fn section<T: DeserializeOwned>(cfg: &LoadedConfig, examples: Option<toml::Table>) -> Result<T> {
+    let mut table = cfg.config.data.params.clone();
+    table.remove("source");
+    parse_value(toml::Value::Table(table), examples.as_ref()).map_err(|e| cfg.param_error(&key_path(&["data"]), &e))
 }
 
 /// The folder relative data paths start from, made absolute (against the
@@ -197,17 +200,17 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
     };
     match d.source.as_str() {
         "mmoe-synthetic" => {
-            let gen: MmoeSynthetic = section(cfg)?;
+            let gen: MmoeSynthetic = section(cfg, Some(to_table(&MmoeSynthetic::default())))?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            generated(data, mtrec_core::registry::to_table(&gen), gen.seed)
+            generated(data, to_table(&gen), gen.seed)
         }
         "multi-domain-synthetic" => {
-            let gen: MultiDomainSynthetic = section(cfg)?;
+            let gen: MultiDomainSynthetic = section(cfg, Some(to_table(&MultiDomainSynthetic::default())))?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            generated(data, mtrec_core::registry::to_table(&gen), gen.seed)
+            generated(data, to_table(&gen), gen.seed)
         }
         "csv" | "parquet" => {
-            let mut schema: TabularSchema = section(cfg)?;
+            let mut schema: TabularSchema = section(cfg, None)?;
             schema.source = Some(if d.source == "csv" {
                 FileFormat::Csv
             } else {
@@ -338,10 +341,9 @@ pub fn model_features(cfg: &LoadedConfig, mut base: FeatureSpec, domains: usize)
     }
     let m = &cfg.config.model;
     let arch = mtrec_core::registry::architecture(&m.arch).map_err(|e| cfg.error("model", Some("arch"), e))?;
-    base.side = arch.side_features(&m.params).map_err(|e| match &e {
-        mtrec_core::Error::Params { message, .. } => cfg.error("model", unknown_field(message), &e),
-        _ => cfg.error("model", None, &e),
-    })?;
+    base.side = arch
+        .side_features_parsed(&cfg.arch_params)
+        .map_err(|e| cfg.model_error(e))?;
     for name in &f.side {
         let known =
             base.sparse_field(name).is_some() || base.dense.iter().any(|d| d == name) || base.sequence(name).is_some();

@@ -43,15 +43,19 @@
 //!
 //! # Linking
 //!
-//! Registration is by `inventory::submit!`. A binary must reference the crate
+//! Registration is by `mtrec_core::register_template!` / `register_kind!`
+//! (inventory underneath). A binary must reference the crate
 //! for the linker to keep it: call [`link`] (the `mtrec` runner does so when
 //! built with its default feature `esmm`).
 
 use candle_core::{DType, Tensor, D};
-use mtrec_core::registry::{parse_arch_params, to_table};
+use mtrec_core::components::fusion::{FusionKind, FusionOp, NoParams};
+use mtrec_core::components::mlp::{MlpKind, MlpParams};
+use mtrec_core::components::tower::{MlpTowerKind, MlpTowerParams};
+use mtrec_core::components::Activation;
 use mtrec_core::{
-    ArchRegistration, Architecture, Component, ComponentKind, ComponentRegistration, Error, ForwardCtx, GraphEnv,
-    GraphSpec, NodeIo, NodeSpec, ParamBuilder, Port, Result, Role, TaskKind, Tower, INPUT,
+    Component, Error, ForwardCtx, GraphEnv, GraphSpec, Kind, NodeIo, NodeSpec, ParamBuilder, Port, Result, Role,
+    TaskKind, Template, Tower, INPUT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,16 +72,9 @@ pub fn product_logit(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(lse.squeeze(D::Minus1)?.neg()?)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
 struct CtcvrTower;
 
 impl Tower for CtcvrTower {
-    fn in_width(&self) -> usize {
-        2
-    }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         let a = x.narrow(1, 0, 1)?;
         let b = x.narrow(1, 1, 1)?;
@@ -85,10 +82,22 @@ impl Tower for CtcvrTower {
     }
 }
 
+/// A weightless head reading a `[B, width]` input: checks the width.
+fn head_of_width(kind: &str, width: usize, io: &NodeIo, what: &str) -> std::result::Result<Port, String> {
+    let w = io.inputs.first().map_or(0, |p| p.width());
+    if w != width {
+        return Err(format!(
+            "width mismatch: `{kind}` reads [B, {width}] ({what}), got width {w}"
+        ));
+    }
+    Ok(Port::Dense { width: 1 })
+}
+
 /// `esmm-ctcvr`: the pCTCVR head (see the crate doc).
 pub struct CtcvrKind;
 
-impl ComponentKind for CtcvrKind {
+impl Kind for CtcvrKind {
+    type Params = NoParams;
     fn name(&self) -> &'static str {
         "esmm-ctcvr"
     }
@@ -98,18 +107,10 @@ impl ComponentKind for CtcvrKind {
     fn summary(&self) -> &'static str {
         "ESMM head: reads [pCTR logit, pCVR logit] ([B, 2]), outputs logit(pCTR x pCVR); no weights"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let _: NoParams = node.parse_params()?;
-        let w = io.inputs.first().map_or(0, |p| p.width());
-        if w != 2 {
-            return Err(node.error(format!(
-                "width mismatch: `esmm-ctcvr` reads [B, 2] (the CTR and CVR logits, e.g. a `concat` of both), got width {w}"
-            )));
-        }
-        Ok(Port::Dense { width: 1 })
+    fn check(&self, _p: &NoParams, io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
+        head_of_width(self.name(), 2, io, "the CTR and CVR logits, e.g. a `concat` of both")
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
-        self.check(node, io, env)?;
+    fn build(&self, _p: &NoParams, _io: &NodeIo, _env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
         Ok(Component::Tower(Box::new(CtcvrTower)))
     }
 }
@@ -117,9 +118,6 @@ impl ComponentKind for CtcvrKind {
 struct LogitTower;
 
 impl Tower for LogitTower {
-    fn in_width(&self) -> usize {
-        1
-    }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         Ok(x.to_dtype(DType::F32)?)
     }
@@ -128,7 +126,8 @@ impl Tower for LogitTower {
 /// `logit`: a task output that is a `[B, 1]` logit computed elsewhere.
 pub struct LogitKind;
 
-impl ComponentKind for LogitKind {
+impl Kind for LogitKind {
+    type Params = NoParams;
     fn name(&self) -> &'static str {
         "logit"
     }
@@ -138,16 +137,10 @@ impl ComponentKind for LogitKind {
     fn summary(&self) -> &'static str {
         "passes a [B, 1] logit through as a task's output; no weights"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let _: NoParams = node.parse_params()?;
-        let w = io.inputs.first().map_or(0, |p| p.width());
-        if w != 1 {
-            return Err(node.error(format!("width mismatch: `logit` reads [B, 1], got width {w}")));
-        }
-        Ok(Port::Dense { width: 1 })
+    fn check(&self, _p: &NoParams, io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
+        head_of_width(self.name(), 1, io, "a logit")
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
-        self.check(node, io, env)?;
+    fn build(&self, _p: &NoParams, _io: &NodeIo, _env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
         Ok(Component::Tower(Box::new(LogitTower)))
     }
 }
@@ -180,48 +173,53 @@ impl Default for EsmmParams {
 
 pub struct Esmm;
 
-impl Architecture for Esmm {
-    fn name(&self) -> &'static str {
-        "esmm"
-    }
-    fn summary(&self) -> &'static str {
-        "ESMM (SIGIR'18): pCTR and pCVR networks, pCTCVR = pCTR x pCVR, trained on CTR + CTCVR over all rows"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&EsmmParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: EsmmParams = parse_arch_params(self.name(), params)?;
-        for task in [&p.ctr_task, &p.ctcvr_task] {
+impl Template for Esmm {
+    const NAME: &'static str = "esmm";
+    const SUMMARY: &'static str =
+        "ESMM (SIGIR'18): pCTR and pCVR networks, pCTCVR = pCTR x pCVR, trained on CTR + CTCVR over all rows";
+    type Params = EsmmParams;
+    fn expand(&self, p: &EsmmParams, env: &GraphEnv) -> Result<GraphSpec> {
+        for (key, task) in [("ctr_task", &p.ctr_task), ("ctcvr_task", &p.ctcvr_task)] {
             match env.tasks.iter().find(|t| &t.name == task) {
                 Some(t) if t.kind == TaskKind::Binary => {}
-                Some(_) => return Err(Error::GraphWide(format!("esmm: task `{task}` must be binary"))),
+                Some(_) => {
+                    return Err(Error::arch_param(
+                        Self::NAME,
+                        key,
+                        format!("task `{task}` must be binary"),
+                    ))
+                }
                 None => {
-                    return Err(Error::GraphWide(format!(
-                        "esmm needs a task `{task}` (set ctr_task / ctcvr_task); the data's tasks are: {}",
-                        env.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )))
+                    let known: Vec<&str> = env.tasks.iter().map(|t| t.name.as_str()).collect();
+                    let message = format!("needs a task `{task}`; the data's tasks are: {}", known.join(", "));
+                    return Err(Error::arch_param(Self::NAME, key, message));
                 }
             }
         }
         if p.cvr_units.is_empty() {
-            return Err(Error::GraphWide("esmm: `cvr_units` needs at least one layer".into()));
+            return Err(Error::arch_param(Self::NAME, "cvr_units", "needs at least one layer"));
         }
         let ctr = format!("tower-{}", p.ctr_task);
+        let ctr_tower = MlpTowerParams {
+            units: p.ctr_units.clone(),
+            ..Default::default()
+        };
+        let cvr_hidden = MlpParams {
+            units: p.cvr_units.clone(),
+            ..Default::default()
+        };
+        let cvr_logit = MlpParams {
+            units: vec![1],
+            activation: Activation::Linear,
+        };
         let nodes = vec![
-            NodeSpec::new(&ctr, "mlp-tower")
+            NodeSpec::of(&ctr, &MlpTowerKind, &ctr_tower)
                 .input(INPUT)
-                .task(&p.ctr_task)
-                .param("units", &p.ctr_units),
-            NodeSpec::new("cvr-hidden", "mlp")
-                .input(INPUT)
-                .param("units", &p.cvr_units),
-            NodeSpec::new("cvr", "mlp")
-                .input("cvr-hidden")
-                .param("units", [1])
-                .param("activation", "linear"),
-            NodeSpec::new("ctr-cvr", "concat").inputs([ctr.as_str(), "cvr"]),
-            NodeSpec::new(format!("tower-{}", p.ctcvr_task), "esmm-ctcvr")
+                .task(&p.ctr_task),
+            NodeSpec::of("cvr-hidden", &MlpKind, &cvr_hidden).input(INPUT),
+            NodeSpec::of("cvr", &MlpKind, &cvr_logit).input("cvr-hidden"),
+            NodeSpec::of("ctr-cvr", &FusionKind(FusionOp::Concat), &NoParams {}).inputs([ctr.as_str(), "cvr"]),
+            NodeSpec::of(format!("tower-{}", p.ctcvr_task), &CtcvrKind, &NoParams {})
                 .input("ctr-cvr")
                 .task(&p.ctcvr_task),
         ];
@@ -229,9 +227,9 @@ impl Architecture for Esmm {
     }
 }
 
-inventory::submit!(ArchRegistration(&Esmm));
-inventory::submit!(ComponentRegistration(&CtcvrKind));
-inventory::submit!(ComponentRegistration(&LogitKind));
+mtrec_core::register_template!(Esmm);
+mtrec_core::register_kind!(CtcvrKind);
+mtrec_core::register_kind!(LogitKind);
 
 /// Call from a binary so that the linker keeps this crate's registrations.
 pub fn link() {}

@@ -18,8 +18,7 @@
 //! Defaults (PLE's, see `mtrec-ple`): 2 specific and 2 shared experts of one
 //! 16-unit layer, towers `[256, 128, 64]` (the paper's towers), no gate bias.
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::{ArchRegistration, Architecture, GraphEnv, GraphSpec, Result};
+use mtrec_core::{GraphEnv, GraphSpec, Result, Template};
 use mtrec_ple::{expand_ple, NextInput, PleParams};
 use serde::{Deserialize, Serialize};
 
@@ -69,23 +68,16 @@ impl From<CgcParams> for PleParams {
 
 pub struct Cgc;
 
-impl Architecture for Cgc {
-    fn name(&self) -> &'static str {
-        "cgc"
-    }
-    fn summary(&self) -> &'static str {
-        "Customized Gate Control (RecSys'20): task-specific and shared experts, one gate per task over its own and the shared experts"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&CgcParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: CgcParams = parse_arch_params(self.name(), params)?;
-        expand_ple(self.name(), &p.into(), env)
+impl Template for Cgc {
+    const NAME: &'static str = "cgc";
+    const SUMMARY: &'static str = "Customized Gate Control (RecSys'20): task-specific and shared experts, one gate per task over its own and the shared experts";
+    type Params = CgcParams;
+    fn expand(&self, p: &CgcParams, env: &GraphEnv) -> Result<GraphSpec> {
+        expand_ple(Self::NAME, &PleParams::from(p.clone()), env)
     }
 }
 
-inventory::submit!(ArchRegistration(&Cgc));
+mtrec_core::register_template!(Cgc);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

@@ -7,9 +7,10 @@
 //! experts, as in the paper. Defaults are the paper's setup: 8 experts of one
 //! 16-unit ReLU layer, towers of one 8-unit layer.
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::components::experts::{MlpExpertsKind, MlpExpertsParams};
+use mtrec_core::components::gate::{SoftmaxGateKind, SoftmaxGateParams};
+use mtrec_core::protocol::towers;
+use mtrec_core::{GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 /// MMoE's parameters (also OMoE's, which differs only in sharing one gate).
@@ -35,35 +36,30 @@ impl Default for MoeParams {
 
 pub struct Mmoe;
 
-impl Architecture for Mmoe {
-    fn name(&self) -> &'static str {
-        "mmoe"
-    }
-    fn summary(&self) -> &'static str {
-        "Multi-gate Mixture-of-Experts (KDD'18): shared experts, one softmax gate per task"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&MoeParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: MoeParams = parse_arch_params(self.name(), params)?;
-        Ok(expand_moe(&p, env, false))
+impl Template for Mmoe {
+    const NAME: &'static str = "mmoe";
+    const SUMMARY: &'static str = "Multi-gate Mixture-of-Experts (KDD'18): shared experts, one softmax gate per task";
+    type Params = MoeParams;
+    fn expand(&self, p: &MoeParams, env: &GraphEnv) -> Result<GraphSpec> {
+        Ok(expand_moe(p, env, false))
     }
 }
 
 /// One bank of experts over the input, then either one gate per task (MMoE)
 /// or one gate shared by all tasks (OMoE), then one tower per task.
 pub fn expand_moe(p: &MoeParams, env: &GraphEnv, one_gate: bool) -> GraphSpec {
+    let gate_params = SoftmaxGateParams { bias: p.gate_bias };
     let gate = |id: String| {
-        NodeSpec::new(id, "softmax-gate")
+        NodeSpec::of(id, &SoftmaxGateKind, &gate_params)
             .input(INPUT)
             .experts(["experts"])
-            .param("bias", p.gate_bias)
     };
-    let mut nodes = vec![NodeSpec::new("experts", "mlp-experts")
-        .input(INPUT)
-        .param("count", p.experts)
-        .param("units", &p.expert_units)];
+    let experts = MlpExpertsParams {
+        count: p.experts,
+        units: p.expert_units.clone(),
+        ..Default::default()
+    };
+    let mut nodes = vec![NodeSpec::of("experts", &MlpExpertsKind, &experts).input(INPUT)];
     if one_gate {
         nodes.push(gate("gate".into()));
         nodes.extend(towers(&env.tasks, &p.tower_units, |_| "gate".to_string()));
@@ -74,7 +70,7 @@ pub fn expand_moe(p: &MoeParams, env: &GraphEnv, one_gate: bool) -> GraphSpec {
     GraphSpec { nodes }
 }
 
-inventory::submit!(ArchRegistration(&Mmoe));
+mtrec_core::register_template!(Mmoe);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

@@ -43,9 +43,11 @@
 //!   expert counts and does not fix expert widths for its public data; 16
 //!   units are the MMoE paper's experts, so that the two compare).
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, Error, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::components::experts::{MlpExpertsKind, MlpExpertsParams};
+use mtrec_core::components::fusion::{FusionKind, FusionOp, NoParams};
+use mtrec_core::components::gate::{SoftmaxGateKind, SoftmaxGateParams};
+use mtrec_core::protocol::towers;
+use mtrec_core::{Error, GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 /// The owner name of the shared experts and the shared gate in node ids.
@@ -67,14 +69,14 @@ pub enum NextInput {
 }
 
 impl NextInput {
-    /// The core fusion kind of a fusion choice; `None` for the paper's routing.
-    pub fn fusion_kind(self) -> Option<&'static str> {
+    /// The core fusion of a fusion choice; `None` for the paper's routing.
+    pub fn fusion(self) -> Option<FusionOp> {
         match self {
             NextInput::Paper => None,
-            NextInput::Concat => Some("concat"),
-            NextInput::Sum => Some("sum"),
-            NextInput::Product => Some("product"),
-            NextInput::ConcatSumProduct => Some("concat-sum-product"),
+            NextInput::Concat => Some(FusionOp::Concat),
+            NextInput::Sum => Some(FusionOp::Sum),
+            NextInput::Product => Some(FusionOp::Product),
+            NextInput::ConcatSumProduct => Some(FusionOp::ConcatSumProduct),
         }
     }
 }
@@ -130,37 +132,34 @@ pub fn input_id(level: usize) -> String {
     format!("l{level}-input")
 }
 
-fn params_error(arch: &str, message: impl Into<String>) -> Error {
-    Error::Params {
-        what: format!("architecture `{arch}` ([model])"),
-        message: message.into(),
-    }
-}
-
 fn check(arch: &str, p: &PleParams, env: &GraphEnv) -> Result<()> {
-    let bad = |message: &str| Err(params_error(arch, message));
+    let bad = |key: &str, message: &str| Err(Error::arch_param(arch, key, message));
     if p.levels == 0 {
-        return bad("`levels` must be at least 1 (one extraction layer is CGC)");
+        return bad("levels", "`levels` must be at least 1 (one extraction layer is CGC)");
     }
     if p.specific_experts == 0 && p.shared_experts == 0 {
         return bad(
+            "shared_experts",
             "`specific_experts` and `shared_experts` are both 0: the gates would mix no expert; \
              give at least one of them a count >= 1",
         );
     }
     if p.expert_units.is_empty() {
-        return bad("`expert_units` must list at least one layer width, e.g. [16]");
+        return bad(
+            "expert_units",
+            "`expert_units` must list at least one layer width, e.g. [16]",
+        );
     }
-    if p.expert_units.contains(&0) || p.tower_units.contains(&0) {
-        return bad(&format!(
-            "a layer width of 0 in `expert_units` = {:?} or `tower_units` = {:?}",
-            p.expert_units, p.tower_units
-        ));
+    for (key, units) in [("expert_units", &p.expert_units), ("tower_units", &p.tower_units)] {
+        if units.contains(&0) {
+            return bad(key, &format!("a layer width of 0 in `{key}` = {units:?}"));
+        }
     }
     if env.tasks.iter().any(|t| t.name == SHARED) {
-        return bad(&format!(
-            "a task is named `{SHARED}`, which the shared experts' and shared gate's node ids use; rename the task"
-        ));
+        return Err(Error::GraphWide(format!(
+            "architecture `{arch}`: a task is named `{SHARED}`, which the shared experts' and shared gate's \
+             node ids use; rename the task"
+        )));
     }
     Ok(())
 }
@@ -170,18 +169,20 @@ fn check(arch: &str, p: &PleParams, env: &GraphEnv) -> Result<()> {
 pub fn expand_ple(arch: &str, p: &PleParams, env: &GraphEnv) -> Result<GraphSpec> {
     check(arch, p, env)?;
     let tasks: Vec<&str> = env.tasks.iter().map(|t| t.name.as_str()).collect();
-    let fusion = p.next_input.fusion_kind();
+    let fusion = p.next_input.fusion();
     let bank = |id: String, input: &str, count: usize| {
-        NodeSpec::new(id, "mlp-experts")
-            .input(input)
-            .param("count", count)
-            .param("units", &p.expert_units)
+        let params = MlpExpertsParams {
+            count,
+            units: p.expert_units.clone(),
+            ..Default::default()
+        };
+        NodeSpec::of(id, &MlpExpertsKind, &params).input(input)
     };
+    let gate_params = SoftmaxGateParams { bias: p.gate_bias };
     let gate = |id: String, input: &str, banks: Vec<String>| {
-        NodeSpec::new(id, "softmax-gate")
+        NodeSpec::of(id, &SoftmaxGateKind, &gate_params)
             .input(input)
             .experts(banks)
-            .param("bias", p.gate_bias)
     };
     let mut nodes = Vec::new();
     // What each task's branch and the shared branch read at the current layer.
@@ -230,11 +231,11 @@ pub fn expand_ple(arch: &str, p: &PleParams, env: &GraphEnv) -> Result<GraphSpec
                 task_in = tasks.iter().map(|t| gate_id(j, t)).collect();
                 shared_in = gate_id(j, SHARED);
             }
-            Some(kind) => {
+            Some(op) => {
                 let id = input_id(j + 1);
                 let mut gates: Vec<String> = tasks.iter().map(|t| gate_id(j, t)).collect();
                 gates.push(gate_id(j, SHARED));
-                nodes.push(NodeSpec::new(&id, kind).inputs(gates));
+                nodes.push(NodeSpec::of(&id, &FusionKind(op), &NoParams {}).inputs(gates));
                 task_in = vec![id.clone(); tasks.len()];
                 shared_in = id;
             }
@@ -247,23 +248,16 @@ pub fn expand_ple(arch: &str, p: &PleParams, env: &GraphEnv) -> Result<GraphSpec
 
 pub struct Ple;
 
-impl Architecture for Ple {
-    fn name(&self) -> &'static str {
-        "ple"
-    }
-    fn summary(&self) -> &'static str {
-        "Progressive Layered Extraction (RecSys'20): stacked CGC layers of task-specific and shared experts, progressive routing"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&PleParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: PleParams = parse_arch_params(self.name(), params)?;
-        expand_ple(self.name(), &p, env)
+impl Template for Ple {
+    const NAME: &'static str = "ple";
+    const SUMMARY: &'static str = "Progressive Layered Extraction (RecSys'20): stacked CGC layers of task-specific and shared experts, progressive routing";
+    type Params = PleParams;
+    fn expand(&self, p: &PleParams, env: &GraphEnv) -> Result<GraphSpec> {
+        expand_ple(Self::NAME, p, env)
     }
 }
 
-inventory::submit!(ArchRegistration(&Ple));
+mtrec_core::register_template!(Ple);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

@@ -24,35 +24,44 @@
 //! shares), else a table of this node indexed by the row's domain id.
 
 use candle_core::{Tensor, D};
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, Error, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec,
-    ParamBuilder, Port, Result, Role,
-};
-use serde::Deserialize;
+use mtrec_core::{Component, Error, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
+use serde::{Deserialize, Serialize};
 
 /// What a masked position's score becomes: exp of it underflows to exactly 0.
 const MASKED: f64 = -1e9;
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct BehaviourParams {
     /// Sequence feature of the behaviour items.
-    items: String,
+    pub items: String,
     /// Sequence feature of the behaviours' scenarios (aligned with `items`).
-    scenarios: String,
+    pub scenarios: String,
     /// Sparse field of the target item.
-    target: String,
+    pub target: String,
     /// Sparse field whose embedding is the current scenario context; `None`:
     /// a table of this node, indexed by the domain id.
     #[serde(default)]
-    scenario_field: Option<String>,
+    pub scenario_field: Option<String>,
     /// Width of the node's own scenario table (without `scenario_field`).
     #[serde(default = "default_scenario_dim")]
-    scenario_dim: usize,
+    pub scenario_dim: usize,
 }
 
 fn default_scenario_dim() -> usize {
     4
+}
+
+impl Default for BehaviourParams {
+    fn default() -> Self {
+        Self {
+            items: "hist_item_id".into(),
+            scenarios: "hist_domain".into(),
+            target: "item_id".into(),
+            scenario_field: None,
+            scenario_dim: default_scenario_dim(),
+        }
+    }
 }
 
 /// The widths this node reads, checked against the feature spec.
@@ -63,7 +72,7 @@ struct Widths {
     current: usize,
 }
 
-fn widths(node: &NodeSpec, p: &Params, env: &GraphEnv) -> Result<Widths> {
+fn widths(p: &BehaviourParams, env: &GraphEnv) -> std::result::Result<Widths, String> {
     let f = &env.features;
     let seqs = || {
         let names: Vec<&str> = f.sequences.iter().map(|q| q.name.as_str()).collect();
@@ -75,37 +84,34 @@ fn widths(node: &NodeSpec, p: &Params, env: &GraphEnv) -> Result<Widths> {
     };
     let items = f
         .sequence(&p.items)
-        .ok_or_else(|| node.error(format!("`items` = \"{}\" is no sequence feature ({})", p.items, seqs())))?;
-    let scen = f.sequence(&p.scenarios).ok_or_else(|| {
-        node.error(format!(
-            "`scenarios` = \"{}\" is no sequence feature ({})",
-            p.scenarios,
-            seqs()
-        ))
-    })?;
+        .ok_or_else(|| format!("`items` = \"{}\" is no sequence feature ({})", p.items, seqs()))?;
+    let scen = f
+        .sequence(&p.scenarios)
+        .ok_or_else(|| format!("`scenarios` = \"{}\" is no sequence feature ({})", p.scenarios, seqs()))?;
     if items.max_len != scen.max_len {
-        return Err(node.error(format!(
+        return Err(format!(
             "`{}` ({} positions) and `{}` ({}) must be aligned: one scenario per behaviour",
             p.items, items.max_len, p.scenarios, scen.max_len
-        )));
+        ));
     }
     let target = f
         .sparse_field(&p.target)
-        .ok_or_else(|| node.error(format!("`target` = \"{}\" is no sparse field", p.target)))?;
+        .ok_or_else(|| format!("`target` = \"{}\" is no sparse field", p.target))?;
     let current = match &p.scenario_field {
         Some(s) => {
             f.sparse_field(s)
-                .ok_or_else(|| node.error(format!("`scenario_field` = \"{s}\" is no sparse field")))?
+                .ok_or_else(|| format!("`scenario_field` = \"{s}\" is no sparse field"))?
                 .dim
         }
         None => {
             if env.domains == 0 {
-                return Err(node.error(
-                    "the current scenario is the row's domain, and the data has no domains (set `scenario_field`)",
-                ));
+                return Err(
+                    "the current scenario is the row's domain, and the data has no domains (set `scenario_field`)"
+                        .into(),
+                );
             }
             if p.scenario_dim == 0 {
-                return Err(node.error("`scenario_dim` must be at least 1"));
+                return Err("`scenario_dim` must be at least 1".into());
             }
             p.scenario_dim
         }
@@ -119,8 +125,6 @@ fn widths(node: &NodeSpec, p: &Params, env: &GraphEnv) -> Result<Widths> {
 }
 
 pub struct BehaviourExtraction {
-    d_in: usize,
-    d_item: usize,
     d_scen: usize,
     items: String,
     scenarios: String,
@@ -173,12 +177,6 @@ impl BehaviourExtraction {
 }
 
 impl Layer for BehaviourExtraction {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
-    fn out_width(&self) -> usize {
-        self.d_in + self.d_item
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let (_, interest) = self.attend(ctx)?;
         Ok(Tensor::cat(&[x, &interest], 1)?)
@@ -197,7 +195,8 @@ impl std::fmt::Debug for BehaviourExtraction {
 
 pub struct BehaviourKind;
 
-impl ComponentKind for BehaviourKind {
+impl Kind for BehaviourKind {
+    type Params = BehaviourParams;
     fn name(&self) -> &'static str {
         "sar-behaviour"
     }
@@ -207,16 +206,14 @@ impl ComponentKind for BehaviourKind {
     fn summary(&self) -> &'static str {
         "SAR-Net cross-scenario behaviour extraction: item x scenario attention over a behaviour sequence, interest appended"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
-        let w = widths(node, &p, env)?;
+    fn check(&self, p: &BehaviourParams, io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
+        let w = widths(p, env)?;
         Ok(Port::Dense {
             width: io.inputs[0].width() + w.item,
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
-        let w = widths(node, &p, env)?;
+    fn build(&self, p: &BehaviourParams, _io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let w = widths(p, env).map_err(|m| Error::GraphWide(format!("sar-behaviour: {m}")))?;
         let item_query = pb.get("item_query", &[w.target, w.item], Init::FanIn(w.target))?;
         let scenario_query = pb.get("scenario_query", &[w.current, w.scenario], Init::FanIn(w.current))?;
         let scenario_table = match &p.scenario_field {
@@ -228,13 +225,11 @@ impl ComponentKind for BehaviourKind {
             )?),
         };
         Ok(Component::Layer(Box::new(BehaviourExtraction {
-            d_in: io.inputs[0].width(),
-            d_item: w.item,
             d_scen: w.scenario,
-            items: p.items,
-            scenarios: p.scenarios,
-            target: p.target,
-            scenario_field: p.scenario_field,
+            items: p.items.clone(),
+            scenarios: p.scenarios.clone(),
+            target: p.target.clone(),
+            scenario_field: p.scenario_field.clone(),
             item_query,
             scenario_query,
             scenario_table,
@@ -242,4 +237,4 @@ impl ComponentKind for BehaviourKind {
     }
 }
 
-inventory::submit!(ComponentRegistration(&BehaviourKind));
+mtrec_core::register_kind!(BehaviourKind);

@@ -24,29 +24,42 @@
 //! to the expert output, so it must be free in sign).
 
 use candle_core::Tensor;
-use mtrec_core::components::dense::{check_units, Activation};
+use mtrec_core::components::dense::Activation;
 use mtrec_core::ops::{linear_act, Act};
+use mtrec_core::protocol::check_units;
 use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, Expert, ForwardCtx, GraphEnv, Init, NodeIo, NodeSpec,
-    ParamBuilder, Port, Result, Role,
+    Component, Error, Expert, ForwardCtx, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role,
 };
 use mtrec_star::groups::{domains_of, DomainGroups};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    count: usize,
-    units: Vec<usize>,
+pub struct DebiasExpertsParams {
+    pub count: usize,
+    pub units: Vec<usize>,
     #[serde(default)]
-    activation: Activation,
+    pub activation: Activation,
     #[serde(default)]
-    scenario_specific: bool,
+    pub scenario_specific: bool,
     /// Debias features (sparse fields: their embeddings; dense: their values).
     #[serde(default)]
-    debias: Vec<String>,
+    pub debias: Vec<String>,
     #[serde(default)]
-    bias_units: Vec<usize>,
+    pub bias_units: Vec<usize>,
+}
+
+impl Default for DebiasExpertsParams {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            units: vec![32],
+            activation: Activation::Relu,
+            scenario_specific: false,
+            debias: Vec::new(),
+            bias_units: Vec::new(),
+        }
+    }
 }
 
 /// A bank of `n` MLPs, layer `l` one fused op over `[n, in, out]` weights.
@@ -87,7 +100,7 @@ struct ExpertSet {
 }
 
 impl ExpertSet {
-    fn new(pb: &ParamBuilder, p: &Params, d_in: usize, d_bias: usize) -> Result<Self> {
+    fn new(pb: &ParamBuilder, p: &DebiasExpertsParams, d_in: usize, d_bias: usize) -> Result<Self> {
         let act = p.activation.act();
         let main = Bank::new(&pb.pp("main"), p.count, d_in, &p.units, &vec![act; p.units.len()])?;
         let bias = if p.debias.is_empty() {
@@ -113,9 +126,6 @@ impl ExpertSet {
 }
 
 pub struct DebiasExperts {
-    count: usize,
-    d_in: usize,
-    d_out: usize,
     domains: usize,
     debias: Vec<String>,
     /// One set (shared) or one per scenario.
@@ -124,15 +134,6 @@ pub struct DebiasExperts {
 }
 
 impl Expert for DebiasExperts {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
-    fn out_width(&self) -> usize {
-        self.d_out
-    }
-    fn count(&self) -> usize {
-        self.count
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         // The debias features are read in training only: serving never needs them.
         let z = if ctx.train && !self.debias.is_empty() {
@@ -167,19 +168,19 @@ impl Expert for DebiasExperts {
 
 pub struct DebiasExpertsKind;
 
-fn debias_width(node: &NodeSpec, p: &Params, env: &GraphEnv) -> Result<usize> {
+fn debias_width(p: &DebiasExpertsParams, env: &GraphEnv) -> std::result::Result<usize, String> {
     let mut w = 0;
     for name in &p.debias {
-        w += env.features.feature_width(name).ok_or_else(|| {
-            node.error(format!(
-                "debias feature `{name}` is no sparse or dense feature of the data"
-            ))
-        })?;
+        w += env
+            .features
+            .feature_width(name)
+            .ok_or_else(|| format!("debias feature `{name}` is no sparse or dense feature of the data"))?;
     }
     Ok(w)
 }
 
-impl ComponentKind for DebiasExpertsKind {
+impl Kind for DebiasExpertsKind {
+    type Params = DebiasExpertsParams;
     fn name(&self) -> &'static str {
         "sar-experts"
     }
@@ -189,45 +190,40 @@ impl ComponentKind for DebiasExpertsKind {
     fn summary(&self) -> &'static str {
         "SAR-Net debias experts: main MLP + bias net over debias features (training only), shared or per scenario"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &DebiasExpertsParams, _io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if p.count == 0 {
-            return Err(node.error("`count` must be at least 1"));
+            return Err("`count` must be at least 1".into());
         }
-        check_units(node, &p.units, false)?;
+        check_units(&p.units, false)?;
         if p.bias_units.contains(&0) {
-            return Err(node.error(format!("`bias_units` = {:?} has a zero width", p.bias_units)));
+            return Err(format!("`bias_units` = {:?} has a zero width", p.bias_units));
         }
         if p.scenario_specific && env.domains == 0 {
-            return Err(node.error("scenario-specific experts need data with domains"));
+            return Err("scenario-specific experts need data with domains".into());
         }
-        debias_width(node, &p, env)?;
+        debias_width(p, env)?;
         Ok(Port::Bank {
             count: p.count,
             width: *p.units.last().unwrap_or(&0),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &DebiasExpertsParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let d_in = io.inputs[0].width();
-        let d_bias = debias_width(node, &p, env)?;
+        let d_bias = debias_width(p, env).map_err(|m| Error::GraphWide(format!("sar-experts: {m}")))?;
         let sets = if p.scenario_specific {
             (0..env.domains)
-                .map(|s| ExpertSet::new(&pb.pp(format!("scenario{s}")), &p, d_in, d_bias))
+                .map(|s| ExpertSet::new(&pb.pp(format!("scenario{s}")), p, d_in, d_bias))
                 .collect::<Result<Vec<_>>>()?
         } else {
-            vec![ExpertSet::new(pb, &p, d_in, d_bias)?]
+            vec![ExpertSet::new(pb, p, d_in, d_bias)?]
         };
         Ok(Component::Expert(Box::new(DebiasExperts {
-            count: p.count,
-            d_in,
-            d_out: *p.units.last().unwrap_or(&d_in),
             domains: env.domains,
-            debias: p.debias,
+            debias: p.debias.clone(),
             sets,
             specific: p.scenario_specific,
         })))
     }
 }
 
-inventory::submit!(ComponentRegistration(&DebiasExpertsKind));
+mtrec_core::register_kind!(DebiasExpertsKind);

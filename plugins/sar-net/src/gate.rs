@@ -8,21 +8,18 @@
 use candle_core::Tensor;
 use mtrec_core::components::dense::Linear;
 use mtrec_core::ops::Act;
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, ForwardCtx, Gate, GraphEnv, Init, NodeIo, NodeSpec, ParamBuilder,
-    Port, Result, Role,
-};
+use mtrec_core::{Component, ForwardCtx, Gate, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role};
 use mtrec_star::groups::domains_of;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct ScenarioGateParams {
     /// Width of the scenario embedding the gate reads.
     #[serde(default = "default_dim")]
-    embedding_dim: usize,
+    pub embedding_dim: usize,
     #[serde(default = "default_bias")]
-    bias: bool,
+    pub bias: bool,
 }
 
 fn default_dim() -> usize {
@@ -32,9 +29,16 @@ fn default_bias() -> bool {
     true
 }
 
+impl Default for ScenarioGateParams {
+    fn default() -> Self {
+        Self {
+            embedding_dim: default_dim(),
+            bias: default_bias(),
+        }
+    }
+}
+
 pub struct ScenarioGate {
-    d_sel: usize,
-    n: usize,
     domains: usize,
     /// `[D, e]`
     embedding: Tensor,
@@ -42,12 +46,6 @@ pub struct ScenarioGate {
 }
 
 impl Gate for ScenarioGate {
-    fn selector_width(&self) -> usize {
-        self.d_sel
-    }
-    fn experts(&self) -> usize {
-        self.n
-    }
     fn weights(&self, selector: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let d = domains_of(ctx, "sar-gate", self.domains)?;
         let e = self.embedding.index_select(d.tensor(), 0)?;
@@ -59,7 +57,8 @@ impl Gate for ScenarioGate {
 
 pub struct ScenarioGateKind;
 
-impl ComponentKind for ScenarioGateKind {
+impl Kind for ScenarioGateKind {
+    type Params = ScenarioGateParams;
     fn name(&self) -> &'static str {
         "sar-gate"
     }
@@ -69,20 +68,18 @@ impl ComponentKind for ScenarioGateKind {
     fn summary(&self) -> &'static str {
         "SAR-Net multi-scenario gate softmax([x; scenario embedding] W + b) over its `experts` banks"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &ScenarioGateParams, io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if env.domains == 0 {
-            return Err(node.error("needs data with domains (a domain id per row)"));
+            return Err("needs data with domains (a domain id per row)".into());
         }
         if p.embedding_dim == 0 {
-            return Err(node.error("`embedding_dim` must be at least 1"));
+            return Err("`embedding_dim` must be at least 1".into());
         }
         Ok(Port::Dense {
             width: io.experts.first().map_or(0, |p| p.width()),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &ScenarioGateParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let n = io.expert_count();
         let d_sel = io.inputs[0].width();
         let embedding = pb.get(
@@ -92,8 +89,6 @@ impl ComponentKind for ScenarioGateKind {
         )?;
         let linear = Linear::new(pb, d_sel + p.embedding_dim, n, p.bias)?;
         Ok(Component::Gate(Box::new(ScenarioGate {
-            d_sel,
-            n,
             domains: env.domains,
             embedding,
             linear,
@@ -101,4 +96,4 @@ impl ComponentKind for ScenarioGateKind {
     }
 }
 
-inventory::submit!(ComponentRegistration(&ScenarioGateKind));
+mtrec_core::register_kind!(ScenarioGateKind);

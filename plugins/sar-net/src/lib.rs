@@ -65,15 +65,14 @@ pub mod gate;
 pub mod transform;
 
 use mtrec_core::components::dense::Activation;
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, Error, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::protocol::towers;
+use mtrec_core::{Error, GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
-pub use behaviour::BehaviourExtraction;
-pub use experts::DebiasExperts;
-pub use gate::ScenarioGate;
-pub use transform::ScenarioTransform;
+pub use behaviour::{BehaviourExtraction, BehaviourKind, BehaviourParams};
+pub use experts::{DebiasExperts, DebiasExpertsKind, DebiasExpertsParams};
+pub use gate::{ScenarioGate, ScenarioGateKind, ScenarioGateParams};
+pub use transform::{ScenarioTransform, ScenarioTransformKind, ScenarioTransformParams};
 
 /// The `sar-net` template's parameters (`[model]` with `arch = "sar-net"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,11 +130,8 @@ impl Default for SarNetParams {
 
 pub struct SarNet;
 
-fn param_error(message: String) -> Error {
-    Error::Params {
-        what: "architecture `sar-net` ([model])".into(),
-        message,
-    }
+fn param_error(key: &str, message: String) -> Error {
+    Error::arch_param(SarNet::NAME, key, message)
 }
 
 /// The ids of the template's nodes.
@@ -144,26 +140,18 @@ pub const TRANSFORM: &str = "scenario-transform";
 pub const SHARED: &str = "experts-shared";
 pub const SPECIFIC: &str = "experts-scenario";
 
-impl Architecture for SarNet {
-    fn name(&self) -> &'static str {
-        "sar-net"
+impl Template for SarNet {
+    const NAME: &'static str = "sar-net";
+    const SUMMARY: &'static str = "SAR-Net (CIKM'21): cross-scenario behaviour attention, scenario transform, shared + per-scenario debias experts, scenario gate";
+    type Params = SarNetParams;
+    fn side_features(&self, p: &SarNetParams) -> Vec<String> {
+        let mut side = vec![p.behaviour_items.clone(), p.behaviour_scenarios.clone()];
+        side.extend(p.debias.iter().cloned());
+        side
     }
-    fn summary(&self) -> &'static str {
-        "SAR-Net (CIKM'21): cross-scenario behaviour attention, scenario transform, shared + per-scenario debias experts, scenario gate"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&SarNetParams::default())
-    }
-    fn side_features(&self, params: &toml::Table) -> Result<Vec<String>> {
-        let p: SarNetParams = parse_arch_params(self.name(), params)?;
-        let mut side = vec![p.behaviour_items, p.behaviour_scenarios];
-        side.extend(p.debias);
-        Ok(side)
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: SarNetParams = parse_arch_params(self.name(), params)?;
+    fn expand(&self, p: &SarNetParams, env: &GraphEnv) -> Result<GraphSpec> {
         Ok(GraphSpec {
-            nodes: expand_sar_net(&p, env)?,
+            nodes: expand_sar_net(p, env)?,
         })
     }
 }
@@ -184,38 +172,50 @@ fn check_features(p: &SarNetParams, env: &GraphEnv) -> Result<()> {
         ("behaviour_scenarios", &p.behaviour_scenarios),
     ] {
         if f.sequence(name).is_none() {
-            return Err(param_error(format!(
-                "`{key}` = \"{name}\" is no sequence feature of the data (its sequences: {seqs}); \
+            return Err(param_error(
+                key,
+                format!(
+                    "`{key}` = \"{name}\" is no sequence feature of the data (its sequences: {seqs}); \
                  name a behaviour-log sequence column (e.g. `history > 0` with multi-domain-synthetic)"
-            )));
+                ),
+            ));
         }
     }
     let sparse = list(f.sparse.iter().map(|s| s.name.as_str()).collect());
     if f.sparse_field(&p.target_item).is_none() {
-        return Err(param_error(format!(
-            "`target_item` = \"{}\" is no sparse field of the data (its sparse fields: {sparse})",
-            p.target_item
-        )));
+        return Err(param_error(
+            "target_item",
+            format!(
+                "`target_item` = \"{}\" is no sparse field of the data (its sparse fields: {sparse})",
+                p.target_item
+            ),
+        ));
     }
     if !p.scenario_field.is_empty() && f.sparse_field(&p.scenario_field).is_none() {
-        return Err(param_error(format!(
-            "`scenario_field` = \"{}\" is no sparse field of the data (its sparse fields: {sparse}); \
+        return Err(param_error(
+            "scenario_field",
+            format!(
+                "`scenario_field` = \"{}\" is no sparse field of the data (its sparse fields: {sparse}); \
              set it to \"\" for a scenario table of the model's own",
-            p.scenario_field
-        )));
+                p.scenario_field
+            ),
+        ));
     }
     for name in &p.debias {
         if f.feature_width(name).is_none() {
-            return Err(param_error(format!(
+            return Err(param_error("debias", format!(
                 "`debias` names `{name}`, which is no sparse or dense feature of the data (sparse: {sparse}; dense: {})",
                 list(f.dense.iter().map(String::as_str).collect())
             )));
         }
         if name == &p.target_item || name == &p.scenario_field {
-            return Err(param_error(format!(
-                "`debias` names `{name}`, which SAR-Net also reads as the target item or scenario: \
+            return Err(param_error(
+                "debias",
+                format!(
+                    "`debias` names `{name}`, which SAR-Net also reads as the target item or scenario: \
                  debias features never reach the serving path, so it cannot be both"
-            )));
+                ),
+            ));
         }
     }
     Ok(())
@@ -233,34 +233,33 @@ pub fn expand_sar_net(p: &SarNetParams, env: &GraphEnv) -> Result<Vec<NodeSpec>>
     check_features(p, env)?;
     if p.shared_experts == 0 && p.scenario_experts == 0 {
         return Err(param_error(
+            "shared_experts",
             "`shared_experts` and `scenario_experts` are both 0: the gate needs at least one expert".into(),
         ));
     }
-    let mut behaviour = NodeSpec::new(BEHAVIOUR, "sar-behaviour")
-        .input(INPUT)
-        .param("items", &p.behaviour_items)
-        .param("scenarios", &p.behaviour_scenarios)
-        .param("target", &p.target_item);
-    if p.scenario_field.is_empty() {
-        behaviour = behaviour.param("scenario_dim", p.scenario_dim);
-    } else {
-        behaviour = behaviour.param("scenario_field", &p.scenario_field);
-    }
-    let mut nodes = vec![behaviour];
+    let behaviour = BehaviourParams {
+        items: p.behaviour_items.clone(),
+        scenarios: p.behaviour_scenarios.clone(),
+        target: p.target_item.clone(),
+        scenario_field: (!p.scenario_field.is_empty()).then(|| p.scenario_field.clone()),
+        scenario_dim: p.scenario_dim,
+    };
+    let mut nodes = vec![NodeSpec::of(BEHAVIOUR, &BehaviourKind, &behaviour).input(INPUT)];
     let mut last = BEHAVIOUR.to_string();
     if p.transform {
-        nodes.push(NodeSpec::new(TRANSFORM, "scenario-transform").input(&last));
+        nodes.push(NodeSpec::of(TRANSFORM, &ScenarioTransformKind, &ScenarioTransformParams {}).input(&last));
         last = TRANSFORM.into();
     }
-    let experts = |id: &str, count: usize, specific: bool| {
-        NodeSpec::new(id, "sar-experts")
-            .input(&last)
-            .param("count", count)
-            .param("units", &p.expert_units)
-            .param("activation", p.activation)
-            .param("scenario_specific", specific)
-            .param("debias", &p.debias)
-            .param("bias_units", &p.bias_units)
+    let experts = |id: &str, count: usize, scenario_specific: bool| {
+        let bank = DebiasExpertsParams {
+            count,
+            units: p.expert_units.clone(),
+            activation: p.activation,
+            scenario_specific,
+            debias: p.debias.clone(),
+            bias_units: p.bias_units.clone(),
+        };
+        NodeSpec::of(id, &DebiasExpertsKind, &bank).input(&last)
     };
     let mut banks = Vec::new();
     if p.shared_experts > 0 {
@@ -271,19 +270,22 @@ pub fn expand_sar_net(p: &SarNetParams, env: &GraphEnv) -> Result<Vec<NodeSpec>>
         nodes.push(experts(SPECIFIC, p.scenario_experts, true));
         banks.push(SPECIFIC);
     }
+    let gate = ScenarioGateParams {
+        embedding_dim: p.gate_embedding_dim,
+        ..Default::default()
+    };
     for t in &env.tasks {
         nodes.push(
-            NodeSpec::new(format!("gate-{}", t.name), "sar-gate")
+            NodeSpec::of(format!("gate-{}", t.name), &ScenarioGateKind, &gate)
                 .input(&last)
-                .experts(banks.iter().copied())
-                .param("embedding_dim", p.gate_embedding_dim),
+                .experts(banks.iter().copied()),
         );
     }
     nodes.extend(towers(&env.tasks, &p.tower_units, |t| format!("gate-{}", t.name)));
     Ok(nodes)
 }
 
-inventory::submit!(ArchRegistration(&SarNet));
+mtrec_core::register_template!(SarNet);
 
 /// Call from a binary so that the linker keeps this crate's registrations.
 pub fn link() {}

@@ -5,19 +5,16 @@
 //! tables by domain id (one `index_select` each; never per-row matrices).
 
 use candle_core::Tensor;
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
-    Port, Result, Role,
-};
+use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
 use mtrec_star::groups::domains_of;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+/// `scenario-transform` takes no parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {}
+pub struct ScenarioTransformParams {}
 
 pub struct ScenarioTransform {
-    width: usize,
     domains: usize,
     /// `[D, d]`, starts at ones.
     pub scale: Tensor,
@@ -26,12 +23,6 @@ pub struct ScenarioTransform {
 }
 
 impl Layer for ScenarioTransform {
-    fn in_width(&self) -> usize {
-        self.width
-    }
-    fn out_width(&self) -> usize {
-        self.width
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let d = domains_of(ctx, "scenario-transform", self.domains)?;
         let w = self.scale.index_select(d.tensor(), 0)?;
@@ -42,7 +33,8 @@ impl Layer for ScenarioTransform {
 
 pub struct ScenarioTransformKind;
 
-impl ComponentKind for ScenarioTransformKind {
+impl Kind for ScenarioTransformKind {
+    type Params = ScenarioTransformParams;
     fn name(&self) -> &'static str {
         "scenario-transform"
     }
@@ -52,18 +44,15 @@ impl ComponentKind for ScenarioTransformKind {
     fn summary(&self) -> &'static str {
         "SAR-Net scenario-specific transform x * w_s + b_s (per-domain scale from ones, shift from zeros)"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let _: Params = node.parse_params()?;
+    fn check(&self, _p: &ScenarioTransformParams, io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if env.domains == 0 {
-            return Err(node.error("needs data with domains (a domain id per row)"));
+            return Err("needs data with domains (a domain id per row)".into());
         }
         Ok(io.inputs[0])
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let _: Params = node.parse_params()?;
+    fn build(&self, _p: &ScenarioTransformParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let width = io.inputs[0].width();
         Ok(Component::Layer(Box::new(ScenarioTransform {
-            width,
             domains: env.domains,
             scale: pb.get("scale", &[env.domains, width], Init::Ones)?,
             shift: pb.get("shift", &[env.domains, width], Init::Zeros)?,
@@ -71,4 +60,4 @@ impl ComponentKind for ScenarioTransformKind {
     }
 }
 
-inventory::submit!(ComponentRegistration(&ScenarioTransformKind));
+mtrec_core::register_kind!(ScenarioTransformKind);

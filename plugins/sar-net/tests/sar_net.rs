@@ -224,11 +224,9 @@ fn empty_history_is_finite_and_pools_to_zero_interest() {
         inputs: vec![mtrec_core::Port::Dense { width: env.input_width }],
         experts: vec![],
     };
-    let layer = match registry::component("sar-behaviour")
-        .unwrap()
-        .build(node, &io, &env, &pb.pp("b"))
-        .unwrap()
-    {
+    let kind = registry::component("sar-behaviour").unwrap();
+    let params = kind.parse(&node.params).unwrap();
+    let layer = match kind.build(&params, &io, &env, &pb.pp("b")).unwrap() {
         mtrec_core::Component::Layer(l) => l,
         _ => panic!("sar-behaviour is a layer"),
     };

@@ -2,9 +2,9 @@
 //! per task. Defaults follow the MMoE paper's baseline: one 113-unit bottom
 //! layer (about the parameter count of 8 experts x 16 units), towers of 8.
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::components::mlp::{MlpKind, MlpParams};
+use mtrec_core::protocol::towers;
+use mtrec_core::{GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 /// A bottom MLP and towers: Shared-Bottom's parameters, and the single-task
@@ -27,27 +27,23 @@ impl Default for BottomParams {
 
 pub struct SharedBottom;
 
-impl Architecture for SharedBottom {
-    fn name(&self) -> &'static str {
-        "shared-bottom"
-    }
-    fn summary(&self) -> &'static str {
-        "Shared-Bottom: one shared MLP under one tower per task (the classic hard-sharing baseline)"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&BottomParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: BottomParams = parse_arch_params(self.name(), params)?;
-        let mut nodes = vec![NodeSpec::new("bottom", "mlp")
-            .input(INPUT)
-            .param("units", &p.bottom_units)];
+impl Template for SharedBottom {
+    const NAME: &'static str = "shared-bottom";
+    const SUMMARY: &'static str =
+        "Shared-Bottom: one shared MLP under one tower per task (the classic hard-sharing baseline)";
+    type Params = BottomParams;
+    fn expand(&self, p: &BottomParams, env: &GraphEnv) -> Result<GraphSpec> {
+        let bottom = MlpParams {
+            units: p.bottom_units.clone(),
+            ..Default::default()
+        };
+        let mut nodes = vec![NodeSpec::of("bottom", &MlpKind, &bottom).input(INPUT)];
         nodes.extend(towers(&env.tasks, &p.tower_units, |_| "bottom".to_string()));
         Ok(GraphSpec { nodes })
     }
 }
 
-inventory::submit!(ArchRegistration(&SharedBottom));
+mtrec_core::register_template!(SharedBottom);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

@@ -4,9 +4,9 @@
 //! has Shared-Bottom's shape (bottom 113, tower 8 by default), so the two
 //! differ only in sharing.
 
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::towers;
-use mtrec_core::{ArchRegistration, Architecture, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::components::mlp::{MlpKind, MlpParams};
+use mtrec_core::protocol::towers;
+use mtrec_core::{GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use mtrec_shared_bottom::BottomParams;
 
 pub struct SingleTask;
@@ -15,33 +15,26 @@ fn bottom_id(task: &str) -> String {
     format!("bottom-{task}")
 }
 
-impl Architecture for SingleTask {
-    fn name(&self) -> &'static str {
-        "single-task"
-    }
-    fn summary(&self) -> &'static str {
-        "Single-task baseline: an independent network per task (the reference for MTL gain)"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&BottomParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: BottomParams = parse_arch_params(self.name(), params)?;
+impl Template for SingleTask {
+    const NAME: &'static str = "single-task";
+    const SUMMARY: &'static str = "Single-task baseline: an independent network per task (the reference for MTL gain)";
+    type Params = BottomParams;
+    fn expand(&self, p: &BottomParams, env: &GraphEnv) -> Result<GraphSpec> {
+        let bottom = MlpParams {
+            units: p.bottom_units.clone(),
+            ..Default::default()
+        };
         let mut nodes: Vec<NodeSpec> = env
             .tasks
             .iter()
-            .map(|t| {
-                NodeSpec::new(bottom_id(&t.name), "mlp")
-                    .input(INPUT)
-                    .param("units", &p.bottom_units)
-            })
+            .map(|t| NodeSpec::of(bottom_id(&t.name), &MlpKind, &bottom).input(INPUT))
             .collect();
         nodes.extend(towers(&env.tasks, &p.tower_units, |t| bottom_id(&t.name)));
         Ok(GraphSpec { nodes })
     }
 }
 
-inventory::submit!(ArchRegistration(&SingleTask));
+mtrec_core::register_template!(SingleTask);
 
 /// Call from a binary so that the linker keeps this crate's registration.
 pub fn link() {}

@@ -10,14 +10,12 @@
 //! domain present and layer.
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use mtrec_core::components::dense::{check_units, Activation};
+use mtrec_core::components::dense::Activation;
 use mtrec_core::ops::{self, Act};
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
-    Port, Result, Role,
-};
+use mtrec_core::protocol::check_units;
+use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
 
 use crate::groups::{domains_of, DomainGroups};
 
@@ -104,37 +102,40 @@ impl StarStack {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct StarFcnParams {
     /// Layer widths, e.g. `[64, 32]`.
-    units: Vec<usize>,
+    pub units: Vec<usize>,
     #[serde(default)]
-    activation: Activation,
+    pub activation: Activation,
 }
 
 pub struct StarFcn {
-    d_in: usize,
     domains: usize,
     pub stack: StarStack,
 }
 
 impl Layer for StarFcn {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
-    fn out_width(&self) -> usize {
-        self.stack.layers.last().map_or(self.d_in, StarLinear::out_width)
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let doms = domains_of(ctx, "star-fcn", self.domains)?;
         DomainGroups::new(doms)?.map(x, |p, xp| self.stack.forward_domain(xp, p))
     }
 }
 
+impl Default for StarFcnParams {
+    fn default() -> Self {
+        Self {
+            units: vec![64, 32],
+            activation: Activation::Relu,
+        }
+    }
+}
+
 pub struct StarFcnKind;
 
-impl ComponentKind for StarFcnKind {
+impl Kind for StarFcnKind {
+    type Params = StarFcnParams;
     fn name(&self) -> &'static str {
         "star-fcn"
     }
@@ -144,26 +145,22 @@ impl ComponentKind for StarFcnKind {
     fn summary(&self) -> &'static str {
         "STAR star-topology FCN: per layer act(x (W*W_p) + b + b_p), shared W, b and per-domain W_p, b_p"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &StarFcnParams, _io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if env.domains == 0 {
-            return Err(node.error("`star-fcn` has per-domain weights, but the data has no domains (no domain column)"));
+            return Err("`star-fcn` has per-domain weights, but the data has no domains (no domain column)".into());
         }
-        check_units(node, &p.units, false)?;
+        check_units(&p.units, false)?;
         Ok(Port::Dense {
             width: p.units.last().copied().unwrap_or(0),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        self.check(node, io, env)?;
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &StarFcnParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let d_in = io.inputs.first().map_or(0, |p| p.width());
         Ok(Component::Layer(Box::new(StarFcn {
-            d_in,
             domains: env.domains,
             stack: StarStack::new(pb, d_in, &p.units, env.domains, p.activation)?,
         })))
     }
 }
 
-inventory::submit!(ComponentRegistration(&StarFcnKind));
+mtrec_core::register_kind!(StarFcnKind);

@@ -47,16 +47,14 @@ mod norm_op;
 pub mod tower;
 
 use mtrec_core::components::dense::Activation;
-use mtrec_core::registry::{parse_arch_params, to_table};
-use mtrec_core::template::tower_id;
-use mtrec_core::{ArchRegistration, Architecture, Error, GraphEnv, GraphSpec, NodeSpec, Result, INPUT};
+use mtrec_core::protocol::tower_id;
+use mtrec_core::{Error, GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
-pub use fcn::{StarFcn, StarLinear, StarStack};
+pub use fcn::{StarFcn, StarFcnKind, StarFcnParams, StarLinear, StarStack};
 pub use groups::DomainGroups;
-pub use norm::PartitionedNorm;
-pub use norm::MIN_GROUP_ROWS;
-pub use tower::{AuxNet, StarTower};
+pub use norm::{PartitionedNorm, PartitionedNormKind, PartitionedNormParams, MIN_GROUP_ROWS};
+pub use tower::{AuxNet, StarTower, StarTowerKind, StarTowerParams};
 
 /// The component kinds of this crate that normalise with batch statistics
 /// in training (a one-row batch has none).
@@ -118,20 +116,14 @@ impl Default for StarParams {
 
 pub struct Star;
 
-impl Architecture for Star {
-    fn name(&self) -> &'static str {
-        "star"
-    }
-    fn summary(&self) -> &'static str {
-        "STAR (CIKM'21): partitioned norm, star-topology FCN (W * W_p per domain), auxiliary domain network"
-    }
-    fn defaults(&self) -> toml::Table {
-        to_table(&StarParams::default())
-    }
-    fn expand(&self, params: &toml::Table, env: &GraphEnv) -> Result<GraphSpec> {
-        let p: StarParams = parse_arch_params(self.name(), params)?;
+impl Template for Star {
+    const NAME: &'static str = "star";
+    const SUMMARY: &'static str =
+        "STAR (CIKM'21): partitioned norm, star-topology FCN (W * W_p per domain), auxiliary domain network";
+    type Params = StarParams;
+    fn expand(&self, p: &StarParams, env: &GraphEnv) -> Result<GraphSpec> {
         Ok(GraphSpec {
-            nodes: expand_star(&p, env)?,
+            nodes: expand_star(p, env)?,
         })
     }
 }
@@ -148,39 +140,39 @@ pub fn expand_star(p: &StarParams, env: &GraphEnv) -> Result<Vec<NodeSpec>> {
     let mut nodes = Vec::new();
     let mut last = INPUT.to_string();
     if p.norm {
-        nodes.push(
-            NodeSpec::new("partitioned-norm", "partitioned-norm")
-                .input(&last)
-                .param("momentum", p.norm_momentum)
-                .param("eps", p.norm_eps),
-        );
+        let norm = PartitionedNormParams {
+            momentum: p.norm_momentum,
+            eps: p.norm_eps,
+        };
+        nodes.push(NodeSpec::of("partitioned-norm", &PartitionedNormKind, &norm).input(&last));
         last = "partitioned-norm".into();
     }
     if !p.units.is_empty() {
-        nodes.push(
-            NodeSpec::new("star-fcn", "star-fcn")
-                .input(&last)
-                .param("units", &p.units)
-                .param("activation", p.activation),
-        );
+        let fcn = StarFcnParams {
+            units: p.units.clone(),
+            activation: p.activation,
+        };
+        nodes.push(NodeSpec::of("star-fcn", &StarFcnKind, &fcn).input(&last));
         last = "star-fcn".into();
     }
+    let tower = StarTowerParams {
+        units: p.tower_units.clone(),
+        activation: p.activation,
+        aux: p.aux,
+        aux_embedding_dim: p.aux_embedding_dim,
+        aux_units: p.aux_units.clone(),
+    };
     for t in &env.tasks {
         nodes.push(
-            NodeSpec::new(tower_id(&t.name), "star-tower")
+            NodeSpec::of(tower_id(&t.name), &StarTowerKind, &tower)
                 .input(&last)
-                .task(&t.name)
-                .param("units", &p.tower_units)
-                .param("activation", p.activation)
-                .param("aux", p.aux)
-                .param("aux_embedding_dim", p.aux_embedding_dim)
-                .param("aux_units", &p.aux_units),
+                .task(&t.name),
         );
     }
     Ok(nodes)
 }
 
-inventory::submit!(ArchRegistration(&Star));
+mtrec_core::register_template!(Star);
 
 /// Call from a binary so that the linker keeps this crate's registrations.
 pub fn link() {}

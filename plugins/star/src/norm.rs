@@ -28,12 +28,9 @@
 //! a model with this layer ([`crate::batch_statistics_nodes`]).
 
 use candle_core::{DType, Tensor, Var};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, Layer, NodeIo, NodeSpec, ParamBuilder,
-    Port, Result, Role,
-};
+use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
 
 use crate::groups::{domains_of, DomainGroups};
 use crate::norm_op;
@@ -45,15 +42,24 @@ fn default_eps() -> f64 {
     1e-5
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct PartitionedNormParams {
     /// Weight `m` of the current batch in the moving averages, in (0, 1].
     #[serde(default = "default_momentum")]
-    momentum: f64,
+    pub momentum: f64,
     /// Added to the variance, > 0.
     #[serde(default = "default_eps")]
-    eps: f64,
+    pub eps: f64,
+}
+
+impl Default for PartitionedNormParams {
+    fn default() -> Self {
+        Self {
+            momentum: default_momentum(),
+            eps: default_eps(),
+        }
+    }
 }
 
 /// The fewest rows of a domain in a training batch that give batch
@@ -153,12 +159,6 @@ impl PartitionedNorm {
 }
 
 impl Layer for PartitionedNorm {
-    fn in_width(&self) -> usize {
-        self.width
-    }
-    fn out_width(&self) -> usize {
-        self.width
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let doms = domains_of(ctx, "partitioned-norm", self.domains)?;
         let groups = DomainGroups::new(doms)?;
@@ -197,7 +197,8 @@ impl Layer for PartitionedNorm {
 
 pub struct PartitionedNormKind;
 
-impl ComponentKind for PartitionedNormKind {
+impl Kind for PartitionedNormKind {
+    type Params = PartitionedNormParams;
     fn name(&self) -> &'static str {
         "partitioned-norm"
     }
@@ -207,26 +208,24 @@ impl ComponentKind for PartitionedNormKind {
     fn summary(&self) -> &'static str {
         "STAR partitioned normalization: per-domain batch statistics (moving averages in eval), gamma*gamma_p, beta+beta_p"
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &PartitionedNormParams, io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if env.domains == 0 {
             return Err(
-                node.error("`partitioned-norm` normalizes per domain, but the data has no domains (no domain column)")
+                "`partitioned-norm` normalizes per domain, but the data has no domains (no domain column)".into(),
             );
         }
         if !(p.momentum > 0.0 && p.momentum <= 1.0) {
-            return Err(node.error(format!("`momentum` = {} must be in (0, 1]", p.momentum)));
+            return Err(format!("`momentum` = {} must be in (0, 1]", p.momentum));
         }
         if !(p.eps.is_finite() && p.eps > 0.0) {
-            return Err(node.error(format!("`eps` = {} must be a finite number > 0", p.eps)));
+            return Err(format!("`eps` = {} must be a finite number > 0", p.eps));
         }
         Ok(Port::Dense {
             width: io.inputs.first().map_or(0, |p| p.width()),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let width = self.check(node, io, env)?.width();
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &PartitionedNormParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let width = io.inputs.first().map_or(0, |p| p.width());
         Ok(Component::Layer(Box::new(PartitionedNorm::new(
             pb,
             width,
@@ -237,4 +236,4 @@ impl ComponentKind for PartitionedNormKind {
     }
 }
 
-inventory::submit!(ComponentRegistration(&PartitionedNormKind));
+mtrec_core::register_kind!(PartitionedNormKind);

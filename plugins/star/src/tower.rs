@@ -11,13 +11,11 @@
 //! in its forward context, so the tower can hold it without extra wiring.
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use mtrec_core::components::dense::{check_units, Activation, Linear, Stack};
-use mtrec_core::{
-    Component, ComponentKind, ComponentRegistration, ForwardCtx, GraphEnv, Init, NodeIo, NodeSpec, ParamBuilder, Port,
-    Result, Role, Tower,
-};
+use mtrec_core::components::dense::{Activation, Linear, Stack};
+use mtrec_core::protocol::check_units;
+use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role, Tower};
 
 use crate::fcn::{StarLinear, StarStack};
 use crate::groups::{domains_of, DomainGroups};
@@ -32,24 +30,36 @@ fn default_aux_units() -> Vec<usize> {
     vec![8]
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct StarTowerParams {
     /// Hidden star-topology layers before the star output layer; may be empty.
     #[serde(default)]
-    units: Vec<usize>,
+    pub units: Vec<usize>,
     #[serde(default)]
-    activation: Activation,
+    pub activation: Activation,
     /// Add the auxiliary network's logit.
     #[serde(default = "default_true")]
-    aux: bool,
+    pub aux: bool,
     /// Width of the domain-indicator embedding of the auxiliary network.
     #[serde(default = "default_embedding_dim")]
-    aux_embedding_dim: usize,
+    pub aux_embedding_dim: usize,
     /// Hidden layers of the auxiliary MLP (ReLU), then a linear map to one
     /// output: `[8]` is the paper's small 2-layer MLP.
     #[serde(default = "default_aux_units")]
-    aux_units: Vec<usize>,
+    pub aux_units: Vec<usize>,
+}
+
+impl Default for StarTowerParams {
+    fn default() -> Self {
+        Self {
+            units: Vec::new(),
+            activation: Activation::Relu,
+            aux: true,
+            aux_embedding_dim: default_embedding_dim(),
+            aux_units: default_aux_units(),
+        }
+    }
 }
 
 /// The auxiliary network. Parameter names: `embedding [D, e]`,
@@ -87,7 +97,6 @@ impl AuxNet {
 }
 
 pub struct StarTower {
-    d_in: usize,
     domains: usize,
     hidden: StarStack,
     out: StarLinear,
@@ -104,9 +113,6 @@ impl StarTower {
 }
 
 impl Tower for StarTower {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let doms = domains_of(ctx, "star-tower", self.domains)?;
         let s_m = self.main_logit(x, &DomainGroups::new(doms)?)?;
@@ -122,7 +128,8 @@ impl Tower for StarTower {
 
 pub struct StarTowerKind;
 
-impl ComponentKind for StarTowerKind {
+impl Kind for StarTowerKind {
+    type Params = StarTowerParams;
     fn name(&self) -> &'static str {
         "star-tower"
     }
@@ -132,27 +139,22 @@ impl ComponentKind for StarTowerKind {
     fn summary(&self) -> &'static str {
         "STAR task head: star-topology layers to the logit s_m, plus the auxiliary network's s_a (domain embedding -> MLP)"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &StarTowerParams, _io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if env.domains == 0 {
-            return Err(
-                node.error("`star-tower` has per-domain weights, but the data has no domains (no domain column)")
-            );
+            return Err("`star-tower` has per-domain weights, but the data has no domains (no domain column)".into());
         }
-        check_units(node, &p.units, true)?;
+        check_units(&p.units, true)?;
         if p.aux {
             if p.aux_embedding_dim == 0 {
-                return Err(node.error("`aux_embedding_dim` must be at least 1"));
+                return Err("`aux_embedding_dim` must be at least 1".into());
             }
             if p.aux_units.contains(&0) {
-                return Err(node.error(format!("`aux_units` = {:?} has a zero width", p.aux_units)));
+                return Err(format!("`aux_units` = {:?} has a zero width", p.aux_units));
             }
         }
         Ok(Port::Dense { width: 1 })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        self.check(node, io, env)?;
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &StarTowerParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let d_in = io.inputs.first().map_or(0, |p| p.width());
         let hidden = StarStack::new(&pb.pp("hidden"), d_in, &p.units, env.domains, p.activation)?;
         let last = p.units.last().copied().unwrap_or(d_in);
@@ -168,7 +170,6 @@ impl ComponentKind for StarTowerKind {
             None
         };
         Ok(Component::Tower(Box::new(StarTower {
-            d_in,
             domains: env.domains,
             hidden,
             out,
@@ -177,4 +178,4 @@ impl ComponentKind for StarTowerKind {
     }
 }
 
-inventory::submit!(ComponentRegistration(&StarTowerKind));
+mtrec_core::register_kind!(StarTowerKind);

@@ -44,7 +44,10 @@ fn layer(kind: &str, node: NodeSpec, width: usize, domains: usize) -> (Box<dyn L
         experts: vec![],
     };
     let k = registry::component(kind).unwrap();
-    match k.build(&node, &io, &env(width, domains), &pb.pp("n")).unwrap() {
+    let params = k.parse(&node.params).unwrap();
+    let env = env(width, domains);
+    k.check(&params, &io, &env).unwrap();
+    match k.build(&params, &io, &env, &pb.pp("n")).unwrap() {
         Component::Layer(l) => (l, store),
         _ => panic!("`{kind}` is not a layer"),
     }

@@ -97,14 +97,3 @@ impl Stack {
         Ok(h)
     }
 }
-
-/// Validates a `units` list: non-empty, no zero.
-pub fn check_units(node: &crate::graph::NodeSpec, units: &[usize], allow_empty: bool) -> Result<()> {
-    if units.is_empty() && !allow_empty {
-        return Err(node.error("`units` must list at least one layer width, e.g. units = [16]"));
-    }
-    if units.contains(&0) {
-        return Err(node.error(format!("`units` = {units:?} has a zero width")));
-    }
-    Ok(())
-}

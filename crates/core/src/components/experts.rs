@@ -1,34 +1,44 @@
 //! `mlp-experts`: a bank of identical-shaped MLP experts run as batched matmuls.
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::dense::{check_units, Activation};
+use super::dense::Activation;
 use crate::component::{Component, Expert, Port, Role};
 use crate::error::Result;
-use crate::graph::{GraphEnv, NodeIo, NodeSpec};
+use crate::graph::{GraphEnv, NodeIo};
 use crate::inputs::ForwardCtx;
 use crate::ops;
 use crate::params::{Init, ParamBuilder};
-use crate::registry::{ComponentKind, ComponentRegistration};
+use crate::protocol::{check_units, Kind};
 
-#[derive(Deserialize)]
+/// `mlp-experts` parameters. `count` and `units` must be written (the
+/// defaults, the MMoE paper's 8 experts of `[16]`, only show the syntax).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct MlpExpertsParams {
     /// Number of experts in the bank.
-    count: usize,
+    pub count: usize,
     /// Layer widths of each expert, e.g. `[16]` (the MMoE paper) or `[256, 128]`.
-    units: Vec<usize>,
+    pub units: Vec<usize>,
     #[serde(default)]
-    activation: Activation,
+    pub activation: Activation,
+}
+
+impl Default for MlpExpertsParams {
+    fn default() -> Self {
+        Self {
+            count: 8,
+            units: vec![16],
+            activation: Activation::Relu,
+        }
+    }
 }
 
 /// Weights `[n, in, out]` per layer, biases `[n, 1, out]`: the `n` experts'
 /// layer `l` is one fused op (matmuls, bias, activation; see [`crate::ops`]). Each expert draws its own initial values
 /// (identical experts would stay identical: a known bug of public code).
 pub struct MlpExperts {
-    count: usize,
-    d_in: usize,
     weights: Vec<Tensor>,
     biases: Vec<Tensor>,
     activation: Activation,
@@ -46,8 +56,6 @@ impl MlpExperts {
             d = u;
         }
         Ok(Self {
-            count,
-            d_in,
             weights,
             biases,
             activation,
@@ -56,15 +64,6 @@ impl MlpExperts {
 }
 
 impl Expert for MlpExperts {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
-    fn out_width(&self) -> usize {
-        self.weights.last().map_or(self.d_in, |w| w.dims()[2])
-    }
-    fn count(&self) -> usize {
-        self.count
-    }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         // The first layer reads `[B, d]` for every expert (no broadcast copy);
         // each layer is one fused op over the whole bank.
@@ -78,7 +77,8 @@ impl Expert for MlpExperts {
 
 pub struct MlpExpertsKind;
 
-impl ComponentKind for MlpExpertsKind {
+impl Kind for MlpExpertsKind {
+    type Params = MlpExpertsParams;
     fn name(&self) -> &'static str {
         "mlp-experts"
     }
@@ -88,22 +88,20 @@ impl ComponentKind for MlpExpertsKind {
     fn summary(&self) -> &'static str {
         "bank of `count` MLP experts with layers `units`, run as batched matmuls"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
+    fn check(&self, p: &MlpExpertsParams, _io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
         if p.count == 0 {
-            return Err(node.error("`count` must be at least 1"));
+            return Err("`count` must be at least 1".into());
         }
-        check_units(node, &p.units, false)?;
+        check_units(&p.units, false)?;
         Ok(Port::Bank {
             count: p.count,
             width: *p.units.last().unwrap_or(&0),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &MlpExpertsParams, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let e = MlpExperts::new(pb, p.count, io.inputs[0].width(), &p.units, p.activation)?;
         Ok(Component::Expert(Box::new(e)))
     }
 }
 
-inventory::submit!(ComponentRegistration(&MlpExpertsKind));
+crate::register_kind!(MlpExpertsKind);

@@ -2,14 +2,14 @@
 //! combined (the seed note's choices for feeding PLE's next layer).
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::{Component, Fusion, Port, Role};
 use crate::error::Result;
-use crate::graph::{GraphEnv, NodeIo, NodeSpec};
+use crate::graph::{GraphEnv, NodeIo};
 use crate::inputs::ForwardCtx;
 use crate::params::ParamBuilder;
-use crate::registry::{ComponentKind, ComponentRegistration};
+use crate::protocol::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusionOp {
@@ -66,19 +66,16 @@ impl FusionOp {
     }
 }
 
-#[derive(Deserialize)]
+/// The fusions take no parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoParams {}
+pub struct NoParams {}
 
 struct Fused {
     op: FusionOp,
-    width: usize,
 }
 
 impl Fusion for Fused {
-    fn out_width(&self) -> usize {
-        self.width
-    }
     fn forward(&self, xs: &[Tensor], _ctx: &ForwardCtx) -> Result<Tensor> {
         self.op.apply(xs)
     }
@@ -86,7 +83,8 @@ impl Fusion for Fused {
 
 pub struct FusionKind(pub FusionOp);
 
-impl ComponentKind for FusionKind {
+impl Kind for FusionKind {
+    type Params = NoParams;
     fn name(&self) -> &'static str {
         self.0.name()
     }
@@ -101,19 +99,18 @@ impl ComponentKind for FusionKind {
             FusionOp::ConcatSumProduct => "concatenation, sum and product of inputs of one width, side by side",
         }
     }
-    fn check(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let _: NoParams = node.parse_params()?;
+    fn check(&self, _p: &NoParams, io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
         let widths: Vec<usize> = io.inputs.iter().map(|p| p.width()).collect();
-        let width = self.0.out_width(&widths).map_err(|m| node.error(m))?;
-        Ok(Port::Dense { width })
+        Ok(Port::Dense {
+            width: self.0.out_width(&widths)?,
+        })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
-        let width = self.check(node, io, env)?.width();
-        Ok(Component::Fusion(Box::new(Fused { op: self.0, width })))
+    fn build(&self, _p: &NoParams, _io: &NodeIo, _env: &GraphEnv, _pb: &ParamBuilder) -> Result<Component> {
+        Ok(Component::Fusion(Box::new(Fused { op: self.0 })))
     }
 }
 
-inventory::submit!(ComponentRegistration(&FusionKind(FusionOp::Concat)));
-inventory::submit!(ComponentRegistration(&FusionKind(FusionOp::Sum)));
-inventory::submit!(ComponentRegistration(&FusionKind(FusionOp::Product)));
-inventory::submit!(ComponentRegistration(&FusionKind(FusionOp::ConcatSumProduct)));
+crate::register_kind!(FusionKind(FusionOp::Concat));
+crate::register_kind!(FusionKind(FusionOp::Sum));
+crate::register_kind!(FusionKind(FusionOp::Product));
+crate::register_kind!(FusionKind(FusionOp::ConcatSumProduct));

@@ -2,36 +2,41 @@
 //! Shared-Bottom and the per-task network of the single-task baseline.
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::dense::{check_units, Activation, Stack};
+use super::dense::{Activation, Stack};
 use crate::component::{Component, Layer, Port, Role};
 use crate::error::Result;
-use crate::graph::{GraphEnv, NodeIo, NodeSpec};
+use crate::graph::{GraphEnv, NodeIo};
 use crate::inputs::ForwardCtx;
 use crate::params::ParamBuilder;
-use crate::registry::{ComponentKind, ComponentRegistration};
+use crate::protocol::{check_units, Kind};
 
-#[derive(Deserialize)]
+/// `mlp` parameters; `units` must be written (the default `[16]` only
+/// shows the syntax).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    units: Vec<usize>,
+pub struct MlpParams {
+    /// Layer widths, e.g. `[64, 32]`.
+    pub units: Vec<usize>,
     #[serde(default)]
-    activation: Activation,
+    pub activation: Activation,
+}
+
+impl Default for MlpParams {
+    fn default() -> Self {
+        Self {
+            units: vec![16],
+            activation: Activation::Relu,
+        }
+    }
 }
 
 struct Mlp {
-    d_in: usize,
     stack: Stack,
 }
 
 impl Layer for Mlp {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
-    fn out_width(&self) -> usize {
-        self.stack.layers.last().map_or(self.d_in, |l| l.weight.dims()[1])
-    }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         self.stack.forward(x)
     }
@@ -39,7 +44,8 @@ impl Layer for Mlp {
 
 pub struct MlpKind;
 
-impl ComponentKind for MlpKind {
+impl Kind for MlpKind {
+    type Params = MlpParams;
     fn name(&self) -> &'static str {
         "mlp"
     }
@@ -49,21 +55,16 @@ impl ComponentKind for MlpKind {
     fn summary(&self) -> &'static str {
         "dense layers with an activation after each: units = [..], activation = relu|sigmoid|tanh|linear"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
-        check_units(node, &p.units, false)?;
+    fn check(&self, p: &MlpParams, _io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
+        check_units(&p.units, false)?;
         Ok(Port::Dense {
             width: *p.units.last().unwrap_or(&0),
         })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
-        let d_in = io.inputs[0].width();
-        Ok(Component::Layer(Box::new(Mlp {
-            d_in,
-            stack: Stack::new(pb, d_in, &p.units, p.activation)?,
-        })))
+    fn build(&self, p: &MlpParams, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
+        let stack = Stack::new(pb, io.inputs[0].width(), &p.units, p.activation)?;
+        Ok(Component::Layer(Box::new(Mlp { stack })))
     }
 }
 
-inventory::submit!(ComponentRegistration(&MlpKind));
+crate::register_kind!(MlpKind);

@@ -1,36 +1,31 @@
 //! `mlp-tower`: a task head, hidden layers then a final linear map to `[B, 1]`.
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::dense::{check_units, Activation, Linear, Stack};
+use super::dense::{Activation, Linear, Stack};
 use crate::component::{Component, Port, Role, Tower};
 use crate::error::Result;
-use crate::graph::{GraphEnv, NodeIo, NodeSpec};
+use crate::graph::{GraphEnv, NodeIo};
 use crate::inputs::ForwardCtx;
 use crate::params::ParamBuilder;
-use crate::registry::{ComponentKind, ComponentRegistration};
+use crate::protocol::{check_units, Kind};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
+/// `mlp-tower` parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlpTowerParams {
     /// Hidden layer widths; may be empty (a linear head).
-    #[serde(default)]
-    units: Vec<usize>,
-    #[serde(default)]
-    activation: Activation,
+    pub units: Vec<usize>,
+    pub activation: Activation,
 }
 
 struct MlpTower {
-    d_in: usize,
     hidden: Stack,
     out: Linear,
 }
 
 impl Tower for MlpTower {
-    fn in_width(&self) -> usize {
-        self.d_in
-    }
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         self.out.forward(&self.hidden.forward(x)?)
     }
@@ -38,7 +33,8 @@ impl Tower for MlpTower {
 
 pub struct MlpTowerKind;
 
-impl ComponentKind for MlpTowerKind {
+impl Kind for MlpTowerKind {
+    type Params = MlpTowerParams;
     fn name(&self) -> &'static str {
         "mlp-tower"
     }
@@ -48,19 +44,17 @@ impl ComponentKind for MlpTowerKind {
     fn summary(&self) -> &'static str {
         "task head: hidden units = [..] (may be empty) then a linear map to one output"
     }
-    fn check(&self, node: &NodeSpec, _io: &NodeIo, _env: &GraphEnv) -> Result<Port> {
-        let p: Params = node.parse_params()?;
-        check_units(node, &p.units, true)?;
+    fn check(&self, p: &MlpTowerParams, _io: &NodeIo, _env: &GraphEnv) -> std::result::Result<Port, String> {
+        check_units(&p.units, true)?;
         Ok(Port::Dense { width: 1 })
     }
-    fn build(&self, node: &NodeSpec, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
-        let p: Params = node.parse_params()?;
+    fn build(&self, p: &MlpTowerParams, io: &NodeIo, _env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         let d_in = io.inputs[0].width();
         let hidden = Stack::new(&pb.pp("hidden"), d_in, &p.units, p.activation)?;
         let last = p.units.last().copied().unwrap_or(d_in);
         let out = Linear::new(&pb.pp("out"), last, 1, true)?;
-        Ok(Component::Tower(Box::new(MlpTower { d_in, hidden, out })))
+        Ok(Component::Tower(Box::new(MlpTower { hidden, out })))
     }
 }
 
-inventory::submit!(ComponentRegistration(&MlpTowerKind));
+crate::register_kind!(MlpTowerKind);
