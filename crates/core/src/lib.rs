@@ -18,6 +18,7 @@ pub mod error;
 pub mod features;
 pub mod graph;
 pub mod graph_arch;
+pub mod groups;
 pub mod inputs;
 pub mod loss;
 pub mod model;
@@ -33,6 +34,7 @@ pub use features::{
     DomainEmbedding, FeatureSpec, FeatureViews, Pooling, SequenceFeature, SequenceView, SparseFeature, TouchedRows,
 };
 pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
+pub use groups::{domains_of, DomainGroups};
 pub use inputs::{Domains, ForwardCtx, Inputs, SequenceInput};
 pub use model::{GateRecord, Model, ModelOutput};
 pub use params::{Init, ParamBuilder, ParamStore};

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{Device, Tensor, Var};
-use mtrec_core::ops::{self, Act};
+use mtrec_core::ops::{self, Activation};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,7 +49,13 @@ fn check(name: &str, inputs: &[Tensor], probe_seed: u64, f: impl Fn(&[Tensor]) -
     }
 }
 
-const ACTS: [Act; 5] = [Act::Identity, Act::Relu, Act::Sigmoid, Act::Tanh, Act::Softmax];
+const ACTS: [Activation; 5] = [
+    Activation::Identity,
+    Activation::Relu,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Softmax,
+];
 
 #[test]
 fn linear_layer_matches_autograd() {
@@ -108,8 +114,8 @@ fn two_stacked_bank_layers_match_autograd() {
         random(&mut rng, &[4, 16, 8], 0.4),
     ];
     check("two bank layers", &inputs, 9, |t| {
-        let h = ops::linear_act(&t[0], &t[1], Some(&t[2]), Act::Relu).unwrap();
-        ops::linear_act(&h, &t[3], None, Act::Tanh).unwrap()
+        let h = ops::linear_act(&t[0], &t[1], Some(&t[2]), Activation::Relu).unwrap();
+        ops::linear_act(&h, &t[3], None, Activation::Tanh).unwrap()
     });
 }
 
@@ -158,8 +164,8 @@ fn gate_then_mix_matches_autograd() {
         random(&mut rng, &[6, 1, 12], 0.5),
     ];
     check("gate and mix", &inputs, 6, |t| {
-        let w = ops::linear_act(&t[0], &t[1], None, Act::Softmax).unwrap();
-        let bank = ops::linear_act(&t[0], &t[2], Some(&t[3]), Act::Relu).unwrap();
+        let w = ops::linear_act(&t[0], &t[1], None, Activation::Softmax).unwrap();
+        let bank = ops::linear_act(&t[0], &t[2], Some(&t[3]), Activation::Relu).unwrap();
         ops::mix(&w, &[bank]).unwrap()
     });
 }
@@ -170,7 +176,7 @@ fn non_contiguous_inputs_are_accepted() {
     let x = random(&mut rng, &[10, 8], 1.0).t().unwrap(); // [8, 10], strided
     let w = random(&mut rng, &[10, 4], 1.0);
     check("transposed input", &[x, w], 7, |t| {
-        ops::linear_act(&t[0].t().unwrap().t().unwrap(), &t[1], None, Act::Relu).unwrap()
+        ops::linear_act(&t[0].t().unwrap().t().unwrap(), &t[1], None, Activation::Relu).unwrap()
     });
 }
 
@@ -178,10 +184,10 @@ fn non_contiguous_inputs_are_accepted() {
 fn shape_mismatch_is_an_error_not_a_panic() {
     let x = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let w = Tensor::zeros((5, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(ops::linear_act(&x, &w, None, Act::Relu).is_err());
+    assert!(ops::linear_act(&x, &w, None, Activation::Relu).is_err());
     let wb = Tensor::zeros((2, 3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
     let bad_bias = Tensor::zeros((3, 1, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(ops::linear_act(&x, &wb, Some(&bad_bias), Act::Relu).is_err());
+    assert!(ops::linear_act(&x, &wb, Some(&bad_bias), Activation::Relu).is_err());
     let gw = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let bank = Tensor::zeros((2, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(ops::mix(&gw, &[bank]).is_err());

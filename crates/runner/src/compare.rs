@@ -76,14 +76,10 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// The compared metric of a task result: AUC for binary tasks, MSE for regression.
+/// The compared metric of a task result: its headline metric.
 fn metric_of(t: &mtrec_train::TaskResult) -> (&'static str, Option<f64>) {
-    match (t.metrics.auc, t.metrics.mse) {
-        (Some(a), _) => ("auc", Some(a)),
-        (None, Some(m)) => ("mse", Some(m)),
-        // No AUC (one class in these rows): still an AUC column.
-        _ => ("auc", None),
-    }
+    let h = t.metrics.headline();
+    (h.name, h.value)
 }
 
 /// Adds one seed's task results to the per-task summaries (task order).

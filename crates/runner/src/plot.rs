@@ -390,8 +390,7 @@ pub fn run_plots(dir: &Path, report: &Report) -> Result<Vec<PathBuf>> {
         "mean training loss",
         &loss,
     )?);
-    let metric =
-        |e: &mtrec_train::EpochLog, k: usize| e.valid.tasks.get(k).and_then(|t| t.metrics.auc.or(t.metrics.mse));
+    let metric = |e: &mtrec_train::EpochLog, k: usize| e.valid.tasks.get(k).and_then(|t| t.metrics.headline().value);
     let binary = report.tasks.iter().all(|t| t.kind == mtrec_core::TaskKind::Binary);
     let regression = report.tasks.iter().all(|t| t.kind == mtrec_core::TaskKind::Regression);
     let y = if binary {

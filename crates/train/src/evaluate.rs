@@ -283,11 +283,7 @@ impl Evaluation {
     /// The early-stopping score, higher is better: the mean over tasks of AUC
     /// (binary) or -MSE (regression).
     pub fn score(&self) -> f64 {
-        let vals: Vec<f64> = self
-            .tasks
-            .iter()
-            .filter_map(|t| t.metrics.auc.or(t.metrics.mse.map(|m| -m)))
-            .collect();
+        let vals: Vec<f64> = self.tasks.iter().filter_map(|t| t.metrics.headline().score()).collect();
         if vals.is_empty() {
             f64::NEG_INFINITY
         } else {

@@ -21,7 +21,7 @@ pub use evaluate::{
     batch_outputs, evaluate, evaluate_batches, predict, DomainResult, Evaluation, Evaluator, GateUtilisation,
     TaskResult,
 };
-pub use metrics::{auc, logloss, mse, TaskMetrics};
+pub use metrics::{auc, logloss, mse, Headline, TaskMetrics};
 pub use optim::{Adam, AdamConfig, Optimizer, TableOptimizer, TableOptimizerConfig};
 pub use report::{domain_table, metrics_table, Report, SplitRows};
 pub use trainer::{

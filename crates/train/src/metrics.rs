@@ -167,7 +167,43 @@ pub struct TaskMetrics {
     pub mse: Option<f64>,
 }
 
+/// A task's headline metric: the one reports, comparisons, plots and early
+/// stopping use, decided here once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Headline {
+    /// `"auc"` or `"mse"`.
+    pub name: &'static str,
+    /// `None`: undefined on these rows (one class only, or no rows).
+    pub value: Option<f64>,
+    pub higher_is_better: bool,
+}
+
+impl Headline {
+    /// The value as a score where higher is better (AUC, or -MSE).
+    pub fn score(&self) -> Option<f64> {
+        self.value.map(|v| if self.higher_is_better { v } else { -v })
+    }
+}
+
 impl TaskMetrics {
+    /// AUC for a binary task, MSE for a regression task (a regression
+    /// task's metrics hold an MSE and nothing else; an AUC column stays an
+    /// AUC column when one class makes it undefined).
+    pub fn headline(&self) -> Headline {
+        match (self.mse, self.auc, self.logloss) {
+            (Some(mse), None, None) => Headline {
+                name: "mse",
+                value: Some(mse),
+                higher_is_better: false,
+            },
+            (_, auc, _) => Headline {
+                name: "auc",
+                value: auc,
+                higher_is_better: true,
+            },
+        }
+    }
+
     fn empty(rows: usize) -> Self {
         TaskMetrics {
             rows,

@@ -210,7 +210,7 @@ impl Template for Esmm {
         };
         let cvr_logit = MlpParams {
             units: vec![1],
-            activation: Activation::Linear,
+            activation: Activation::Identity,
         };
         let nodes = vec![
             NodeSpec::of(&ctr, &MlpTowerKind, &ctr_tower)

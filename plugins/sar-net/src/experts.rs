@@ -25,12 +25,10 @@
 
 use candle_core::Tensor;
 use mtrec_core::components::dense::Activation;
-use mtrec_core::ops::{linear_act, Act};
+use mtrec_core::components::experts::MlpExperts;
+use mtrec_core::groups::{domains_of, DomainGroups};
 use mtrec_core::protocol::check_units;
-use mtrec_core::{
-    Component, Error, Expert, ForwardCtx, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role,
-};
-use mtrec_star::groups::{domains_of, DomainGroups};
+use mtrec_core::{Component, Error, Expert, ForwardCtx, GraphEnv, Kind, NodeIo, ParamBuilder, Port, Result, Role};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,47 +60,16 @@ impl Default for DebiasExpertsParams {
     }
 }
 
-/// A bank of `n` MLPs, layer `l` one fused op over `[n, in, out]` weights.
-struct Bank {
-    layers: Vec<(Tensor, Tensor, Act)>,
-}
-
-impl Bank {
-    fn new(pb: &ParamBuilder, n: usize, d_in: usize, units: &[usize], acts: &[Act]) -> Result<Self> {
-        let mut layers = Vec::with_capacity(units.len());
-        let mut d = d_in;
-        for (i, (&u, &act)) in units.iter().zip(acts).enumerate() {
-            let l = pb.pp(i.to_string());
-            layers.push((
-                l.get("weight", &[n, d, u], Init::FanIn(d))?,
-                l.get("bias", &[n, 1, u], Init::FanIn(d))?,
-                act,
-            ));
-            d = u;
-        }
-        Ok(Self { layers })
-    }
-
-    /// `[B, in]` -> `[n, B, out]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for (w, b, act) in &self.layers {
-            h = linear_act(&h, w, Some(b), *act)?;
-        }
-        Ok(h)
-    }
-}
-
 /// One set of experts: main networks and (with debias features) bias networks.
 struct ExpertSet {
-    main: Bank,
-    bias: Option<Bank>,
+    main: MlpExperts,
+    bias: Option<MlpExperts>,
 }
 
 impl ExpertSet {
     fn new(pb: &ParamBuilder, p: &DebiasExpertsParams, d_in: usize, d_bias: usize) -> Result<Self> {
-        let act = p.activation.act();
-        let main = Bank::new(&pb.pp("main"), p.count, d_in, &p.units, &vec![act; p.units.len()])?;
+        let act = p.activation;
+        let main = MlpExperts::with_acts(&pb.pp("main"), p.count, d_in, &p.units, &vec![act; p.units.len()])?;
         let bias = if p.debias.is_empty() {
             None
         } else {
@@ -110,16 +77,16 @@ impl ExpertSet {
             let mut units = p.bias_units.clone();
             units.push(out);
             let mut acts = vec![act; p.bias_units.len()];
-            acts.push(Act::Identity);
-            Some(Bank::new(&pb.pp("bias"), p.count, d_bias, &units, &acts)?)
+            acts.push(Activation::Identity);
+            Some(MlpExperts::with_acts(&pb.pp("bias"), p.count, d_bias, &units, &acts)?)
         };
         Ok(Self { main, bias })
     }
 
     fn forward(&self, x: &Tensor, z: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let h = self.main.forward(x)?;
+        let h = self.main.forward_bank(x)?;
         match (&self.bias, z, train) {
-            (Some(bias), Some(z), true) => Ok((h + bias.forward(z)?)?),
+            (Some(bias), Some(z), true) => Ok((h + bias.forward_bank(z)?)?),
             _ => Ok(h),
         }
     }

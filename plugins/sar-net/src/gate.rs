@@ -7,9 +7,9 @@
 
 use candle_core::Tensor;
 use mtrec_core::components::dense::Linear;
-use mtrec_core::ops::Act;
+use mtrec_core::groups::domains_of;
+use mtrec_core::ops::Activation;
 use mtrec_core::{Component, ForwardCtx, Gate, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role};
-use mtrec_star::groups::domains_of;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ impl Gate for ScenarioGate {
         let e = self.embedding.index_select(d.tensor(), 0)?;
         let z = Tensor::cat(&[selector, &e], 1)?;
         // One fused op with its backward: matmul, bias, row softmax.
-        self.linear.forward_act(&z, Act::Softmax)
+        self.linear.forward_act(&z, Activation::Softmax)
     }
 }
 

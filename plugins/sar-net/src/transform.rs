@@ -5,8 +5,8 @@
 //! tables by domain id (one `index_select` each; never per-row matrices).
 
 use candle_core::Tensor;
+use mtrec_core::groups::domains_of;
 use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
-use mtrec_star::groups::domains_of;
 use serde::{Deserialize, Serialize};
 
 /// `scenario-transform` takes no parameters.

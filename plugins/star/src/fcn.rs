@@ -13,11 +13,11 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use mtrec_core::components::dense::Activation;
-use mtrec_core::ops::{self, Act};
+use mtrec_core::ops;
 use mtrec_core::protocol::check_units;
 use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
 
-use crate::groups::{domains_of, DomainGroups};
+use mtrec_core::groups::{domains_of, DomainGroups};
 
 /// One star-topology linear layer. Parameter names (under its prefix):
 /// `weight [in, out]`, `bias [out]`, `domain_weight [D, in, out]`,
@@ -54,14 +54,14 @@ impl StarLinear {
 
     /// `x W*_p + b*_p` for rows `x` `[n, in]` all of domain `p`.
     pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
-        self.forward_domain_act(x, p, Act::Identity)
+        self.forward_domain_act(x, p, Activation::Identity)
     }
 
     /// `act(x W*_p + b*_p)`: one fused op (matmul, bias and activation with a
     /// one-pass backward, `mtrec_core::ops::linear_act`) on the effective
     /// weights; autograd carries its weight gradient on to `W` and `W_p`
     /// through the elementwise product.
-    pub fn forward_domain_act(&self, x: &Tensor, p: usize, act: Act) -> Result<Tensor> {
+    pub fn forward_domain_act(&self, x: &Tensor, p: usize, act: Activation) -> Result<Tensor> {
         let (w, b) = self.effective(p)?;
         ops::linear_act(x, &w, Some(&b), act)
     }
@@ -96,7 +96,7 @@ impl StarStack {
     pub fn forward_domain(&self, x: &Tensor, p: usize) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward_domain_act(&h, p, self.activation.act())?;
+            h = l.forward_domain_act(&h, p, self.activation)?;
         }
         Ok(h)
     }

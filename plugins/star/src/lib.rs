@@ -41,7 +41,6 @@
 //! needs data with domains and says so otherwise.
 
 pub mod fcn;
-pub mod groups;
 pub mod norm;
 mod norm_op;
 pub mod tower;
@@ -52,7 +51,6 @@ use mtrec_core::{Error, GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 pub use fcn::{StarFcn, StarFcnKind, StarFcnParams, StarLinear, StarStack};
-pub use groups::DomainGroups;
 pub use norm::{PartitionedNorm, PartitionedNormKind, PartitionedNormParams, MIN_GROUP_ROWS};
 pub use tower::{AuxNet, StarTower, StarTowerKind, StarTowerParams};
 

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, Layer, NodeIo, ParamBuilder, Port, Result, Role};
 
-use crate::groups::{domains_of, DomainGroups};
 use crate::norm_op;
+use mtrec_core::groups::{domains_of, DomainGroups};
 
 fn default_momentum() -> f64 {
     0.1

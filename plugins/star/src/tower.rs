@@ -18,7 +18,7 @@ use mtrec_core::protocol::check_units;
 use mtrec_core::{Component, ForwardCtx, GraphEnv, Init, Kind, NodeIo, ParamBuilder, Port, Result, Role, Tower};
 
 use crate::fcn::{StarLinear, StarStack};
-use crate::groups::{domains_of, DomainGroups};
+use mtrec_core::groups::{domains_of, DomainGroups};
 
 fn default_true() -> bool {
     true

@@ -1,44 +1,13 @@
-//! A fully connected layer and activations: the bricks of every MLP.
+//! A fully connected layer and a stack of them: the bricks of every MLP.
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::ops::{self, Act};
+use crate::ops;
+/// The one activation enum (`activation = "relu"` in configs), defined
+/// with the fused ops that apply it.
+pub use crate::ops::Activation;
 use crate::params::{Init, ParamBuilder};
-
-/// Activation between layers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Activation {
-    #[default]
-    Relu,
-    Sigmoid,
-    Tanh,
-    /// No activation.
-    Linear,
-}
-
-impl Activation {
-    /// The fused ops' activation.
-    pub fn act(self) -> Act {
-        match self {
-            Activation::Relu => Act::Relu,
-            Activation::Sigmoid => Act::Sigmoid,
-            Activation::Tanh => Act::Tanh,
-            Activation::Linear => Act::Identity,
-        }
-    }
-
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::Relu => x.relu()?,
-            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-            Activation::Tanh => x.tanh()?,
-            Activation::Linear => x.clone(),
-        })
-    }
-}
 
 /// `y = x W + b` with `W: [in, out]` (stored input-major so that the forward is
 /// one matmul without a transpose), PyTorch's `U(+-1/sqrt(in))` init.
@@ -60,11 +29,11 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_act(x, Act::Identity)
+        self.forward_act(x, Activation::Identity)
     }
 
     /// `act(x W + b)` as one fused op (see [`crate::ops::linear_act`]).
-    pub fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         ops::linear_act(x, &self.weight, self.bias.as_ref(), act)
     }
 }
@@ -92,7 +61,7 @@ impl Stack {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward_act(&h, self.activation.act())?;
+            h = l.forward_act(&h, self.activation)?;
         }
         Ok(h)
     }

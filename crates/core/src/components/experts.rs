@@ -36,42 +36,58 @@ impl Default for MlpExpertsParams {
 }
 
 /// Weights `[n, in, out]` per layer, biases `[n, 1, out]`: the `n` experts'
-/// layer `l` is one fused op (matmuls, bias, activation; see [`crate::ops`]). Each expert draws its own initial values
-/// (identical experts would stay identical: a known bug of public code).
+/// layer `l` is one fused op (matmuls, bias, activation; see [`crate::ops`]).
+/// Each expert draws its own initial values (identical experts would stay
+/// identical: a known bug of public code). Parameter names (under the
+/// bank's prefix): `<layer>.weight`, `<layer>.bias`.
 pub struct MlpExperts {
-    weights: Vec<Tensor>,
-    biases: Vec<Tensor>,
-    activation: Activation,
+    layers: Vec<(Tensor, Tensor, Activation)>,
 }
 
 impl MlpExperts {
+    /// `count` experts of layers `units`, `activation` after every layer.
     pub fn new(pb: &ParamBuilder, count: usize, d_in: usize, units: &[usize], activation: Activation) -> Result<Self> {
-        let mut weights = Vec::new();
-        let mut biases = Vec::new();
+        Self::with_acts(pb, count, d_in, units, &vec![activation; units.len()])
+    }
+
+    /// `count` experts of layers `units`, layer `l` followed by `acts[l]`
+    /// (e.g. a linear last layer).
+    pub fn with_acts(
+        pb: &ParamBuilder,
+        count: usize,
+        d_in: usize,
+        units: &[usize],
+        acts: &[Activation],
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(units.len());
         let mut d = d_in;
-        for (i, &u) in units.iter().enumerate() {
+        for (i, (&u, &act)) in units.iter().zip(acts).enumerate() {
             let l = pb.pp(i.to_string());
-            weights.push(l.get("weight", &[count, d, u], Init::FanIn(d))?);
-            biases.push(l.get("bias", &[count, 1, u], Init::FanIn(d))?);
+            layers.push((
+                l.get("weight", &[count, d, u], Init::FanIn(d))?,
+                l.get("bias", &[count, 1, u], Init::FanIn(d))?,
+                act,
+            ));
             d = u;
         }
-        Ok(Self {
-            weights,
-            biases,
-            activation,
-        })
+        Ok(Self { layers })
+    }
+
+    /// `[B, in]` -> `[count, B, out]`. The first layer reads `[B, d]` for
+    /// every expert (no broadcast copy); each layer is one fused op over
+    /// the whole bank.
+    pub fn forward_bank(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (w, b, act) in &self.layers {
+            h = ops::linear_act(&h, w, Some(b), *act)?;
+        }
+        Ok(h)
     }
 }
 
 impl Expert for MlpExperts {
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
-        // The first layer reads `[B, d]` for every expert (no broadcast copy);
-        // each layer is one fused op over the whole bank.
-        let mut h = x.clone();
-        for (w, bias) in self.weights.iter().zip(&self.biases) {
-            h = ops::linear_act(&h, w, Some(bias), self.activation.act())?;
-        }
-        Ok(h)
+        self.forward_bank(x)
     }
 }
 

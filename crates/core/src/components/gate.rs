@@ -8,7 +8,7 @@ use crate::component::{Component, Gate, Port, Role};
 use crate::error::Result;
 use crate::graph::{GraphEnv, NodeIo};
 use crate::inputs::ForwardCtx;
-use crate::ops::{self, Act};
+use crate::ops::{self, Activation};
 use crate::params::ParamBuilder;
 use crate::protocol::Kind;
 
@@ -37,7 +37,7 @@ impl SoftmaxGate {
 impl Gate for SoftmaxGate {
     fn weights(&self, selector: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
         // One fused op: matmul, bias, row softmax (with its backward).
-        self.linear.forward_act(selector, Act::Softmax)
+        self.linear.forward_act(selector, Activation::Softmax)
     }
 }
 

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::fresh::{write_rows, Filled};
 
 use super::gemm::threads;
-use super::Act;
+use super::Activation;
 
 /// Below this many elements a pass runs on the calling thread: handing work
 /// to the pool costs a few microseconds (it matters for batch-1 latency).
@@ -52,9 +52,9 @@ fn sigmoid(v: f32) -> f32 {
 
 /// `row = act(row + bias)` in place.
 #[inline]
-pub(crate) fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Act) {
+pub(crate) fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Activation) {
     match (act, bias) {
-        (Act::Relu, Some(b)) => {
+        (Activation::Relu, Some(b)) => {
             row.iter_mut().zip(b).for_each(|(v, b)| *v = (*v + b).max(0.0));
             return;
         }
@@ -62,11 +62,11 @@ pub(crate) fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Act) {
         (_, None) => {}
     }
     match act {
-        Act::Identity => {}
-        Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Act::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
-        Act::Tanh => row.iter_mut().for_each(|v| *v = v.tanh()),
-        Act::Softmax => {
+        Activation::Identity => {}
+        Activation::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::Tanh => row.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Softmax => {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0f32;
             for v in row.iter_mut() {
@@ -87,15 +87,15 @@ pub(crate) fn act_grad_fresh<'a>(
     y: &[f32],
     dy: &[f32],
     width: usize,
-    act: Act,
+    act: Activation,
 ) -> candle_core::Result<(&'a mut [f32], Filled<'a>)> {
     let none = |_: &[f32], _: &[f32]| 0.0;
     match act {
-        Act::Identity => write_rows(dz, y, dy, width, none, |_, g, _| g),
-        Act::Relu => write_rows(dz, y, dy, width, none, |y, g, _| if y > 0.0 { g } else { 0.0 }),
-        Act::Sigmoid => write_rows(dz, y, dy, width, none, |y, g, _| g * y * (1.0 - y)),
-        Act::Tanh => write_rows(dz, y, dy, width, none, |y, g, _| g * (1.0 - y * y)),
-        Act::Softmax => write_rows(
+        Activation::Identity => write_rows(dz, y, dy, width, none, |_, g, _| g),
+        Activation::Relu => write_rows(dz, y, dy, width, none, |y, g, _| if y > 0.0 { g } else { 0.0 }),
+        Activation::Sigmoid => write_rows(dz, y, dy, width, none, |y, g, _| g * y * (1.0 - y)),
+        Activation::Tanh => write_rows(dz, y, dy, width, none, |y, g, _| g * (1.0 - y * y)),
+        Activation::Softmax => write_rows(
             dz,
             y,
             dy,

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use super::fresh::{fresh_vec, Filled};
 use super::gemm::{matmul, matmul_fresh, threads, Mat};
 use super::kernels::{act_grad_fresh, bias_act_row, for_row_chunks, group_col_sums};
-use super::{cpu_slice, op_error, storage_slice, Act};
+use super::{cpu_slice, op_error, storage_slice, Activation};
 
 const OP: &str = "linear";
 
@@ -93,7 +93,7 @@ impl Dims {
 /// The fused layer; `act` is applied row-wise for softmax.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LinearAct {
-    pub act: Act,
+    pub act: Activation,
 }
 
 impl LinearAct {
@@ -126,7 +126,7 @@ impl LinearAct {
                     Mat::rows(&dm.x_of(x, i)[r0 * d..], d),
                     Mat::rows(&w[i * d * o..(i + 1) * d * o], o),
                 )?;
-                if b.is_some() || act != Act::Identity {
+                if b.is_some() || act != Activation::Identity {
                     let bias = b.map(|b| &b[i * o..(i + 1) * o]);
                     for row in dst.chunks_exact_mut(o) {
                         bias_act_row(row, bias, act);
@@ -166,7 +166,7 @@ impl LinearAct {
         let act = self.act;
         // dz = act'(y) * dy (the identity needs no copy).
         let owned;
-        let dz: &[f32] = if act == Act::Identity {
+        let dz: &[f32] = if act == Activation::Identity {
             dys
         } else {
             owned = fresh_vec(ys.len(), |buf| {

@@ -32,27 +32,34 @@ use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, D};
 
 use crate::error::{Error, Result};
 
-/// The activation of a fused layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
+/// An activation: what a config's layers write (`activation = "relu"`,
+/// `"sigmoid"`, `"tanh"`, `"linear"`) and what a fused op applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// No activation (`"linear"`).
+    #[serde(rename = "linear")]
     Identity,
+    #[default]
     Relu,
     Sigmoid,
     Tanh,
-    /// Row-wise softmax over the output columns.
+    /// Row-wise softmax over the output columns: a gate's, not a layer
+    /// activation a config can choose.
+    #[serde(skip)]
     Softmax,
 }
 
-impl Act {
+impl Activation {
     /// The activation written with candle's differentiable ops.
     pub fn apply_plain(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Act::Identity => x.clone(),
-            Act::Relu => x.relu()?,
-            Act::Sigmoid => candle_nn::ops::sigmoid(x)?,
-            Act::Tanh => x.tanh()?,
+            Activation::Identity => x.clone(),
+            Activation::Relu => x.relu()?,
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+            Activation::Tanh => x.tanh()?,
             // `softmax`, not `softmax_last_dim`: the latter has no backward.
-            Act::Softmax => candle_nn::ops::softmax(x, D::Minus1)?,
+            Activation::Softmax => candle_nn::ops::softmax(x, D::Minus1)?,
         })
     }
 }
@@ -91,7 +98,7 @@ fn fusable(ts: &[&Tensor]) -> bool {
 /// `act(x W + b)`: a layer (`x [B, d]`, `W [d, o]`, `b [o]`) or a bank of
 /// experts (`W [n, d, o]`, `b [n, 1, o]`, `x [B, d]` shared by all experts or
 /// `x [n, B, d]`, output `[n, B, o]`).
-pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
+pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     let mut all = vec![x, w];
     all.extend(b);
     if !fusable(&all) {
@@ -106,7 +113,7 @@ pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Resul
 }
 
 /// [`linear_act`] written with candle ops (matmul, broadcast add, activation).
-pub fn linear_act_plain(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Act) -> Result<Tensor> {
+pub fn linear_act_plain(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     let y = match (x.rank(), w.dims()) {
         (2, &[n, _, _]) => {
             let (rows, d) = x.dims2()?;

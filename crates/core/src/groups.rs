@@ -2,14 +2,16 @@
 //! of rows per domain present, run each block with its domain's parameters,
 //! and put the results back in row order.
 //!
-//! This is how every STAR component applies per-domain parameters: one
+//! This is how every per-domain component (STAR's, SAR-Net's) applies
+//! per-domain parameters: one
 //! `index_select` per domain present, one matmul per domain and layer, then one
 //! concatenation and one `index_select` with the inverse permutation (both
 //! differentiable). Never per-row `[B, in, out]` weight tensors (a known slow
 //! pattern of public code).
 
+use crate::error::{Error, Result};
+use crate::inputs::{Domains, ForwardCtx};
 use candle_core::Tensor;
-use mtrec_core::{Domains, Error, ForwardCtx, Result};
 
 /// The rows of one domain present in a batch.
 #[derive(Clone, Debug)]
