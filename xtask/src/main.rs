@@ -30,18 +30,11 @@ fn cargo() -> Command {
     c
 }
 
+/// `cargo run --release` of the `mtrec` binary. Not `--quiet`: the first
+/// run compiles candle for minutes, and cargo's progress shows it is working.
 fn mtrec(args: &[String]) -> Command {
     let mut c = cargo();
-    c.args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "mtrec-runner",
-        "--bin",
-        "mtrec",
-        "--",
-    ]);
+    c.args(["run", "--release", "--package", "mtrec-runner", "--bin", "mtrec", "--"]);
     c.args(args);
     c
 }
@@ -78,7 +71,7 @@ fn main() -> ExitCode {
         }
         "bench" => {
             let mut c = cargo();
-            c.args(["run", "--quiet", "--release", "--package", "mtrec-bench", "--"]);
+            c.args(["run", "--release", "--package", "mtrec-bench", "--"]);
             c.args(rest);
             c
         }

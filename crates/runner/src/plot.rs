@@ -49,6 +49,34 @@ macro_rules! both {
     }};
 }
 
+/// Writes `labels[i]` vertically (top to bottom) under the x position
+/// `x_of(i)` of `chart`'s bottom edge `y_bottom`: long labels side by side
+/// then never overlap. (plotters' own rotated tick labels are placed across
+/// the axis line.)
+fn vertical_labels<DB: DrawingBackend, X, Y>(
+    chart: &ChartContext<'_, DB, Cartesian2d<X, Y>>,
+    labels: &[String],
+    x_of: impl Fn(usize) -> f64,
+    y_bottom: f64,
+    size: u32,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let style = ("sans-serif", size).into_font().transform(FontTransform::Rotate90);
+    let area = chart.plotting_area().strip_coord_spec();
+    let (x0, y0) = chart.plotting_area().get_base_pixel();
+    for (i, label) in labels.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(x_of(i), y_bottom));
+        // Relative to the plotting area; the text column starts 10 px below
+        // the axis and is centred on the tick (half the font's height).
+        let at = (px - x0 + size as i32 / 2, py - y0 + 10);
+        area.draw(&Text::new(label.clone(), at, style.clone()))?;
+    }
+    Ok(())
+}
+
 /// One named series of `(x, y)` points (and an optional `±` band half-width per point).
 #[derive(Clone, Debug)]
 pub struct Series {
@@ -184,11 +212,14 @@ fn draw_heatmap<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(s)?;
     let (nr, nc) = (rows.len().max(1), cols.len().max(1));
     let left = 14 + 8 * rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32;
+    // Expert labels are written vertically (ten `experts#k` side by side
+    // overlap), in an area as tall as the longest.
+    let bottom = 30 + 8 * cols.iter().map(|c| c.len()).max().unwrap_or(4) as u32;
     // Cell (c, r) is centred on integer coordinates, so ticks name cells.
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(70)
+        .x_label_area_size(bottom)
         .y_label_area_size(left)
         .build_cartesian_2d(-0.5..nc as f64 - 0.5, -0.5..nr as f64 - 0.5)
         .map_err(s)?;
@@ -206,12 +237,12 @@ fn draw_heatmap<DB: DrawingBackend>(
         .disable_mesh()
         .x_labels(nc * 2 + 1)
         .y_labels(nr * 2 + 1)
-        .x_label_formatter(&|x| name(cols, *x, false))
+        .x_label_formatter(&|_| String::new())
         .y_label_formatter(&|y| name(rows, *y, true))
         .label_style(("sans-serif", 12))
-        .x_desc("expert")
         .draw()
         .map_err(s)?;
+    vertical_labels(&chart, cols, |c| c as f64, -0.5, 12).map_err(s)?;
     for (r, row) in values.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
             let (x, y) = (c as f64, (nr - 1 - r) as f64);
@@ -244,11 +275,15 @@ pub fn heatmap(
     cols: &[String],
     values: &[Vec<f64>],
 ) -> Result<Vec<PathBuf>> {
-    let h = (120 + 28 * rows.len() as u32).max(300);
-    let w = (200 + 60 * cols.len() as u32).max(500);
+    let longest = cols.iter().map(|c| c.len()).max().unwrap_or(4) as u32;
+    let h = (120 + 8 * longest + 28 * rows.len() as u32).max(300);
+    let w = (200 + 48 * cols.len() as u32).max(500);
     both!(stem, (w, h), |root| draw_heatmap(&root, title, rows, cols, values))
 }
 
+/// One panel per group, each with its own y axis fitted to its bars, so
+/// that models differing in the third decimal of one task look different
+/// (a shared axis over tasks of different levels flattens them all).
 fn draw_bars<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -258,91 +293,88 @@ fn draw_bars<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     let s = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(s)?;
-    let vals = bars
-        .iter()
-        .flat_map(|b| b.1.iter())
-        .filter(|(m, _)| m.is_finite())
-        .map(|(m, sd)| (*m, if sd.is_finite() { *sd } else { 0.0 }));
-    let lo = vals.clone().map(|(m, sd)| m - sd).fold(f64::MAX, f64::min);
-    let hi = vals.map(|(m, sd)| m + sd).fold(f64::MIN, f64::max);
-    let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
-    let pad = (hi - lo) * 0.1 + 1e-9;
-    // Headroom above the tallest whisker for the legend (one line per model),
-    // so that it never hides a bar.
-    let legend_room = (hi - lo + 2.0 * pad) * 0.07 * (bars.len() as f64 + 1.0);
-    // Non-negative quantities (MSE, AUC) get no negative axis: a whisker
-    // reaching below 0 (a wide spread) is cut at 0.
-    let non_negative = bars
-        .iter()
-        .flat_map(|b| b.1.iter())
-        .all(|(m, _)| !m.is_finite() || *m >= 0.0);
-    let floor = if non_negative { (lo - pad).max(0.0) } else { lo - pad };
-    let n = groups.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..n, floor..(hi + pad + legend_room))
-        .map_err(s)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(groups.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.01 {
-                groups.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc(y_label)
-        .label_style(("sans-serif", 13))
-        .draw()
-        .map_err(s)?;
-    let k = bars.len().max(1) as f64;
-    let width = 0.8 / k;
-    for (b, (name, per_group)) in bars.iter().enumerate() {
-        let color = Palette99::pick(b).to_rgba();
-        let mut labelled = false;
-        for (g, (m, sd)) in per_group.iter().enumerate() {
-            // No value (e.g. no AUC on a domain's rows): no bar.
-            if !m.is_finite() {
-                continue;
-            }
-            let sd = if sd.is_finite() { *sd } else { 0.0 };
-            let x0 = g as f64 + 0.1 + b as f64 * width;
-            let rect = Rectangle::new([(x0, floor), (x0 + width * 0.9, *m)], color.filled());
-            let series = chart.draw_series(std::iter::once(rect)).map_err(s)?;
-            if !labelled {
-                labelled = true;
-                series
-                    .label(name.clone())
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-            }
-            let xm = x0 + width * 0.45;
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(xm, (m - sd).max(floor)), (xm, m + sd)],
-                    BLACK.stroke_width(2),
-                )))
-                .map_err(s)?;
-        }
+    let root = root.titled(title, ("sans-serif", 20)).map_err(s)?;
+    let panels = root.split_evenly((1, groups.len().max(1)));
+    for (g, (panel, group)) in panels.iter().zip(groups).enumerate() {
+        let cells: Vec<(f64, f64)> = bars
+            .iter()
+            .map(|b| b.1.get(g).copied().unwrap_or((f64::NAN, f64::NAN)))
+            .collect();
+        draw_bar_panel(panel, group, if g == 0 { y_label } else { "" }, bars, &cells).map_err(s)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(s)?;
     Ok(())
 }
 
-/// Grouped bars (one group per `groups` entry, one bar per named series)
-/// with `±` whiskers: `bars[i].1[g] = (mean, std)`.
+/// One group's bars: `cells[b] = (mean, std)` of bar `b` (named `bars[b].0`).
+fn draw_bar_panel<DB: DrawingBackend>(
+    panel: &DrawingArea<DB, Shift>,
+    group: &str,
+    y_label: &str,
+    bars: &[(String, Vec<(f64, f64)>)],
+    cells: &[(f64, f64)],
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let finite = || {
+        cells
+            .iter()
+            .filter(|(m, _)| m.is_finite())
+            .map(|(m, sd)| (*m, if sd.is_finite() { *sd } else { 0.0 }))
+    };
+    let lo = finite().map(|(m, sd)| m - sd).fold(f64::MAX, f64::min);
+    let hi = finite().map(|(m, sd)| m + sd).fold(f64::MIN, f64::max);
+    let (lo, hi) = if lo < hi {
+        (lo, hi)
+    } else if lo == hi {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (0.0, 1.0)
+    };
+    let pad = (hi - lo) * 0.15 + 1e-9;
+    // Non-negative quantities (MSE, AUC) get no negative axis.
+    let non_negative = finite().all(|(m, _)| m >= 0.0);
+    let floor = if non_negative { (lo - pad).max(0.0) } else { lo - pad };
+    let n = bars.len().max(1);
+    let longest = bars.iter().map(|b| b.0.len()).max().unwrap_or(4) as u32;
+    let mut chart = ChartBuilder::on(panel)
+        .caption(group, ("sans-serif", 16))
+        .margin(10)
+        // Model names written vertically under their bars.
+        .x_label_area_size(20 + 7 * longest)
+        .y_label_area_size(if y_label.is_empty() { 55 } else { 75 })
+        .build_cartesian_2d(0.0..n as f64, floor..(hi + pad))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        // Model names are written under their bars by `vertical_labels`.
+        .x_label_formatter(&|_| String::new())
+        .y_label_formatter(&|y| format!("{y:.4}"))
+        .y_desc(y_label)
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    vertical_labels(&chart, &names, |b| b as f64 + 0.5, floor, 13)?;
+    for (b, (m, sd)) in cells.iter().enumerate() {
+        // No value (e.g. no AUC on a domain's rows): no bar.
+        if !m.is_finite() {
+            continue;
+        }
+        let color = Palette99::pick(b).to_rgba();
+        let sd = if sd.is_finite() { *sd } else { 0.0 };
+        let x0 = b as f64 + 0.15;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x0, floor), (x0 + 0.7, *m)],
+            color.filled(),
+        )))?;
+        let xm = x0 + 0.35;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(xm, (m - sd).max(floor)), (xm, m + sd)],
+            BLACK.stroke_width(2),
+        )))?;
+    }
+    Ok(())
+}
+
+/// Bars per group (one panel per `groups` entry, each with its own axis;
+/// one bar per named series) with `±` whiskers: `bars[i].1[g] = (mean, std)`.
 pub fn bar_chart(
     stem: &Path,
     title: &str,
@@ -350,7 +382,11 @@ pub fn bar_chart(
     groups: &[String],
     bars: &[(String, Vec<(f64, f64)>)],
 ) -> Result<Vec<PathBuf>> {
-    both!(stem, SIZE, |root| draw_bars(&root, title, y_label, groups, bars))
+    let panel_width = (90 + 55 * bars.len() as u32).max(260);
+    let width = (panel_width * groups.len().max(1) as u32).max(SIZE.0);
+    both!(stem, (width, SIZE.1), |root| draw_bars(
+        &root, title, y_label, groups, bars
+    ))
 }
 
 fn util_grid(util: &[GateUtilisation]) -> (Vec<String>, Vec<String>, Vec<Vec<f64>>) {
