@@ -702,7 +702,12 @@ impl TabularSchema {
             add(&mut inputs, &f.name, "sequence")?;
         }
         if let Some(c) = &self.domain {
-            add(&mut inputs, c, "domain")?;
+            // The domain column may also be a sparse feature (SAR-Net's
+            // scenario field, PEPNet's domain-side features): one column,
+            // read twice. As a dense or sequence column it would be a mistake.
+            if !self.sparse.iter().any(|f| &f.name == c) {
+                add(&mut inputs, c, "domain")?;
+            }
         }
 
         for f in &self.sparse {

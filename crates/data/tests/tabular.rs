@@ -274,6 +274,36 @@ fn unseen_domain_is_an_error_naming_it_and_the_known_ones() {
     );
 }
 
+/// A domain column can also be read as a sparse feature (one column, two
+/// roles): ids of the field and domain ids of the same rows.
+#[test]
+fn the_domain_column_can_also_be_a_sparse_feature() {
+    let dir = TempDir::new("domain-feature");
+    dir.write(
+        "train.csv",
+        "city,age,scene,click\nparis,30,search,1\nrome,40,feed,0\nparis,50,feed,1\n",
+    );
+    let (mut schema, tasks) = config(&BASIC.replace("sparse = [\"city\"]", "sparse = [\"city\", \"scene\"]"));
+    schema.domain = Some("scene".into());
+    let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
+    let d = pre.load_file(&dir.0.join("train.csv")).expect("load");
+    assert_eq!(d.domains.as_ref().expect("domains").ids, vec![1, 0, 0]);
+    let sparse = d.sparse.as_ref().expect("sparse");
+    assert_eq!(sparse.fields, ["city", "scene"]);
+    let scene: Vec<u32> = (0..3).map(|r| sparse.ids[r * 2 + 1]).collect();
+    assert_eq!(scene[1], scene[2], "one value, one id");
+    assert_ne!(scene[0], scene[1], "two values, two ids");
+    assert!(scene.iter().all(|&i| i > 0), "seen values are not OOV: {scene:?}");
+    // As a dense column it is still a mistake.
+    let (mut schema, tasks) = config(&BASIC.replace("dense = [\"age\"]", "dense = [\"age\", \"scene\"]"));
+    schema.domain = Some("scene".into());
+    let msg = err_text(schema.check(&tasks));
+    assert!(
+        msg.contains("column `scene` is listed twice (in `dense` and `domain`)"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn unused_columns_are_errors_unless_ignored() {
     let dir = TempDir::new("unused");

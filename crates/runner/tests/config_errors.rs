@@ -133,3 +133,29 @@ fn a_set_without_a_value_says_how_to_write_one() {
         .to_string();
     assert!(err.contains("--set `train.lr`") && err.contains("KEY=VALUE"), "{err}");
 }
+
+/// `compare --models FILE`: a file holding only `[model]` is a model; its
+/// mistakes are located like a whole config's.
+#[test]
+fn a_model_file_may_hold_only_the_model() {
+    mtrec_runner::link_builtin_plugins();
+    let dir = std::env::temp_dir().join(format!("mtrec-model-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("mmoe-4.toml");
+    std::fs::write(&good, "[model]\narch = \"mmoe\"\nexperts = 4\n").unwrap();
+    let model = config::load_model(&good).unwrap();
+    assert_eq!(model.arch, "mmoe");
+    assert_eq!(model.params.get("experts").and_then(toml::Value::as_integer), Some(4));
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "# a model\n[model]\narch = \"mmoe\"\nexperts = \"four\"\n").unwrap();
+    let err = config::load_model(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml: line 4, [model] experts") && err.contains("expected usize"),
+        "{err}"
+    );
+    let none = dir.join("none.toml");
+    std::fs::write(&none, "[train]\nepochs = 3\n").unwrap();
+    let err = config::load_model(&none).unwrap_err().to_string();
+    assert!(err.contains("none.toml") && err.contains("[model]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
