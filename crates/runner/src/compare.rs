@@ -400,8 +400,7 @@ impl Comparison {
         let md = dir.join("compare.md");
         mtrec_core::atomic::write_bytes(&md, self.markdown().as_bytes())?;
         let json_path = dir.join("compare.json");
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| RunError::Usage(format!("cannot encode the comparison: {e}")))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| crate::error::encode("the comparison")(&e))?;
         mtrec_core::atomic::write_bytes(&json_path, json.as_bytes())?;
         let mut written = vec![md, json_path];
         written.extend(self.charts(dir)?);

@@ -22,8 +22,27 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A command line that does not fit (a missing or contradictory flag).
     #[error("{0}")]
     Usage(String),
+    /// A value that cannot be written as JSON or TOML (a report, a history
+    /// line, a resolved config): what, and why.
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: String, message: String },
+    /// A chart that cannot be drawn (plots are feedback: a run's results are
+    /// written before them).
+    #[error("cannot draw {}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
+    /// A predictions file that cannot be written.
+    #[error("cannot write {}: {message}", path.display())]
+    WriteCsv { path: PathBuf, message: String },
+    /// A folder that does not hold what the command needs of a run folder
+    /// (or already holds a run): the folder, what is wrong, what to do.
+    #[error("{}: {problem}", dir.display())]
+    RunFolder { dir: PathBuf, problem: String },
+    /// The data gave no training rows.
+    #[error("no training rows: the training split or file is empty")]
+    NoTrainingRows,
     /// Another process holds the run folder's lock (`crate::folder`).
     #[error(
         "{} is in use by another run ({holder}); wait for that run to end, or choose another --out \
@@ -53,6 +72,14 @@ pub enum RunError {
 }
 
 pub type Result<T, E = RunError> = std::result::Result<T, E>;
+
+/// An [`RunError::Encode`] of `what` (`the report`, `the history`...).
+pub(crate) fn encode(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> RunError + '_ {
+    move |e| RunError::Encode {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Io {

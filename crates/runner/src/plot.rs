@@ -25,7 +25,10 @@ fn register_font() {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> RunError {
-    RunError::Usage(format!("cannot draw {}: {e}", path.display()))
+    RunError::Plot {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// Draws `$draw` (an expression over `$root`) into `<stem>.png` and

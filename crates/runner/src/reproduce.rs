@@ -164,7 +164,7 @@ fn write_outputs(cells: &[Cell], seeds: u64, out: &Path) -> Result<()> {
     )?;
     let md = markdown(cells, seeds);
     mtrec_core::atomic::write_bytes(&out.join("mmoe-synthetic.md"), md.as_bytes())?;
-    let json = serde_json::to_string_pretty(cells).map_err(|e| crate::RunError::Usage(e.to_string()))?;
+    let json = serde_json::to_string_pretty(cells).map_err(|e| crate::error::encode("the grid's results")(&e))?;
     mtrec_core::atomic::write_bytes(&out.join("mmoe-synthetic.json"), json.as_bytes())?;
     Ok(())
 }

@@ -35,7 +35,7 @@ use mtrec_train::{
 };
 
 use crate::config::{self, LoadedConfig, RunConfig};
-use crate::error::{io, Result, RunError};
+use crate::error::{encode, io, Result, RunError};
 use crate::folder::{self, FolderLock};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
@@ -182,11 +182,13 @@ pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunRes
 fn open_run_folder(dir: &Path, resume: bool) -> Result<FolderLock> {
     let lock = FolderLock::acquire(dir)?;
     if !resume && dir.join(CHECKPOINT_DIR).join("state.json").exists() {
-        return Err(RunError::Usage(format!(
-            "{} already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
-            dir.display(),
-            dir.display()
-        )));
+        return Err(RunError::RunFolder {
+            dir: dir.to_path_buf(),
+            problem: format!(
+                "already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
+                dir.display()
+            ),
+        });
     }
     folder::remove_stale_temporaries(dir)?;
     // A killed run's last checkpoint files (see `folder`).
@@ -366,8 +368,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     let checkpoint = match &opts.out {
         Some(dir) => {
             if !opts.resume {
-                let text = toml::to_string(&resolved)
-                    .map_err(|e| RunError::Usage(format!("cannot write the resolved config: {e}")))?;
+                let text = toml::to_string(&resolved).map_err(|e| encode("the resolved config")(&e))?;
                 write(&dir.join(CONFIG_FILE), text.as_bytes())?;
                 write(&dir.join(GRAPH_FILE), graph.to_toml()?.as_bytes())?;
                 if let Some(p) = &prepared.preprocessor {
@@ -404,7 +405,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     let source: &dyn TrainSource = match (&streamed, &memory) {
         (Some(s), _) => s,
         (None, Some(m)) => m,
-        (None, None) => return Err(RunError::Usage("no training rows".into())),
+        (None, None) => return Err(RunError::NoTrainingRows),
     };
     // A resumed run first replays its saved epochs, whose weights are gone:
     // test curves only for uninterrupted runs.
@@ -496,8 +497,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     };
     if let Some(dir) = &opts.out {
         result.params.save(&dir.join(WEIGHTS_FILE))?;
-        let json = serde_json::to_string_pretty(&result.report)
-            .map_err(|e| RunError::Usage(format!("cannot write the report: {e}")))?;
+        let json = serde_json::to_string_pretty(&result.report).map_err(|e| encode("the report")(&e))?;
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
         // Plots are feedback: a drawing failure must not lose a finished run.
         if let Err(e) = crate::plot::run_plots(dir, &result.report) {
@@ -561,13 +561,13 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
     let mut params = toml::Table::new();
     params.insert(
         "nodes".into(),
-        toml::Value::try_from(&graph.nodes).map_err(|e| RunError::Usage(e.to_string()))?,
+        toml::Value::try_from(&graph.nodes).map_err(|e| encode("the graph")(&e))?,
     );
     c.model = crate::config::ModelSection {
         arch: GRAPH_ARCH.into(),
         params,
     };
-    let text = toml::to_string(&c).map_err(|e| RunError::Usage(e.to_string()))?;
+    let text = toml::to_string(&c).map_err(|e| encode("the graph config")(&e))?;
     Ok(format!(
         "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
         cfg.config.model.arch
@@ -576,7 +576,7 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
 
 fn append_history(f: &mut std::fs::File, path: &Path, log: &EpochLog) -> Result<()> {
     use std::io::Write as _;
-    let mut line = serde_json::to_string(log).map_err(|e| RunError::Usage(format!("cannot write the history: {e}")))?;
+    let mut line = serde_json::to_string(log).map_err(|e| encode("the history")(&e))?;
     line.push('\n');
     f.write_all(line.as_bytes()).map_err(io(path))?;
     f.flush().map_err(io(path))?;
@@ -603,10 +603,10 @@ pub fn default_run_dir(arch: &str) -> PathBuf {
 pub fn load_run_config(dir: &Path) -> Result<LoadedConfig> {
     let file = dir.join(CONFIG_FILE);
     if !file.exists() {
-        return Err(RunError::Usage(format!(
-            "{} is not a run folder: it has no {CONFIG_FILE}",
-            dir.display()
-        )));
+        return Err(RunError::RunFolder {
+            dir: dir.to_path_buf(),
+            problem: format!("not a run folder: it has no {CONFIG_FILE}"),
+        });
     }
     config::load(&file, &[])
 }
@@ -625,10 +625,12 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
     let cfg = load_run_config(dir)?;
     let pre_path = dir.join(PREPROCESS_FILE);
     if !pre_path.exists() {
-        return Err(RunError::Usage(format!(
-            "{} has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on",
-            dir.display()
-        )));
+        return Err(RunError::RunFolder {
+            dir: dir.to_path_buf(),
+            problem: format!(
+                "has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on"
+            ),
+        });
     }
     let preprocessor = Preprocessor::load(&pre_path)?;
     let graph_path = dir.join(GRAPH_FILE);
@@ -646,10 +648,10 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
     )?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.exists() {
-        return Err(RunError::Usage(format!(
-            "{} has no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)",
-            dir.display()
-        )));
+        return Err(RunError::RunFolder {
+            dir: dir.to_path_buf(),
+            problem: format!("has no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)"),
+        });
     }
     model
         .params()
@@ -716,7 +718,10 @@ pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usi
     let written = mtrec_core::atomic::write_with(output, |tmp| {
         let score = || -> Result<()> {
             let file = std::fs::File::create(tmp).map_err(io(tmp))?;
-            let csv_err = |e: csv::Error| RunError::Usage(format!("cannot write {}: {e}", output.display()));
+            let csv_err = |e: csv::Error| RunError::WriteCsv {
+                path: output.to_path_buf(),
+                message: e.to_string(),
+            };
             let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
             w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
             for batch in batches {
@@ -731,9 +736,10 @@ pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usi
                 }
                 rows += batch.rows();
             }
-            let mut inner = w
-                .into_inner()
-                .map_err(|e| RunError::Usage(format!("cannot write {}: {}", output.display(), e.error())))?;
+            let mut inner = w.into_inner().map_err(|e| RunError::WriteCsv {
+                path: output.to_path_buf(),
+                message: e.error().to_string(),
+            })?;
             inner.flush().map_err(io(tmp))
         };
         score().map_err(|e| {
