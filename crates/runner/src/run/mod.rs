@@ -1,5 +1,7 @@
-//! One run: data, model, training, evaluation, report, run folder; and the
-//! reverse: a model loaded back from its run folder.
+//! One run, orchestrated: config -> data -> graph -> model -> training ->
+//! evaluation -> report, writing the run folder as it goes. The folder's
+//! files and the way back from them are in [`layout`]; prediction and
+//! evaluation of new files from a run folder in [`predict`].
 //!
 //! A run folder holds, each written atomically:
 //! - `config.toml`: the resolved config (every default written out), written
@@ -23,29 +25,30 @@
 //! ([`check_batch_statistics`]), and validation rows on which no task has a
 //! metric ([`check_validation_metrics`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
 use mtrec_core::{registry, GraphEnv, GraphSpec, Model, TaskInfo, TaskKind};
 use mtrec_data::preprocess::Progress;
-use mtrec_data::{Batches, Dataset, LabelCount, Labels, Part, Preprocessor, StreamOptions};
+use mtrec_data::{Dataset, LabelCount, Part, Preprocessor};
 use mtrec_train::{
-    batch_outputs, evaluate, evaluate_batches, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator,
-    InMemory, Report, SplitRows, Streamed, TrainOptions, TrainSource,
+    evaluate, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator, InMemory, Report, SplitRows,
+    Streamed, TrainOptions, TrainSource,
 };
 
 use crate::config::{self, LoadedConfig, RunConfig};
 use crate::error::{encode, io, Result, RunError};
-use crate::folder::{self, FolderLock};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
-pub const CONFIG_FILE: &str = "config.toml";
-pub const GRAPH_FILE: &str = "graph.toml";
-pub const PREPROCESS_FILE: &str = "preprocess.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const REPORT_FILE: &str = "report.json";
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-pub const HISTORY_FILE: &str = "history.jsonl";
+pub mod layout;
+pub mod predict;
+
+use layout::{append_history, open_run_folder, resume_error, write};
+pub use layout::{
+    default_run_dir, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE, HISTORY_FILE,
+    PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
+};
+pub use predict::{eval_file, predict_file};
 
 /// What a finished run hands back.
 #[derive(Debug)]
@@ -166,34 +169,10 @@ fn check_graph_nodes(cfg: &LoadedConfig) -> Result<Vec<String>> {
     Ok(origins)
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(mtrec_core::atomic::write_bytes(path, bytes)?)
-}
-
 /// Trains and evaluates one config. `on_epoch` sees every epoch's log (on
 /// resume, the earlier epochs' logs first).
 pub fn run(cfg: &LoadedConfig, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
     run_with(cfg, RunOptions::default(), on_epoch)
-}
-
-/// Locks the run folder `dir` for this run and removes what killed saves
-/// left there; a fresh run (not `resume`) also needs a folder without a
-/// finished epoch.
-fn open_run_folder(dir: &Path, resume: bool) -> Result<FolderLock> {
-    let lock = FolderLock::acquire(dir)?;
-    if !resume && dir.join(CHECKPOINT_DIR).join("state.json").exists() {
-        return Err(RunError::RunFolder {
-            dir: dir.to_path_buf(),
-            problem: format!(
-                "already holds a run; choose another --out (an interrupted run continues with `--resume {}`)",
-                dir.display()
-            ),
-        });
-    }
-    folder::remove_stale_temporaries(dir)?;
-    // A killed run's last checkpoint files (see `folder`).
-    folder::unify_permissions(dir)?;
-    Ok(lock)
 }
 
 /// Refuses `[train] batch_size = 1` for a graph with nodes that normalise by
@@ -285,43 +264,6 @@ pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_ba
         undefined.join("; ")
     );
     Ok(())
-}
-
-/// What is wrong with `path` as a safetensors file, if anything.
-fn safetensors_problem(path: &Path) -> Option<String> {
-    match std::fs::read(path) {
-        Err(e) => Some(format!("cannot be read: {e}")),
-        Ok(bytes) => candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .err()
-            .map(|e| format!("not a complete safetensors file: {e}")),
-    }
-}
-
-/// The path named by a failed load of weights or checkpoint state.
-fn failed_file(e: &mtrec_train::TrainError) -> Option<&Path> {
-    use mtrec_train::TrainError as T;
-    match e {
-        T::Checkpoint { path, .. } | T::Core(mtrec_core::Error::Checkpoint { path, .. }) => Some(path),
-        _ => None,
-    }
-}
-
-/// A resumed run's failure: a damaged checkpoint file named as such, with
-/// what to do; other errors as they are.
-fn resume_error(dir: &Path, e: mtrec_train::TrainError) -> RunError {
-    let damaged = failed_file(&e).and_then(|p| safetensors_problem(p).map(|problem| (p.to_path_buf(), problem)));
-    match damaged {
-        Some((path, problem)) => RunError::DamagedFile {
-            path,
-            problem,
-            fix: format!(
-                "this checkpoint cannot be resumed (earlier epochs' files are not kept): start the run again \
-                 with another --out, or remove {} and start it there",
-                dir.display()
-            ),
-        },
-        None => e.into(),
-    }
 }
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
@@ -503,7 +445,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         if let Err(e) = crate::plot::run_plots(dir, &result.report) {
             eprintln!("warning: {e}");
         }
-        folder::unify_permissions(dir)?;
+        crate::folder::unify_permissions(dir)?;
     }
     Ok(result)
 }
@@ -572,208 +514,4 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
         "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
         cfg.config.model.arch
     ))
-}
-
-fn append_history(f: &mut std::fs::File, path: &Path, log: &EpochLog) -> Result<()> {
-    use std::io::Write as _;
-    let mut line = serde_json::to_string(log).map_err(|e| encode("the history")(&e))?;
-    line.push('\n');
-    f.write_all(line.as_bytes()).map_err(io(path))?;
-    f.flush().map_err(io(path))?;
-    Ok(())
-}
-
-/// A fresh run folder under `runs/`: `<arch>-<UTC timestamp>`.
-pub fn default_run_dir(arch: &str) -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace(':', "-");
-    let base = PathBuf::from("runs").join(format!("{arch}-{stamp}"));
-    // Two runs in the same second get distinct folders.
-    let mut dir = base.clone();
-    let mut n = 1;
-    while dir.exists() {
-        n += 1;
-        dir = PathBuf::from(format!("{}-{n}", base.display()));
-    }
-    dir
-}
-
-/// The config a run folder was trained with.
-pub fn load_run_config(dir: &Path) -> Result<LoadedConfig> {
-    let file = dir.join(CONFIG_FILE);
-    if !file.exists() {
-        return Err(RunError::RunFolder {
-            dir: dir.to_path_buf(),
-            problem: format!("not a run folder: it has no {CONFIG_FILE}"),
-        });
-    }
-    config::load(&file, &[])
-}
-
-/// A trained model loaded back from its run folder, with the mapping of its
-/// inputs: what `predict` and `eval` use.
-pub struct Trained {
-    pub model: Model,
-    pub preprocessor: Preprocessor,
-    pub config: RunConfig,
-}
-
-/// Loads `dir`'s graph, preprocessing and best weights. Only models trained
-/// on tabular data can read new files (generated data has no file format).
-pub fn load_trained(dir: &Path) -> Result<Trained> {
-    let cfg = load_run_config(dir)?;
-    let pre_path = dir.join(PREPROCESS_FILE);
-    if !pre_path.exists() {
-        return Err(RunError::RunFolder {
-            dir: dir.to_path_buf(),
-            problem: format!(
-                "has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on"
-            ),
-        });
-    }
-    let preprocessor = Preprocessor::load(&pre_path)?;
-    let graph_path = dir.join(GRAPH_FILE);
-    let text = std::fs::read_to_string(&graph_path).map_err(io(&graph_path))?;
-    let graph = GraphSpec::from_toml(&text)?;
-    let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
-    let features = crate::source::model_features(&cfg, preprocessor.features(), domains)?;
-    let model = Model::build(
-        &graph,
-        &features,
-        &preprocessor.task_infos(),
-        domains,
-        cfg.config.train.seed,
-        &Device::Cpu,
-    )?;
-    let weights = dir.join(WEIGHTS_FILE);
-    if !weights.exists() {
-        return Err(RunError::RunFolder {
-            dir: dir.to_path_buf(),
-            problem: format!("has no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)"),
-        });
-    }
-    model
-        .params()
-        .load(&weights)
-        .map_err(|e| match safetensors_problem(&weights) {
-            Some(problem) => RunError::DamagedFile {
-                fix: restore_hint(dir, &weights),
-                path: weights.clone(),
-                problem,
-            },
-            None => e.into(),
-        })?;
-    Ok(Trained {
-        model,
-        preprocessor,
-        config: cfg.config,
-    })
-}
-
-/// What to do about a damaged `model.safetensors`: the run's last checkpoint
-/// holds the same best-epoch weights (`epoch-NNNN.best.safetensors`) when it
-/// is intact; else train again.
-fn restore_hint(dir: &Path, weights: &Path) -> String {
-    let best = std::fs::read_dir(dir.join(CHECKPOINT_DIR)).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with(".best.safetensors"))
-            .max()
-    });
-    match best.filter(|b| safetensors_problem(b).is_none()) {
-        Some(b) => format!(
-            "the run's checkpoint holds the same best-epoch weights: copy them over it \
-             (`cp {} {}`), or train the model again",
-            b.display(),
-            weights.display()
-        ),
-        None => format!(
-            "train the model again (`mtrec run --config {} --out NEW_DIR`)",
-            dir.join(CONFIG_FILE).display()
-        ),
-    }
-}
-
-/// Scores every row of `input` with the model of run folder `model_dir` and
-/// writes `output` (CSV): one column per task, named after it, in task
-/// order: the probability for binary tasks, the prediction for regression
-/// tasks. Labels are not needed; an unseen category maps to the
-/// out-of-vocabulary id. The input is streamed (chunks of the run's
-/// `chunk_rows`, default 65536) and rows are written as they are scored, to
-/// a temporary file renamed over `output` at the end (atomic: a failed run
-/// leaves no partial file). Returns the number of rows.
-pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usize> {
-    use std::io::Write as _;
-    let trained = load_trained(model_dir)?;
-    let chunks = trained
-        .preprocessor
-        .encode_chunks(input, chunk_rows(&trained.config), Labels::Optional);
-    let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
-    let tasks = trained.model.tasks();
-    let mut rows = 0usize;
-    // The writer's own error type is the core's; the real cause is kept here.
-    let mut failure: Option<RunError> = None;
-    let written = mtrec_core::atomic::write_with(output, |tmp| {
-        let score = || -> Result<()> {
-            let file = std::fs::File::create(tmp).map_err(io(tmp))?;
-            let csv_err = |e: csv::Error| RunError::WriteCsv {
-                path: output.to_path_buf(),
-                message: e.to_string(),
-            };
-            let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-            w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
-            for batch in batches {
-                let batch = batch?;
-                let outputs = batch_outputs(&trained.model, &batch.to_batch(trained.model.device())?)?;
-                for r in 0..batch.rows() {
-                    let record = tasks.iter().zip(&outputs).map(|(t, o)| match t.kind {
-                        mtrec_core::TaskKind::Binary => format!("{:.7}", 1.0 / (1.0 + (-o[r]).exp())),
-                        mtrec_core::TaskKind::Regression => format!("{}", o[r]),
-                    });
-                    w.write_record(record).map_err(csv_err)?;
-                }
-                rows += batch.rows();
-            }
-            let mut inner = w.into_inner().map_err(|e| RunError::WriteCsv {
-                path: output.to_path_buf(),
-                message: e.error().to_string(),
-            })?;
-            inner.flush().map_err(io(tmp))
-        };
-        score().map_err(|e| {
-            failure = Some(e);
-            mtrec_core::Error::Io {
-                path: tmp.to_path_buf(),
-                source: std::io::Error::other("scoring stopped"),
-            }
-        })
-    });
-    match (written, failure) {
-        (_, Some(e)) => Err(e),
-        (Err(e), None) => Err(e.into()),
-        (Ok(()), None) => Ok(rows),
-    }
-}
-
-/// Rows per chunk when a run's model reads a file: the run's `chunk_rows`
-/// (streamed runs) or the default.
-fn chunk_rows(config: &RunConfig) -> usize {
-    config.data.chunk_rows.unwrap_or(StreamOptions::default().chunk_rows)
-}
-
-/// The metrics of run folder `model_dir`'s model on a labelled file, read
-/// in chunks (the file is never held whole: per task 8 bytes per labelled
-/// row are kept for AUC). The rows go through the model in batches of
-/// `eval_batch_size` in file order, as the run's own evaluation does, so the
-/// metrics equal those of the file loaded whole.
-pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
-    let trained = load_trained(model_dir)?;
-    let chunks = trained
-        .preprocessor
-        .encode_chunks(input, chunk_rows(&trained.config), Labels::Required);
-    let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
-    let names = trained.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
-    Ok(evaluate_batches(&trained.model, batches, names)?)
 }
