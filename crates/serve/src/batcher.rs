@@ -26,7 +26,10 @@ pub struct BatchOptions {
     /// alone, whole).
     pub max_batch: usize,
     /// How long the oldest request waits for others before its batch is
-    /// scored (from its arrival in the queue).
+    /// scored (from its arrival in the queue). Zero: a batch is what is
+    /// queued when a worker is free (under load, the requests that arrived
+    /// while the previous batch was scored); a wait gives larger batches to
+    /// a model that is itself the bottleneck, at the cost of latency.
     pub max_wait: Duration,
     /// Requests waiting at most; a request arriving at a full queue is
     /// answered 503 at once.
@@ -39,7 +42,10 @@ impl Default for BatchOptions {
     fn default() -> Self {
         Self {
             max_batch: 256,
-            max_wait: Duration::from_micros(500),
+            // Measured (census MMoE, one row per request, 2 cores): at 32
+            // concurrent clients a wait of 0, 200 or 500 us gives the same
+            // throughput, and 0 halves the latency of a lone client.
+            max_wait: Duration::ZERO,
             queue: 4096,
             workers: 1,
         }
@@ -147,8 +153,8 @@ impl Batcher {
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    pub fn stats(&self) -> &BatchStats {
-        &self.stats
+    pub fn stats(&self) -> Arc<BatchStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Waits for the workers to finish (after every handle but this one is

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::batcher::BatchOptions;
@@ -29,8 +30,9 @@ pub struct ServeArgs {
     /// Rows scored together at most.
     #[arg(long, default_value_t = 256)]
     pub max_batch: usize,
-    /// Microseconds the oldest queued request waits for others to join its batch.
-    #[arg(long, default_value_t = 500)]
+    /// Microseconds the oldest queued request waits for others to join its
+    /// batch (0: a batch is what is queued when a scoring thread is free).
+    #[arg(long, default_value_t = 0)]
     pub max_wait_us: u64,
     /// Requests queued at most per model (more are answered 503).
     #[arg(long, default_value_t = 4096)]
@@ -110,6 +112,7 @@ pub fn serve(args: ServeArgs, load: Loader<'_>) -> Result<()> {
         body_limit: args.max_body_bytes,
     };
     let service = Service::new(scorers, &options)?;
+    let stats = service.stats();
     let rt = runtime(args.http_threads)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
@@ -126,6 +129,13 @@ pub fn serve(args: ServeArgs, load: Loader<'_>) -> Result<()> {
             })
             .await
     })?;
+    for (name, s) in stats {
+        let (rows, batches) = (s.rows.load(Ordering::Relaxed), s.batches.load(Ordering::Relaxed));
+        eprintln!(
+            "model `{name}`: {rows} rows scored in {batches} batches ({:.1} rows per batch)",
+            rows as f64 / batches.max(1) as f64
+        );
+    }
     eprintln!("stopped");
     Ok(())
 }

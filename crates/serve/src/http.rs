@@ -98,6 +98,18 @@ impl Service {
         Arc::clone(&self.state.in_flight)
     }
 
+    /// Each model's batching counters (rows and batches scored).
+    pub fn stats(&self) -> Vec<(String, Arc<crate::batcher::BatchStats>)> {
+        let mut out: Vec<_> = self
+            .state
+            .models
+            .iter()
+            .map(|(name, s)| (name.clone(), s.batcher.stats()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The routes, for serving on a listener.
     pub fn router(&self) -> Router {
         Router::new()

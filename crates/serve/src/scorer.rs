@@ -1,6 +1,7 @@
 //! A loaded model, shared read-only by every request: JSON instances in,
 //! encoded rows through the run's fitted preprocessing, per-task outputs out.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -37,6 +38,8 @@ pub struct Scorer {
     /// The text a JSON `null` stands for: the first `missing` marker.
     missing: Option<String>,
     metadata: Value,
+    /// Each task's name as a JSON string and a colon, for the answers.
+    task_keys: Vec<String>,
 }
 
 /// The name data errors give the rows of a request (never shown: the
@@ -61,6 +64,11 @@ impl Scorer {
             })
             .collect();
         let metadata = metadata(name, &arch, &model, &pre, &columns);
+        let task_keys = model
+            .tasks()
+            .iter()
+            .map(|t| format!("{}:", Value::String(t.name.clone())))
+            .collect();
         Ok(Self {
             name: name.to_string(),
             passive: pre.passive_columns().into_iter().collect(),
@@ -71,6 +79,7 @@ impl Scorer {
             index,
             separators,
             metadata,
+            task_keys,
         })
     }
 
@@ -123,7 +132,7 @@ impl Scorer {
                 ),
             ));
         };
-        let mut texts: Vec<Option<String>> = vec![None; self.columns.len()];
+        let mut texts: Vec<Option<Cow<'_, str>>> = vec![None; self.columns.len()];
         for (key, value) in map {
             match self.index.get(key) {
                 Some(&k) => texts[k] = Some(self.text(i, k, value)?),
@@ -157,16 +166,16 @@ impl Scorer {
     }
 
     /// A JSON value as the text a training file would hold.
-    fn text(&self, i: usize, k: usize, value: &Value) -> Result<String> {
+    fn text<'v>(&self, i: usize, k: usize, value: &'v Value) -> Result<Cow<'v, str>> {
         let column = &self.columns[k];
         let bad = |m: String| ServeError::bad_instance(i, Some(&column.name), m);
         match value {
-            Value::String(s) => Ok(s.clone()),
+            Value::String(s) => Ok(Cow::Borrowed(s)),
             // Display gives the shortest text that parses back to the same
             // f64 (serde_json parses with float_roundtrip): the file's value.
-            Value::Number(n) => Ok(n.to_string()),
-            Value::Bool(b) => Ok(b.to_string()),
-            Value::Null => self.missing.clone().ok_or_else(|| {
+            Value::Number(n) => Ok(Cow::Owned(n.to_string())),
+            Value::Bool(b) => Ok(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Value::Null => self.missing.clone().map(Cow::Owned).ok_or_else(|| {
                 bad("null (a missing value) cannot be given: this model's data has no missing markers".into())
             }),
             Value::Array(items) => {
@@ -189,7 +198,7 @@ impl Scorer {
                         }
                     }
                 }
-                Ok(tokens.join(sep))
+                Ok(Cow::Owned(tokens.join(sep)))
             }
             Value::Object(_) => Err(bad("an object is not a value; give a string or a number".into())),
         }
@@ -223,22 +232,20 @@ impl Scorer {
     /// `{"predictions": [{"<task>": value, ...}, ...]}` for `outputs` (per
     /// task, one value per row, in request order).
     pub fn predictions_json(&self, outputs: &[Vec<f32>]) -> String {
-        let tasks = self.model.tasks();
         let rows = outputs.first().map_or(0, Vec::len);
-        let mut s = String::with_capacity(16 + rows * tasks.len() * 32);
+        let mut s = String::with_capacity(16 + rows * self.task_keys.len() * 32);
         s.push_str("{\"predictions\":[");
         for r in 0..rows {
             if r > 0 {
                 s.push(',');
             }
             s.push('{');
-            for (k, (t, o)) in tasks.iter().zip(outputs).enumerate() {
+            for (k, (key, o)) in self.task_keys.iter().zip(outputs).enumerate() {
                 if k > 0 {
                     s.push(',');
                 }
-                s.push_str(&Value::String(t.name.clone()).to_string());
-                s.push(':');
-                let x = o[r];
+                s.push_str(key);
+                let x = o.get(r).copied().unwrap_or(f32::NAN);
                 // JSON has no NaN or infinity.
                 if x.is_finite() {
                     s.push_str(&x.to_string());

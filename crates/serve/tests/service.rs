@@ -372,3 +372,54 @@ async fn a_shutdown_answers_the_requests_in_flight() {
     // Stopped: no longer accepting.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_counts_answers_and_malformed_requests() {
+    use mtrec_serve::loadgen::{bodies_from_file, malformed_bodies, run_level, LoadOptions};
+    let (data, dir) = run();
+    let served = scorer("m", dir);
+    let bodies = bodies_from_file(served.preprocessor(), &data.join("test.csv"), 3, 100).unwrap();
+    assert_eq!(bodies.len(), 34); // 100 rows: 33 requests of 3, one of 1
+    assert_eq!(bodies.iter().map(|b| b.instances).sum::<usize>(), 100);
+    let malformed = malformed_bodies(served.preprocessor(), &bodies[0].bytes).unwrap();
+    assert_eq!(malformed.len(), 4);
+    let server = Running::start(vec![served], &options(64, Duration::from_micros(200))).await;
+    let opts = LoadOptions {
+        addr: server.addr,
+        model: "m".into(),
+        requests: 300,
+        max_time: Duration::from_secs(60),
+        malformed: 8,
+    };
+    let r = run_level(&opts, &bodies, &malformed, 6).await.unwrap();
+    assert_eq!(
+        (r.ok, r.malformed_sent, r.malformed_400, r.errors),
+        (292, 8, 8, 0),
+        "{r:?}"
+    );
+    assert!(!r.timed_out && r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms, "{r:?}");
+    // Request i sends body i % 34; the malformed slots (18, 56, 93, 131,
+    // 168, 206, 243, 281) miss the 8 sends of the one-row body 33.
+    assert_eq!(r.predictions, 292 * 3 - 8 * 2, "{r:?}");
+    // Bounded in time: a zero time limit sends nothing.
+    let r = run_level(
+        &LoadOptions {
+            max_time: Duration::ZERO,
+            ..opts.clone()
+        },
+        &bodies,
+        &malformed,
+        2,
+    )
+    .await
+    .unwrap();
+    assert!(r.timed_out && r.ok == 0, "{r:?}");
+    // Loopback only.
+    let far = LoadOptions {
+        addr: "192.0.2.1:8080".parse().unwrap(),
+        ..opts
+    };
+    let err = run_level(&far, &bodies, &malformed, 1).await.unwrap_err().to_string();
+    assert!(err.contains("loopback"), "{err}");
+    server.finish().await.unwrap();
+}
