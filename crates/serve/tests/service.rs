@@ -131,6 +131,27 @@ async fn status_metadata_and_health() {
     server.finish().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_models_are_served_by_name() {
+    let (_, dir) = run();
+    let two = vec![scorer("m", dir), scorer("again", dir)];
+    let server = Running::start(two, &ServeOptions::default()).await;
+    let mut client = Client::connect(server.addr).await;
+    let one = body(&[good()]);
+    let (status, a) = client.post(PREDICT, one.clone()).await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(client.post("/v1/models/again:predict", one).await, (200, a));
+    let (status, meta) = client.get("/v1/models/again").await;
+    assert_eq!((status, &meta["metadata"]["name"]), (200, &json!("again")));
+    server.finish().await.unwrap();
+    let same = vec![scorer("m", dir), scorer("m", dir)];
+    let err = mtrec_serve::Service::new(same, &ServeOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("given twice"), "{err}");
+}
+
 /// One good instance (the first test row).
 fn good() -> serde_json::Map<String, Value> {
     csv_instances(&run().0.join("test.csv")).swap_remove(0)
