@@ -275,11 +275,23 @@ async fn answer(state: &AppState, spec: &str, body: std::result::Result<Bytes, B
         column: None,
         message: r.body_text(),
     })?;
-    let instances = parse_instances(&body)?;
-    let data = served.scorer.encode(&instances)?;
+    let data = if body.len() <= LARGE_BODY {
+        served.scorer.encode(&parse_instances(&body)?)?
+    } else {
+        // Milliseconds of parsing and encoding: off the runtime's threads,
+        // which keep serving the small requests meanwhile.
+        let scorer = Arc::clone(&served.scorer);
+        tokio::task::spawn_blocking(move || scorer.encode(&parse_instances(&body)?))
+            .await
+            .map_err(|e| ServeError::Scoring(format!("encoding a request: {e}")))??
+    };
     let outputs = served.batcher.score(data).await?;
     Ok(served.scorer.predictions_json(&outputs))
 }
+
+/// Bodies larger than this (bytes, about 64 census rows) are parsed and
+/// encoded on the blocking pool.
+const LARGE_BODY: usize = 64 * 1024;
 
 /// The `instances` of a request body.
 fn parse_instances(body: &[u8]) -> Result<Vec<Value>> {
