@@ -14,11 +14,14 @@
 //! - [`preprocess`]: the [`Preprocessor`] fitted on training rows
 //!   (vocabularies, hashing, dense statistics, domains, task rules), which
 //!   encodes files into datasets and is saved as JSON;
+//! - [`encode_row`]: rows given as column values (a served request's
+//!   instances) encoded with a fitted preprocessor, exactly as file rows;
 //! - [`stream`]: out-of-core passes over files larger than memory: batches
 //!   through a seeded shuffle buffer, a hash split of one file, [`StreamedData`];
 //! - [`tabular`]: loading a described data set ([`load_tabular`],
 //!   [`load_single`], [`load_split`]).
 pub mod dataset;
+pub mod encode_row;
 pub mod error;
 pub mod multidomain;
 pub mod preprocess;

@@ -1048,6 +1048,18 @@ impl Preprocessor {
         }
     }
 
+    /// Every row of an opened source as one dataset (rows held in memory:
+    /// [`crate::encode_row`]); the same binding and row encoding as a file's.
+    pub(crate) fn encode_source(&self, mut src: Box<dyn RowSource>, labels: Labels) -> Result<Dataset> {
+        let bind = self.bind(src.as_ref(), labels)?;
+        let (conds, file) = (self.conditions(), src.file().to_path_buf());
+        let (mut record, mut out) = (StringRecord::new(), Builder::new(self));
+        while let Some(place) = src.next_row(&mut record)? {
+            self.encode_row(&bind, &conds, &record, &file, place, &mut out)?;
+        }
+        out.finish(self)
+    }
+
     /// Reads `path` (labels required) into a dataset, for evaluation.
     pub fn load_file(&self, path: &Path) -> Result<Dataset> {
         self.encode_file(path, Labels::Required, None)

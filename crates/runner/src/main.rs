@@ -134,6 +134,12 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Serve trained models over HTTP (TF-Serving / KServe v1 JSON), raw rows
+    /// preprocessed as in training, with dynamic batching (crates/serve).
+    Serve(mtrec_serve::cli::ServeArgs),
+    /// Load-test a served model on loopback: throughput and p50/p99 latency
+    /// at several concurrencies (crates/serve).
+    Loadgen(mtrec_serve::cli::LoadgenArgs),
 }
 
 fn load(args: &ConfigArgs) -> Result<LoadedConfig> {
@@ -285,6 +291,18 @@ fn real_main() -> Result<()> {
         Command::Graph { cfg } => {
             let loaded = load(&cfg)?;
             print!("{}", graph_config_text(&loaded)?);
+        }
+        Command::Serve(args) => mtrec_serve::cli::serve(args, &|dir| {
+            let t = mtrec_runner::run::load_trained(dir).map_err(|e| e.to_string())?;
+            Ok(mtrec_serve::ModelParts {
+                model: t.model,
+                preprocessor: t.preprocessor,
+                arch: t.config.model.arch,
+            })
+        })
+        .map_err(|e| RunError::Usage(e.to_string()))?,
+        Command::Loadgen(args) => {
+            mtrec_serve::cli::loadgen(args).map_err(|e| RunError::Usage(e.to_string()))?;
         }
     }
     Ok(())
