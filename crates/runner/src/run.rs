@@ -364,8 +364,10 @@ fn resume_error(dir: &Path, e: mtrec_train::TrainError) -> RunError {
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
 pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+    // Rank 0 alone writes the folder (distributed runs; see crate::distributed).
+    let root = crate::distributed::is_root();
     // Held until the run ends (dropped on return, error or not).
-    let _lock = match &opts.out {
+    let _lock = match opts.out.as_ref().filter(|_| root) {
         Some(dir) => Some(open_run_folder(dir, opts.resume)?),
         None => None,
     };
@@ -403,9 +405,17 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         resolved.data.shuffle_buffer = Some(o.shuffle_buffer);
         resolved.data.train_eval_rows = Some(cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS));
     }
+    crate::distributed::check_ranks_agree(
+        &toml::to_string(&resolved).unwrap_or_default(),
+        prepared
+            .preprocessor
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .as_deref(),
+    )?;
     let checkpoint = match &opts.out {
         Some(dir) => {
-            if !opts.resume {
+            if !opts.resume && root {
                 let text = toml::to_string(&resolved)
                     .map_err(|e| RunError::Usage(format!("cannot write the resolved config: {e}")))?;
                 write(&dir.join(CONFIG_FILE), text.as_bytes())?;
@@ -425,7 +435,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     };
     // history.jsonl: truncated at the start (a resumed run replays its
     // earlier epochs first), then one line appended per epoch.
-    let mut history_file = match &opts.out {
+    let mut history_file = match opts.out.as_ref().filter(|_| root) {
         Some(dir) => {
             let path = dir.join(HISTORY_FILE);
             Some((std::fs::File::create(&path).map_err(io(&path))?, path))
@@ -534,7 +544,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         params: model.params().clone(),
         preprocessor: prepared.preprocessor,
     };
-    if let Some(dir) = &opts.out {
+    if let Some(dir) = opts.out.as_ref().filter(|_| root) {
         result.params.save(&dir.join(WEIGHTS_FILE))?;
         let json = serde_json::to_string_pretty(&result.report)
             .map_err(|e| RunError::Usage(format!("cannot write the report: {e}")))?;

@@ -539,6 +539,13 @@ pub fn train_on(
             .as_ref()
             .ok_or_else(|| TrainError::Config("resume needs a checkpoint folder".into()))?;
         let resumed = ckpt.load(model, &mut opt, &mut balancer)?;
+        let trained_on = resumed.state.ranks.unwrap_or(1);
+        if trained_on != ranks {
+            return Err(TrainError::Config(format!(
+                "the run was trained on {trained_on} rank(s) and is resumed on {ranks}: the number of ranks sets \
+                 the global batch (ranks x batch_size), so resume it with the same number (mpirun -np {trained_on})"
+            )));
+        }
         first_epoch = resumed.state.epoch + 1;
         seconds_before = resumed.state.train_seconds;
         best = Some((resumed.state.best_score, resumed.state.best_epoch, resumed.best));
@@ -624,6 +631,7 @@ pub fn train_on(
                 history: history.clone(),
                 train_seconds: seconds_before + started.elapsed().as_secs_f64(),
                 balancer: Some(balancer.kind().to_string()),
+                ranks: (ranks > 1).then_some(ranks),
             };
             ckpt.save(model, &opt, &balancer, weights, &state)?;
         }
