@@ -23,6 +23,9 @@ use mtrec_distributed::Collective;
 use mtrec_distributed::{check_same, current};
 use mtrec_train::TrainError;
 
+use mtrec_data::Preprocessor;
+
+use crate::config::RunConfig;
 use crate::error::{Result, RunError};
 
 /// The process's place in a distributed run; MPI is finalized when it is
@@ -111,19 +114,30 @@ pub fn abort_if_distributed(error: &dyn std::fmt::Display) {
 }
 
 /// Errors naming the first rank whose resolved config or fitted
-/// preprocessing differs from rank 0's.
-pub fn check_ranks_agree(config_text: &str, preprocess_json: Option<&str>) -> Result<()> {
+/// preprocessing differs from rank 0's (nothing is serialised in a
+/// one-process run).
+pub fn check_ranks_agree(resolved: &RunConfig, preprocessor: Option<&Preprocessor>) -> Result<()> {
     let c = current();
+    if c.size() == 1 {
+        return Ok(());
+    }
     let agree = |what: &str, bytes: &[u8]| {
         check_same(c.as_ref(), what, bytes).map_err(|e| RunError::Train(TrainError::Distributed(e.to_string())))
     };
+    let config = toml::to_string(resolved).map_err(|e| RunError::Usage(format!("cannot encode the config: {e}")))?;
     agree(
         "the resolved config (config file, --set overrides, data paths)",
-        config_text.as_bytes(),
+        config.as_bytes(),
     )?;
+    let fitted = match preprocessor {
+        Some(p) => {
+            serde_json::to_vec(p).map_err(|e| RunError::Usage(format!("cannot encode the preprocessing: {e}")))?
+        }
+        None => Vec::new(),
+    };
     agree(
         "the preprocessing fitted on the training rows (vocabularies, scaling)",
-        preprocess_json.unwrap_or("").as_bytes(),
+        &fitted,
     )
 }
 

@@ -405,14 +405,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         resolved.data.shuffle_buffer = Some(o.shuffle_buffer);
         resolved.data.train_eval_rows = Some(cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS));
     }
-    crate::distributed::check_ranks_agree(
-        &toml::to_string(&resolved).unwrap_or_default(),
-        prepared
-            .preprocessor
-            .as_ref()
-            .and_then(|p| serde_json::to_string(p).ok())
-            .as_deref(),
-    )?;
+    crate::distributed::check_ranks_agree(&resolved, prepared.preprocessor.as_ref())?;
     let checkpoint = match &opts.out {
         Some(dir) => {
             if !opts.resume && root {
