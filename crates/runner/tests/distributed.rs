@@ -2,7 +2,8 @@
 //! with batch b train as one process with batch 2b (per-step losses, test
 //! AUCs), only rank 0 writes the run folder, `--resume` continues with the
 //! same number of ranks, mismatched configs are refused naming the rank,
-//! and a rank killed mid-epoch ends the job within seconds naming it.
+//! a rank killed mid-epoch ends the job within seconds naming it, and
+//! streamed census-income (when the shared data is there) matches too.
 //!
 //! Needs Open MPI's `mpirun`; skipped with a message when it is missing,
 //! unless `MTREC_REQUIRE_MPI=1` (CI, `.ci/run`), which makes that a failure.
@@ -189,6 +190,17 @@ fn two_ranks_match_one_process_and_resume_with_the_same_ranks() {
     for (a, b) in test_aucs(&two).iter().zip(test_aucs(&resumed)) {
         assert!((a - b).abs() < 1e-6, "resumed test AUC {b} vs uninterrupted {a}");
     }
+    // Another number of ranks would change the global batch: refused.
+    let o = Command::new(env!("CARGO_BIN_EXE_mtrec"))
+        .args(["run", "--resume", resumed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("trained on 2 rank(s) and is resumed on 1"),
+        "{}",
+        text(&o)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -232,5 +244,71 @@ fn mismatched_configs_are_refused_naming_the_rank() {
     assert!(t.contains("differs between ranks: rank 1"), "{t}");
     // Printed by the failing ranks themselves before MPI_Abort.
     assert!(t.contains("error on rank 0 of 2"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shared data folder (`MTREC_DATA_DIR`, else `../shared/data` beside
+/// the workspace) when it holds census-income; else `None` with a message,
+/// or a failure when `MTREC_REQUIRE_DATA=1`.
+fn census_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("MTREC_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")));
+    if dir.join("census-income").join("train.data.gz").exists() {
+        return Some(dir);
+    }
+    let message = format!("census-income not found under {}", dir.display());
+    if std::env::var("MTREC_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("{message}; MTREC_REQUIRE_DATA=1, so this is a failure");
+    }
+    eprintln!("skipped: {message}");
+    None
+}
+
+#[test]
+fn streamed_census_on_two_ranks_matches_one_process() {
+    if !have_mpirun() {
+        return;
+    }
+    let Some(data) = census_dir() else { return };
+    let dir = scratch("streamed");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/census-income.toml");
+    let args = |out: &Path, batch: usize| {
+        mtrec_args(&[
+            "run",
+            "--config",
+            config,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--set",
+            "data.streaming=true",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            &format!("train.batch_size={batch}"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let (one_steps, two_steps) = (dir.join("one.jsonl"), dir.join("two.jsonl"));
+    let (o, _) = mpirun(
+        &[(1, args(&one, 256))],
+        &[("MTREC_STEP_LOSSES", one_steps.to_str().unwrap())],
+        LIMIT,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (o, _) = mpirun(
+        &[(2, args(&two, 128))],
+        &[("MTREC_STEP_LOSSES", two_steps.to_str().unwrap())],
+        LIMIT,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let steps = step_losses(&one_steps);
+    assert_eq!(steps.len(), 234, "59,857 training rows in batches of 256");
+    assert_close_steps(&steps, &step_losses(&two_steps));
+    for (a, b) in test_aucs(&one).iter().zip(test_aucs(&two)) {
+        assert!((a - b).abs() < 1e-4, "test AUC {a} vs {b}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -723,11 +723,14 @@ impl Balancer {
         let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
         self.batch_in_epoch += 1;
         let needs_per_task = sample || matches!(self.state, State::GradNorm(_) | State::PcGrad);
-        // What the exchange sums: the model's dense variables and the
-        // balancer's own trainable ones (uncertainty's `s`).
-        let mut dense = model.params().vars();
-        if let State::Uncertainty { s, .. } = &self.state {
-            dense.push((UNCERTAINTY_S.to_string(), s.clone()));
+        // What the exchange sums (nothing with one rank): the model's dense
+        // variables and the balancer's own trainable ones (uncertainty's `s`).
+        let mut dense = Vec::new();
+        if sync.size() > 1 {
+            dense = model.params().vars();
+            if let State::Uncertainty { s, .. } = &self.state {
+                dense.push((UNCERTAINTY_S.to_string(), s.clone()));
+            }
         }
         let stores = if needs_per_task {
             let mut stores = Self::per_task(&losses)?;

@@ -361,7 +361,13 @@ pub fn evaluate_batches(
 ) -> Result<Evaluation> {
     let mut ev = Evaluator::new(model, domain_names);
     for batch in batches {
-        ev.add(&batch?.to_batch(model.device())?)?;
+        let batch = batch?;
+        if ev.takes_next() {
+            ev.add(&batch.to_batch(model.device())?)?;
+        } else {
+            // Another rank's batch: read (the stream is shared), not run.
+            ev.skip(batch.rows());
+        }
     }
     ev.finish()
 }

@@ -151,11 +151,10 @@ impl GradSync {
     /// every rank).
     pub fn merge_rows(&mut self, tables: &[(String, Var)], touched: &[TouchedRows]) -> Result<Merged> {
         if self.size() == 1 {
+            // The rows are the local ones ([`GradSync::reduce`] does nothing).
             return Ok(Merged {
                 touched: touched.to_vec(),
-                local: (0..touched.len())
-                    .map(|i| Some((i, (0..touched[i].rows.len()).collect())))
-                    .collect(),
+                local: vec![None; touched.len()],
             });
         }
         // Per table (the model's order): row count, then the rows.

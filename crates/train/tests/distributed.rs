@@ -148,3 +148,68 @@ fn a_short_last_batch_with_fewer_rows_than_ranks_leaves_a_rank_idle() {
     let three = on_ranks(3, &config(BalancerConfig::Fixed, 20), 362);
     assert_same_training(&one, &three, "3 ranks");
 }
+
+/// The training rows of `ranks` ranks' shards of an epoch, per global batch
+/// (read back from a dense feature holding each row's index).
+fn shard_rows(data: &Dataset, split: &Split, batch: usize, ranks: usize) -> Vec<Vec<Vec<usize>>> {
+    use mtrec_train::TrainSource;
+    let cfg = TrainConfig {
+        batch_size: batch,
+        ..TrainConfig::default()
+    };
+    let source = InMemory { data, split };
+    let per_rank: Vec<Vec<Vec<usize>>> = (0..ranks)
+        .map(|rank| {
+            source
+                .epoch_shards(2, &cfg, &candle_core::Device::Cpu, rank, ranks)
+                .unwrap()
+                .map(|s| match s.unwrap().batch {
+                    None => Vec::new(),
+                    Some(b) => {
+                        let d: Vec<f32> = b.inputs.dense.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                        d.iter().map(|&x| x as usize).collect()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    // Regrouped: per global batch, per rank.
+    let steps = per_rank[0].len();
+    assert!(per_rank.iter().all(|r| r.len() == steps), "every rank takes every step");
+    (0..steps)
+        .map(|s| per_rank.iter().map(|r| r[s].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn sharding_covers_every_row_exactly_once_in_the_one_process_order() {
+    let d = data();
+    // One dense feature: the row's own index.
+    let dense = mtrec_data::DenseColumns {
+        names: vec!["row".into()],
+        values: (0..d.rows()).map(|r| r as f32).collect(),
+    };
+    let d = Dataset::new(d.tasks, d.sparse, Some(dense), d.labels, d.masks, d.domains).unwrap();
+    let split = Split {
+        train: (0..d.rows()).filter(|r| r % 7 != 0).collect(),
+        valid: Vec::new(),
+        test: Vec::new(),
+    };
+    let one: Vec<usize> = shard_rows(&d, &split, 60, 1).into_iter().flatten().flatten().collect();
+    let mut sorted = one.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, split.train, "one process: every training row once");
+    for ranks in [2, 3, 4] {
+        let steps = shard_rows(&d, &split, 60 / ranks, ranks);
+        // Concatenated in rank order, each global batch is the one
+        // process's batch of 60 rows: same rows, same order.
+        let joined: Vec<usize> = steps.iter().flatten().flatten().copied().collect();
+        assert_eq!(joined, one, "{ranks} ranks");
+        for step in &steps[..steps.len() - 1] {
+            assert!(
+                step.iter().all(|r| r.len() == 60 / ranks),
+                "{ranks} ranks: full local batches"
+            );
+        }
+    }
+}
