@@ -113,6 +113,20 @@ pub fn abort_if_distributed(error: &dyn std::fmt::Display) {
     }
 }
 
+/// Only `mtrec run` trains across ranks; the other commands (compare,
+/// reproduce, predict, ...) would run whole on every rank and write the
+/// same files at once: refused under several ranks.
+pub fn check_command_distributes(is_run: bool) -> Result<()> {
+    let c = current();
+    if c.size() > 1 && !is_run {
+        return Err(RunError::Usage(format!(
+            "only `mtrec run` trains across ranks; this command was started on {} ranks: run it without mpirun",
+            c.size()
+        )));
+    }
+    Ok(())
+}
+
 /// Errors naming the first rank whose resolved config or fitted
 /// preprocessing differs from rank 0's (nothing is serialised in a
 /// one-process run).

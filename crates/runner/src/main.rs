@@ -196,6 +196,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    mtrec_runner::distributed::check_command_distributes(matches!(cli.command, Command::Run { .. }))?;
     match cli.command {
         Command::Run {
             cfg,
