@@ -45,6 +45,29 @@ impl ThreadRank {
             .collect()
     }
 
+    /// Runs `f` on `size` threads, each given its rank of a new group,
+    /// and returns what each returned, in rank order (a panic on a thread
+    /// is resumed here once every thread ended).
+    pub fn run<T, F>(size: usize, f: F) -> Vec<T>
+    where
+        T: Send + 'static,
+        F: Fn(ThreadRank) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let handles: Vec<_> = Self::group(size)
+            .into_iter()
+            .map(|c| {
+                let f = f.clone();
+                std::thread::spawn(move || f(c))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    }
+
     /// Puts `mine` in this rank's slot, waits for every rank, returns every
     /// slot (rank order), and waits again so that no slot is overwritten
     /// by the next exchange before every rank has read this one.
@@ -121,24 +144,18 @@ mod tests {
 
     #[test]
     fn sums_gathers_and_broadcasts_across_threads() {
-        let handles: Vec<_> = ThreadRank::group(3)
-            .into_iter()
-            .map(|c| {
-                std::thread::spawn(move || {
-                    let r = c.rank() as f32;
-                    let mut buf = vec![r, 10.0 * r, 1.0];
-                    c.all_reduce_sum(&mut buf).unwrap();
-                    let gathered = c.all_gather(&vec![c.rank() as u8; c.rank()]).unwrap();
-                    let mut b = if c.rank() == 2 { b"root".to_vec() } else { Vec::new() };
-                    c.broadcast(2, &mut b).unwrap();
-                    crate::check_same(&c, "x", b"same").unwrap();
-                    let differs = crate::check_same(&c, "the config", &[u8::from(c.rank() == 1)]);
-                    (buf, gathered, b, differs.map_err(|e| e.to_string()))
-                })
-            })
-            .collect();
-        for h in handles {
-            let (buf, gathered, b, differs) = h.join().unwrap();
+        let results = ThreadRank::run(3, |c| {
+            let r = c.rank() as f32;
+            let mut buf = vec![r, 10.0 * r, 1.0];
+            c.all_reduce_sum(&mut buf).unwrap();
+            let gathered = c.all_gather(&vec![c.rank() as u8; c.rank()]).unwrap();
+            let mut b = if c.rank() == 2 { b"root".to_vec() } else { Vec::new() };
+            c.broadcast(2, &mut b).unwrap();
+            crate::check_same(&c, "x", b"same").unwrap();
+            let differs = crate::check_same(&c, "the config", &[u8::from(c.rank() == 1)]);
+            (buf, gathered, b, differs.map_err(|e| e.to_string()))
+        });
+        for (buf, gathered, b, differs) in results {
             assert_eq!(buf, vec![3.0, 30.0, 3.0]);
             assert_eq!(gathered, vec![vec![], vec![1], vec![2, 2]]);
             assert_eq!(b, b"root");

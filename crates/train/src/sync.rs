@@ -2,7 +2,9 @@
 //! gradients of one rank's part of a global batch into those of the whole
 //! global batch, identically on every rank.
 //!
-//! Per step, after the forward pass:
+//! Per step, before anything else, [`GradSync::next_step`]: the ranks vote
+//! (one byte each) that they all have another global batch. Then, after
+//! the forward pass:
 //! 1. [`GradSync::global_losses`]: one all-reduce of `2K` numbers (each
 //!    task's labelled-row count and loss sum). A task's loss over the
 //!    global batch is the mean over the global batch's labelled rows, so
@@ -116,6 +118,27 @@ impl GradSync {
         self.sparse_rows = 0;
         self.steps = 0;
         Some(e)
+    }
+
+    /// Whether every rank goes on with another step of `epoch`: `next` is
+    /// this rank's next global batch. With several ranks they vote (one
+    /// byte each), so that a rank whose data ran out early (other files
+    /// behind the same paths) is an error naming it on every rank, not a
+    /// rank waiting forever in an exchange the others never join.
+    pub fn next_step<T>(&mut self, next: Option<T>, epoch: usize) -> Result<Option<T>> {
+        if self.size() == 1 {
+            return Ok(next);
+        }
+        let votes = self.coll.all_gather(&[u8::from(next.is_some())]).map_err(dist_error)?;
+        self.dense_bytes += 1;
+        if let Some(odd) = votes.iter().position(|v| v.as_slice() != votes[0].as_slice()) {
+            let (more, fewer) = if votes[0] == [1] { (0, odd) } else { (odd, 0) };
+            return Err(TrainError::Distributed(format!(
+                "in epoch {epoch}, rank {fewer} has no more training batches while rank {more} has: the ranks' \
+                 training data differ (every rank must read the same files)"
+            )));
+        }
+        Ok(next)
     }
 
     /// From this rank's labelled-row count and masked-mean loss per task:
@@ -397,13 +420,7 @@ mod tests {
 
     #[test]
     fn sparse_rows_exchange_equals_the_dense_sum() {
-        let results: Vec<_> = ThreadRank::group(3)
-            .into_iter()
-            .map(|c| std::thread::spawn(move || rank_step(c)))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let results = ThreadRank::run(3, rank_step);
         let mut want_table = vec![0f32; ROWS * DIM];
         let mut want_w = vec![0f32; 4];
         for (t, w, ..) in &results {
@@ -428,26 +445,18 @@ mod tests {
 
     #[test]
     fn global_loss_is_the_mean_over_the_global_rows() {
-        let results: Vec<_> = ThreadRank::group(2)
-            .into_iter()
-            .map(|c| {
-                std::thread::spawn(move || {
-                    let rank = c.rank();
-                    let mut sync = GradSync::new(std::rc::Rc::new(c));
-                    // Rank 0: 3 labelled rows of task 0 with mean 1; rank 1:
-                    // 1 row with loss 5, and no labelled row of task 1.
-                    let (counts, means) = if rank == 0 {
-                        (vec![3.0, 2.0], vec![1.0, 2.0])
-                    } else {
-                        (vec![1.0, 0.0], vec![5.0, 0.0])
-                    };
-                    sync.global_losses(&counts, &means).unwrap()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let results = ThreadRank::run(2, |c| {
+            let rank = c.rank();
+            let mut sync = GradSync::new(std::rc::Rc::new(c));
+            // Rank 0: 3 labelled rows of task 0 with mean 1; rank 1:
+            // 1 row with loss 5, and no labelled row of task 1.
+            let (counts, means) = if rank == 0 {
+                (vec![3.0, 2.0], vec![1.0, 2.0])
+            } else {
+                (vec![1.0, 0.0], vec![5.0, 0.0])
+            };
+            sync.global_losses(&counts, &means).unwrap()
+        });
         // Task 0: (3 * 1 + 5) / 4 = 2; task 1: 2 * 2 / 2 = 2.
         assert_eq!(results[0].1, vec![2.0, 2.0]);
         assert_eq!(results[1].1, vec![2.0, 2.0]);

@@ -568,8 +568,8 @@ pub fn train_on(
         // A streamed file's size is known after its first pass.
         let rows_total = source.epoch_rows().or(rows_seen).unwrap_or(0);
         balancer.begin_epoch(epoch, &history);
-        for shard in source.epoch_shards(epoch, cfg, model.device(), rank, ranks)? {
-            let shard = shard?;
+        let mut shards = source.epoch_shards(epoch, cfg, model.device(), rank, ranks)?;
+        while let Some(shard) = sync.next_step(shards.next().transpose()?, epoch)? {
             let losses = balancer.step_shard(model, &mut opt, shard.batch.as_ref(), cfg.clip_norm, &mut sync)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
                 return Err(TrainError::Diverged {

@@ -9,7 +9,7 @@
 use std::rc::Rc;
 
 use mtrec_data::{Dataset, MultiDomainSynthetic, Split};
-use mtrec_distributed::{install, ThreadRank};
+use mtrec_distributed::{install, Collective, ThreadRank};
 use mtrec_train::check::small_mmoe;
 use mtrec_train::{train_on, BalancerConfig, EpochLog, InMemory, TrainConfig, TrainOptions};
 
@@ -65,17 +65,11 @@ fn run(cfg: &TrainConfig, train_rows: usize) -> Trace {
 }
 
 fn on_ranks(ranks: usize, cfg: &TrainConfig, train_rows: usize) -> Vec<Trace> {
-    let handles: Vec<_> = ThreadRank::group(ranks)
-        .into_iter()
-        .map(|c| {
-            let cfg = cfg.clone();
-            std::thread::spawn(move || {
-                let _g = install(Rc::new(c));
-                run(&cfg, train_rows)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let cfg = cfg.clone();
+    ThreadRank::run(ranks, move |c| {
+        let _g = install(Rc::new(c));
+        run(&cfg, train_rows)
+    })
 }
 
 fn config(balancer: BalancerConfig, batch: usize) -> TrainConfig {
@@ -211,5 +205,41 @@ fn sharding_covers_every_row_exactly_once_in_the_one_process_order() {
                 "{ranks} ranks: full local batches"
             );
         }
+    }
+}
+
+#[test]
+fn a_rank_whose_data_runs_out_early_is_an_error_naming_it_not_a_hang() {
+    let results = ThreadRank::run(2, |c| {
+        // Rank 1 has fewer training rows (as another file behind the same path).
+        let train_rows = if c.rank() == 0 { 500 } else { 300 };
+        let _g = install(Rc::new(c));
+        let data = data();
+        let split = Split {
+            train: (0..train_rows).collect(),
+            valid: (600..800).collect(),
+            test: Vec::new(),
+        };
+        let m = small_mmoe(&data, 4, 3).unwrap();
+        let cfg = config(BalancerConfig::Fixed, 32);
+        train_on(
+            &m,
+            &InMemory {
+                data: &data,
+                split: &split,
+            },
+            &cfg,
+            TrainOptions::default(),
+            |_| {},
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+    for r in results {
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("rank 1 has no more training batches while rank 0 has"),
+            "{e}"
+        );
     }
 }
