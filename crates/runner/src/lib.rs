@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod compare;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod folder;
 pub mod plot;

@@ -178,9 +178,19 @@ fn main() -> ExitCode {
     mtrec_runner::alloc::keep_freed_memory();
     mtrec_runner::threads::one_compute_pool();
     link_builtin_plugins();
+    // MPI (feature `distributed`, under mpirun), finalized when dropped;
+    // a failing rank aborts every rank while it is still in the job.
+    let _world = match mtrec_runner::distributed::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            mtrec_runner::distributed::abort_if_distributed(&e);
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -189,6 +199,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    mtrec_runner::distributed::check_command_distributes(matches!(cli.command, Command::Run { .. }))?;
     match cli.command {
         Command::Run {
             cfg,
@@ -210,9 +221,14 @@ fn real_main() -> Result<()> {
                     (c, dir)
                 }
             };
+            let quiet = quiet || !mtrec_runner::distributed::is_root();
             let progress = RefCell::new(RunProgress::new(loaded.config.train.epochs, quiet));
             let mut on_read = |p: &mtrec_data::Progress<'_>| progress.borrow_mut().on_read(p);
-            let mut on_batch = |b: &mtrec_train::BatchProgress| progress.borrow_mut().on_batch(b);
+            let mut hook = mtrec_runner::distributed::batch_hook()?;
+            let mut on_batch = |b: &mtrec_train::BatchProgress| {
+                hook(b);
+                progress.borrow_mut().on_batch(b)
+            };
             let opts = RunOptions {
                 out: Some(dir.clone()),
                 resume: resuming,
@@ -223,8 +239,10 @@ fn real_main() -> Result<()> {
             let result = run_with(&loaded, opts, |log| progress.borrow_mut().on_epoch(log));
             progress.borrow().finish();
             let result = result?;
-            println!("{}", result.report.render());
-            println!("run folder: {}", dir.display());
+            if mtrec_runner::distributed::is_root() {
+                println!("{}", result.report.render());
+                println!("run folder: {}", dir.display());
+            }
         }
         Command::Predict { model, input, output } => {
             let rows = predict_file(&model, &input, &output)?;

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
 use crate::optim::{Adam, AdamConfig, Optimizer};
+use crate::sync::GradSync;
 use crate::trainer::{EpochLog, TrainConfig};
 
 fn two() -> f64 {
@@ -199,6 +200,17 @@ pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<(Vec<Tens
 pub fn uncertainty_loss(losses: &Tensor, s: &Tensor) -> Result<Tensor> {
     let weighted = (losses * s.neg()?.exp()?)?.sum_all()?;
     Ok(((weighted + s.sum_all()?)? * 0.5)?)
+}
+
+/// [`uncertainty_loss`] on one of `ranks` ranks' parts of a batch: the
+/// regulariser `s_k / 2` is split between the ranks (`s_k / (2 ranks)` each),
+/// so that the ranks' gradients of `s` sum to those of one process.
+pub fn uncertainty_loss_over(losses: &Tensor, s: &Tensor, ranks: usize) -> Result<Tensor> {
+    if ranks <= 1 {
+        return uncertainty_loss(losses, s);
+    }
+    let weighted = (losses * s.neg()?.exp()?)?.sum_all()?;
+    Ok(((weighted + (s.sum_all()? / ranks as f64)?)? * 0.5)?)
 }
 
 /// DWA weights from the mean losses of the last (`prev`) and the one before
@@ -666,16 +678,71 @@ impl Balancer {
         batch: &mtrec_data::Batch,
         clip: Option<f64>,
     ) -> Result<Vec<f64>> {
-        let (losses, touched) = task_losses(model, batch)?;
-        let values = crate::trainer::loss_values(&losses)?;
+        self.step_shard(model, opt, Some(batch), clip, &mut GradSync::local())
+    }
+
+    /// [`Balancer::step`] on this rank's part of a global batch (`None`: no
+    /// row of it, which happens when a short last batch has fewer rows than
+    /// there are ranks; the rank still takes part in every exchange). The
+    /// losses returned and the update are those of the global batch,
+    /// identical on every rank (see [`crate::sync`]).
+    pub(crate) fn step_shard(
+        &mut self,
+        model: &Model,
+        opt: &mut Optimizer,
+        batch: Option<&mtrec_data::Batch>,
+        clip: Option<f64>,
+        sync: &mut GradSync,
+    ) -> Result<Vec<f64>> {
+        let k = self.task_names.len();
+        let (mut losses, touched) = match batch {
+            Some(b) => task_losses(model, b)?,
+            // Constant zero losses: backward passes that reach no variable
+            // (uncertainty's own term still reaches `s`).
+            None => (
+                (0..k)
+                    .map(|_| Tensor::zeros((), DType::F32, model.device()))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                Vec::new(),
+            ),
+        };
+        let local = crate::trainer::loss_values(&losses)?;
+        let counts = match batch {
+            Some(b) if sync.size() > 1 => crate::sync::mask_counts(b)?,
+            _ => vec![0.0; k],
+        };
+        let (scales, values) = sync.global_losses(&counts, &local)?;
+        if sync.size() > 1 {
+            losses = losses
+                .iter()
+                .zip(&scales)
+                .map(|(l, s)| Ok((l * *s)?))
+                .collect::<Result<Vec<_>>>()?;
+        }
+        let merged = sync.merge_rows(&model.params().tables(), &touched)?;
         let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
         self.batch_in_epoch += 1;
         let needs_per_task = sample || matches!(self.state, State::GradNorm(_) | State::PcGrad);
+        // What the exchange sums (nothing with one rank): the model's dense
+        // variables and the balancer's own trainable ones (uncertainty's `s`).
+        let mut dense = Vec::new();
+        if sync.size() > 1 {
+            dense = model.params().vars();
+            if let State::Uncertainty { s, .. } = &self.state {
+                dense.push((UNCERTAINTY_S.to_string(), s.clone()));
+            }
+        }
         let stores = if needs_per_task {
-            Some(Self::per_task(&losses)?)
+            let mut stores = Self::per_task(&losses)?;
+            for store in &mut stores {
+                sync.reduce(store, &dense, &touched, &merged)?;
+            }
+            Some(stores)
         } else {
             None
         };
+        let local_touched = touched;
+        let touched = merged.touched.as_slice();
         let mut shared = self.shared.clone();
         if let Some(stores) = &stores {
             // The copies of this batch's touched table rows are shared when
@@ -695,13 +762,13 @@ impl Balancer {
                 self.record(f)?;
             }
         }
-        let vars = crate::trainer::step_vars(model, &touched);
+        let vars = crate::trainer::step_vars(model, touched);
         let mut grads = match &mut self.state {
             State::Fixed => weighted_backward(&losses, &self.fixed)?,
             State::Dwa { weights, .. } => weighted_backward(&losses, weights)?,
             State::Uncertainty { s, .. } => {
                 let stacked = Tensor::stack(&losses, 0)?;
-                uncertainty_loss(&stacked, s.as_tensor())?.backward()?
+                uncertainty_loss_over(&stacked, s.as_tensor(), sync.size())?.backward()?
             }
             State::GradNorm(g) => {
                 let stores = stores.ok_or_else(|| TrainError::Invalid("internal: no per-task gradients".into()))?;
@@ -724,7 +791,9 @@ impl Balancer {
                 let (mut store, _) = combine(stores, &vars, &self.fixed)?;
                 let Some(flat) = flat else {
                     // Nothing shared: PCGrad is the plain weighted sum.
-                    return finish(store, opt, &vars, &touched, clip, values);
+                    finish(store, opt, &vars, touched, clip)?;
+                    sync.average_buffers(model)?;
+                    return Ok(values);
                 };
                 let weighted = flat
                     .iter()
@@ -745,13 +814,19 @@ impl Balancer {
                 store
             }
         };
+        if !matches!(self.state, State::GradNorm(_) | State::PcGrad) {
+            // (GradNorm's and PCGrad's come from per-task gradients that
+            // were summed over the ranks already.)
+            sync.reduce(&mut grads, &dense, &local_touched, &merged)?;
+        }
         if let Some(max) = clip {
             clip_grad_norm(&mut grads, &vars, max)?;
         }
-        opt.step(&grads, &touched)?;
+        opt.step(&grads, touched)?;
         if let State::Uncertainty { opt: s_opt, .. } = &mut self.state {
             s_opt.step(&grads)?;
         }
+        sync.average_buffers(model)?;
         Ok(values)
     }
 }
@@ -762,13 +837,12 @@ fn finish(
     vars: &[(String, Var)],
     touched: &[TouchedRows],
     clip: Option<f64>,
-    values: Vec<f64>,
-) -> Result<Vec<f64>> {
+) -> Result<()> {
     if let Some(max) = clip {
         clip_grad_norm(&mut grads, vars, max)?;
     }
     opt.step(&grads, touched)?;
-    Ok(values)
+    Ok(())
 }
 
 /// `sum_k w_k L_k`, one backward pass.

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use mtrec_core::Model;
-use mtrec_data::Batch;
+use candle_core::Device;
+use mtrec_core::{GraphSpec, Model, NodeSpec, INPUT};
+use mtrec_data::{Batch, Dataset};
 
 use crate::balance::{Balancer, BalancerConfig};
 use crate::error::Result;
@@ -49,4 +50,36 @@ pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &Ba
         .filter(|(name, a)| before.get(name).is_some_and(|b| a == b))
         .map(|(name, _)| name)
         .collect())
+}
+
+/// A small MMoE from the core's built-in kinds for `data` (3 experts of 8
+/// units, one softmax gate and one tower per task, embeddings of width
+/// `embedding_dim`), weights drawn from `seed`: the model of tests that
+/// need a real multi-task model without a plugin.
+pub fn small_mmoe(data: &Dataset, embedding_dim: usize, seed: u64) -> Result<Model> {
+    let mut nodes = vec![NodeSpec::new("experts", "mlp-experts")
+        .input(INPUT)
+        .param("count", 3)
+        .param("units", [8])];
+    for t in &data.tasks {
+        nodes.push(
+            NodeSpec::new(format!("gate-{}", t.name), "softmax-gate")
+                .input(INPUT)
+                .experts(["experts"]),
+        );
+        nodes.push(
+            NodeSpec::new(format!("tower-{}", t.name), "mlp-tower")
+                .input(format!("gate-{}", t.name))
+                .task(&t.name),
+        );
+    }
+    let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
+    Ok(Model::build(
+        &GraphSpec { nodes },
+        &data.features(embedding_dim),
+        &data.tasks,
+        domains,
+        seed,
+        &Device::Cpu,
+    )?)
 }

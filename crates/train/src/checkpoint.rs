@@ -35,6 +35,10 @@ pub struct TrainState {
     /// checkpoints written before balancer state was saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balancer: Option<String>,
+    /// Ranks of a distributed run (their number sets the global batch);
+    /// absent: one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
 }
 
 /// A checkpoint read back.

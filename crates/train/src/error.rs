@@ -45,6 +45,11 @@ pub enum TrainError {
     #[error("training diverged in epoch {epoch}: the loss of task `{task}` is not finite; lower [train] lr or set [train] clip_norm")]
     Diverged { epoch: usize, task: String },
 
+    /// A failed exchange between the ranks of a distributed run, or ranks
+    /// that disagree (config, weights).
+    #[error("distributed training: {0}")]
+    Distributed(String),
+
     #[error(transparent)]
     Data(#[from] mtrec_data::DataError),
 }

@@ -5,8 +5,14 @@ use mtrec_core::{Model, TaskInfo, TaskKind};
 use mtrec_data::{Batch, Dataset};
 use serde::{Deserialize, Serialize};
 
+use std::rc::Rc;
+
+use mtrec_distributed::Collective;
+
 use crate::error::Result;
+use crate::eval_shard::{merge, EvalPart};
 use crate::metrics::TaskMetrics;
+use crate::sync::dist_error;
 
 /// Mean gate weight of every expert a gate mixes, over the evaluated rows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,6 +83,12 @@ pub fn batch_outputs(model: &Model, batch: &Batch) -> Result<Vec<Vec<f32>>> {
 /// which exact AUC needs; gate weights are summed as they come.
 /// [`evaluate`] is this over a dataset's rows, so the same rows in the same
 /// batches give identical metrics either way.
+///
+/// In a distributed run ([`mtrec_distributed::current`] has several ranks)
+/// every rank is handed every batch and runs the model on its share (batch
+/// i on rank `i % ranks`); [`Evaluator::finish`] gathers the kept rows of
+/// all ranks in batch order (`crate::eval_shard`), so every rank returns the
+/// metrics of all rows.
 pub struct Evaluator<'m> {
     model: &'m Model,
     /// Names of the data's domains (empty without domains).
@@ -88,12 +100,19 @@ pub struct Evaluator<'m> {
     utilisation: Vec<GateUtilisation>,
     /// Per domain: gate weight sums like `utilisation`, and rows summed.
     per_domain: Vec<(Vec<GateUtilisation>, usize)>,
+    /// Rows this rank ran the model on.
+    rows_run: usize,
+    collective: Rc<dyn Collective>,
+    /// Batches handed over so far (all ranks' shares) and their rows.
+    batches_seen: usize,
     rows: usize,
+    /// Per batch run here: its index and labelled rows per task.
+    segments: Vec<(u32, Vec<u32>)>,
 }
 
 impl std::fmt::Debug for Evaluator<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evaluator").field("rows", &self.rows).finish()
+        f.debug_struct("Evaluator").field("rows", &self.rows_run).finish()
     }
 }
 
@@ -109,17 +128,42 @@ impl<'m> Evaluator<'m> {
             domains: vec![Vec::new(); k],
             utilisation: Vec::new(),
             per_domain: Vec::new(),
+            rows_run: 0,
+            collective: mtrec_distributed::current(),
+            batches_seen: 0,
             rows: 0,
+            segments: Vec::new(),
         }
     }
 
-    /// Rows added so far.
+    /// Rows added so far (on every rank: all ranks' rows).
     pub fn rows(&self) -> usize {
         self.rows
     }
 
-    /// Runs the model on a batch and adds its rows.
+    /// Whether the next batch is this rank's to run (always with one rank):
+    /// callers that form batches can skip forming the others' and hand
+    /// their row counts to [`Evaluator::skip`].
+    pub fn takes_next(&self) -> bool {
+        self.batches_seen % self.collective.size() == self.collective.rank()
+    }
+
+    /// Counts another rank's batch of `rows` rows without running it.
+    pub fn skip(&mut self, rows: usize) {
+        self.batches_seen += 1;
+        self.rows += rows;
+    }
+
+    /// Runs the model on a batch and adds its rows (another rank's batch in
+    /// a distributed run: only counted).
     pub fn add(&mut self, batch: &Batch) -> Result<()> {
+        if !self.takes_next() {
+            self.skip(batch.rows());
+            return Ok(());
+        }
+        let index = self.batches_seen as u32;
+        self.skip(batch.rows());
+        let before: Vec<usize> = self.outputs.iter().map(Vec::len).collect();
         let out = self.model.forward(&batch.inputs, false)?;
         let b = batch.rows();
         let labels: Vec<f32> = batch.labels.flatten_all()?.to_vec1()?;
@@ -176,7 +220,42 @@ impl<'m> Evaluator<'m> {
                 }
             }
         }
-        self.rows += b;
+        self.rows_run += b;
+        let counts = self
+            .outputs
+            .iter()
+            .zip(&before)
+            .map(|(o, b)| (o.len() - b) as u32)
+            .collect();
+        self.segments.push((index, counts));
+        Ok(())
+    }
+
+    /// Replaces this rank's kept rows and sums by those of all ranks.
+    fn gather(&mut self) -> Result<()> {
+        let part = EvalPart {
+            segments: std::mem::take(&mut self.segments),
+            outputs: std::mem::take(&mut self.outputs),
+            labels: std::mem::take(&mut self.labels),
+            domains: std::mem::take(&mut self.domains),
+            utilisation: std::mem::take(&mut self.utilisation),
+            per_domain: std::mem::take(&mut self.per_domain),
+            rows: self.rows_run,
+        };
+        let gathered = self.collective.all_gather(&part.to_bytes()?).map_err(dist_error)?;
+        let parts = gathered
+            .iter()
+            .enumerate()
+            .map(|(r, b)| EvalPart::from_bytes(b, r))
+            .collect::<Result<Vec<_>>>()?;
+        let all = merge(&parts, self.model.tasks().len())?;
+        self.segments = all.segments;
+        self.outputs = all.outputs;
+        self.labels = all.labels;
+        self.domains = all.domains;
+        self.utilisation = all.utilisation;
+        self.per_domain = all.per_domain;
+        self.rows_run = all.rows;
         Ok(())
     }
 
@@ -184,9 +263,12 @@ impl<'m> Evaluator<'m> {
     /// own labelled rows), and for data with domains the domain x task grid
     /// and the utilisation per domain.
     pub fn finish(mut self) -> Result<Evaluation> {
+        if self.collective.size() > 1 {
+            self.gather()?;
+        }
         for u in &mut self.utilisation {
             for m in &mut u.mean_weight {
-                *m /= self.rows.max(1) as f64;
+                *m /= self.rows_run.max(1) as f64;
             }
         }
         let tasks = self
@@ -258,8 +340,13 @@ fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32]) -> Result<TaskResu
 pub fn evaluate(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Evaluation> {
     let names = data.domains.as_ref().map(|d| d.names.as_slice());
     let mut ev = Evaluator::new(model, names);
-    for batch in data.batches(rows, batch_size.max(1), model.device()) {
-        ev.add(&batch?)?;
+    for chunk in rows.chunks(batch_size.max(1)) {
+        if ev.takes_next() {
+            ev.add(&data.batch(chunk, model.device())?)?;
+        } else {
+            // Another rank's batch: not formed here.
+            ev.skip(chunk.len());
+        }
     }
     ev.finish()
 }
@@ -274,7 +361,13 @@ pub fn evaluate_batches(
 ) -> Result<Evaluation> {
     let mut ev = Evaluator::new(model, domain_names);
     for batch in batches {
-        ev.add(&batch?.to_batch(model.device())?)?;
+        let batch = batch?;
+        if ev.takes_next() {
+            ev.add(&batch.to_batch(model.device())?)?;
+        } else {
+            // Another rank's batch: read (the stream is shared), not run.
+            ev.skip(batch.rows());
+        }
     }
     ev.finish()
 }
@@ -295,41 +388,12 @@ impl Evaluation {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use candle_core::Device;
-    use mtrec_core::{GraphSpec, NodeSpec, INPUT};
     use mtrec_data::{Dataset, MultiDomainSynthetic};
 
     use super::*;
 
-    /// A small MMoE from the core's built-in kinds (experts, one gate and one
-    /// tower per task), built for `data`.
     fn model(data: &Dataset) -> Model {
-        let mut nodes = vec![NodeSpec::new("experts", "mlp-experts")
-            .input(INPUT)
-            .param("count", 3)
-            .param("units", [8])];
-        for t in &data.tasks {
-            nodes.push(
-                NodeSpec::new(format!("gate-{}", t.name), "softmax-gate")
-                    .input(INPUT)
-                    .experts(["experts"]),
-            );
-            nodes.push(
-                NodeSpec::new(format!("tower-{}", t.name), "mlp-tower")
-                    .input(format!("gate-{}", t.name))
-                    .task(&t.name),
-            );
-        }
-        let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
-        Model::build(
-            &GraphSpec { nodes },
-            &data.features(4),
-            &data.tasks,
-            domains,
-            1,
-            &Device::Cpu,
-        )
-        .unwrap()
+        crate::check::small_mmoe(data, 4, 1).unwrap()
     }
 
     fn multi_domain(rows: usize) -> Dataset {

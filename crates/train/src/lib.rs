@@ -7,10 +7,12 @@ pub mod check;
 pub mod checkpoint;
 pub mod clip;
 pub mod error;
+mod eval_shard;
 pub mod evaluate;
 pub mod metrics;
 pub mod optim;
 pub mod report;
+pub mod sync;
 pub mod trainer;
 
 pub use balance::{Balancer, BalancerConfig, PairConflict};

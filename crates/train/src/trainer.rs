@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use mtrec_core::Model;
 use mtrec_data::{shuffled, Batch, Dataset, Part, Split, StreamedData};
+use mtrec_distributed::shard_range;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{task_losses, weighted_backward, Balancer, BalancerConfig, PairConflict};
@@ -16,6 +17,7 @@ use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate, evaluate_batches, Evaluation};
 use crate::optim::{AdamConfig, Optimizer, TableOptimizerConfig};
+use crate::sync::{dist_error, Exchange, GradSync};
 
 /// The `[train]` section of a config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -140,6 +142,9 @@ pub struct EpochLog {
     /// epoch's sampled batches (`conflict_every`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflict: Vec<PairConflict>,
+    /// Bytes exchanged between ranks per step (distributed runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Exchange>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,21 +233,57 @@ pub struct TrainOptions<'a> {
 /// rows in memory ([`InMemory`]) or files streamed on every pass
 /// ([`Streamed`]). The training loop ([`train_on`]) is the same for both.
 pub trait TrainSource {
-    /// The training batches of `epoch` (1-based), in training order. The
-    /// order must be a function of `cfg.seed` and `epoch` only, so that a
-    /// resumed run replays an uninterrupted one.
+    /// Rank `rank`'s parts of the global batches of `epoch` (1-based) for a
+    /// run on `ranks` ranks, in training order. The global batches are
+    /// those of one process with `ranks * cfg.batch_size` rows, and rank r's
+    /// part is [`shard_range`] of each (`None` when a short last batch leaves
+    /// it no row). The order must be a function of `cfg.seed` and `epoch`
+    /// only, so that a resumed run replays an uninterrupted one (and every
+    /// rank forms the same global batches).
+    fn epoch_shards<'s>(
+        &'s self,
+        epoch: usize,
+        cfg: &TrainConfig,
+        device: &Device,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<Shard>> + 's>>;
+
+    /// The training batches of `epoch` of a one-process run.
     fn epoch_batches<'s>(
         &'s self,
         epoch: usize,
         cfg: &TrainConfig,
         device: &Device,
-    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>>;
+    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>> {
+        // With one rank a shard is never empty: it is the whole batch.
+        let shards = self.epoch_shards(epoch, cfg, device, 0, 1)?;
+        Ok(Box::new(shards.filter_map(|s| s.map(|s| s.batch).transpose())))
+    }
 
     /// Training rows per epoch, when known before the epoch is read.
     fn epoch_rows(&self) -> Option<usize>;
 
     /// The model's metrics on the validation rows.
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation>;
+}
+
+/// A rank's part of one global training batch.
+#[derive(Debug)]
+pub struct Shard {
+    /// This rank's rows; `None` when it has none.
+    pub batch: Option<Batch>,
+    /// Rows of the global batch (all ranks).
+    pub global_rows: usize,
+}
+
+/// The one-process batch size that `ranks` ranks with `cfg.batch_size`
+/// each replay.
+fn global_cfg(cfg: &TrainConfig, ranks: usize) -> TrainConfig {
+    TrainConfig {
+        batch_size: cfg.batch_size.max(1) * ranks.max(1),
+        ..cfg.clone()
+    }
 }
 
 /// The seed of epoch `epoch`'s order: a different, reproducible order each epoch.
@@ -259,21 +300,31 @@ pub struct InMemory<'a> {
 }
 
 impl TrainSource for InMemory<'_> {
-    fn epoch_batches<'s>(
+    fn epoch_shards<'s>(
         &'s self,
         epoch: usize,
         cfg: &TrainConfig,
         device: &Device,
-    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>> {
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<Shard>> + 's>> {
         let train = &self.split.train;
         let perm = shuffled(train.len(), epoch_seed(cfg.seed, epoch));
         let order: Vec<usize> = perm.iter().map(|&i| train[i]).collect();
-        let size = cfg.batch_size.max(1);
+        let size = global_cfg(cfg, ranks).batch_size;
         let device = device.clone();
         let data = self.data;
         Ok(Box::new((0..order.len().div_ceil(size)).map(move |b| {
-            let rows = &order[b * size..((b + 1) * size).min(order.len())];
-            Ok(data.batch(rows, &device)?)
+            let global = &order[b * size..((b + 1) * size).min(order.len())];
+            let rows = &global[shard_range(global.len(), rank, ranks)];
+            Ok(Shard {
+                batch: if rows.is_empty() {
+                    None
+                } else {
+                    Some(data.batch(rows, &device)?)
+                },
+                global_rows: global.len(),
+            })
         })))
     }
 
@@ -315,25 +366,41 @@ impl<'a> Streamed<'a> {
 }
 
 impl TrainSource for Streamed<'_> {
-    fn epoch_batches<'s>(
+    fn epoch_shards<'s>(
         &'s self,
         epoch: usize,
         cfg: &TrainConfig,
         device: &Device,
-    ) -> Result<Box<dyn Iterator<Item = Result<Batch>> + 's>> {
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<Shard>> + 's>> {
         if self.read.get() > 0 {
             self.last.set(Some(self.read.get()));
         }
         self.read.set(0);
         let device = device.clone();
         // Read and encoded on a thread of its own, overlapping training.
+        // Every rank reads the whole stream through the same seeded shuffle
+        // buffer, so that the global batches are one process's; each keeps
+        // its part (reading, not training, is repeated on every rank).
+        let size = global_cfg(cfg, ranks).batch_size;
         let batches = self
             .data
-            .prefetched_batches(Part::Train, cfg.batch_size, Some(epoch_seed(cfg.seed, epoch)))?;
+            .prefetched_batches(Part::Train, size, Some(epoch_seed(cfg.seed, epoch)))?;
         Ok(Box::new(batches.map(move |b| {
             let b = b?;
             self.read.set(self.read.get() + b.rows());
-            Ok(b.to_batch(&device)?)
+            let rows: Vec<usize> = shard_range(b.rows(), rank, ranks).collect();
+            Ok(Shard {
+                global_rows: b.rows(),
+                batch: if rows.is_empty() {
+                    None
+                } else if rows.len() == b.rows() {
+                    Some(b.to_batch(&device)?)
+                } else {
+                    Some(b.try_subset(&rows)?.to_batch(&device)?)
+                },
+            })
         })))
     }
 
@@ -372,6 +439,51 @@ fn snapshot(model: &Model) -> Result<Vec<(String, Tensor)>> {
         .collect()
 }
 
+/// Errors (naming the first differing rank) unless every rank holds the same
+/// training config, parameter names and shapes, and weights.
+fn check_ranks_agree(
+    collective: &dyn mtrec_distributed::Collective,
+    model: &Model,
+    cfg: &TrainConfig,
+    what: &str,
+) -> Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let mut text = serde_json::to_vec(cfg).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    for (name, v) in model.params().all() {
+        text.extend(name.as_bytes());
+        text.extend(format!("{:?}", v.dims()).as_bytes());
+        text.extend(tensor_fingerprint(v.as_tensor())?.to_le_bytes());
+    }
+    mtrec_distributed::check_same(collective, what, &text).map_err(dist_error)
+}
+
+/// [`weights_fingerprint`] of a tensor, read in place when it is a
+/// contiguous f32 CPU tensor (tables can hold gigabytes).
+fn tensor_fingerprint(t: &Tensor) -> Result<u64> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Some(xs) = data.get(a..b) {
+                return Ok(weights_fingerprint(xs));
+            }
+        }
+    }
+    let values: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    Ok(weights_fingerprint(&values))
+}
+
+/// A 64-bit fingerprint of f32 values' bits (FNV-1a over 32-bit words:
+/// tables of millions of rows are fingerprinted every epoch).
+fn weights_fingerprint(values: &[f32]) -> u64 {
+    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// [`train`] with checkpoints, resumption and per-batch progress. A resumed
 /// run ends with the same weights and history as an uninterrupted one: batch
 /// order is a function of the seed and the epoch, and the optimizer state is
@@ -402,6 +514,16 @@ pub fn train_on(
 ) -> Result<TrainOutcome> {
     let names: Vec<String> = model.tasks().iter().map(|t| t.name.clone()).collect();
     cfg.validate(&names)?;
+    let collective = mtrec_distributed::current();
+    let (rank, ranks) = (collective.rank(), collective.size());
+    let mut sync = GradSync::new(collective.clone());
+    // Ranks must train the same model the same way from the same weights.
+    check_ranks_agree(
+        collective.as_ref(),
+        model,
+        cfg,
+        "the [train] config, model and initial weights",
+    )?;
     let mut balancer = Balancer::new(model, cfg)?;
     let mut opt = optimizer(model, cfg)?;
     let started = Instant::now();
@@ -417,6 +539,13 @@ pub fn train_on(
             .as_ref()
             .ok_or_else(|| TrainError::Config("resume needs a checkpoint folder".into()))?;
         let resumed = ckpt.load(model, &mut opt, &mut balancer)?;
+        let trained_on = resumed.state.ranks.unwrap_or(1);
+        if trained_on != ranks {
+            return Err(TrainError::Config(format!(
+                "the run was trained on {trained_on} rank(s) and is resumed on {ranks}: the number of ranks sets \
+                 the global batch (ranks x batch_size), so resume it with the same number (mpirun -np {trained_on})"
+            )));
+        }
         first_epoch = resumed.state.epoch + 1;
         seconds_before = resumed.state.train_seconds;
         best = Some((resumed.state.best_score, resumed.state.best_epoch, resumed.best));
@@ -439,16 +568,16 @@ pub fn train_on(
         // A streamed file's size is known after its first pass.
         let rows_total = source.epoch_rows().or(rows_seen).unwrap_or(0);
         balancer.begin_epoch(epoch, &history);
-        for batch in source.epoch_batches(epoch, cfg, model.device())? {
-            let batch = batch?;
-            let losses = balancer.step(model, &mut opt, &batch, cfg.clip_norm)?;
+        let mut shards = source.epoch_shards(epoch, cfg, model.device(), rank, ranks)?;
+        while let Some(shard) = sync.next_step(shards.next().transpose()?, epoch)? {
+            let losses = balancer.step_shard(model, &mut opt, shard.batch.as_ref(), cfg.clip_norm, &mut sync)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
                 return Err(TrainError::Diverged {
                     epoch,
                     task: names[bad].clone(),
                 });
             }
-            done += batch.rows();
+            done += shard.global_rows;
             if let Some(f) = opts.on_batch.as_mut() {
                 f(&BatchProgress {
                     epoch,
@@ -463,6 +592,15 @@ pub fn train_on(
             batches += 1;
         }
         rows_seen = Some(done);
+        let exchange = sync.take_exchange();
+        // Every rank applied the same sums: a difference means a bug or a
+        // rank that ran something else, caught here rather than in results.
+        check_ranks_agree(
+            collective.as_ref(),
+            model,
+            cfg,
+            &format!("the weights after epoch {epoch}"),
+        )?;
         let rows_per_second = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         let valid = source.validate(model, cfg)?;
         let valid_score = valid.score();
@@ -474,6 +612,7 @@ pub fn train_on(
             rows_per_second,
             task_weights: balancer.weights(),
             conflict: balancer.end_epoch(),
+            exchange,
         };
         on_epoch(&log);
         history.push(log);
@@ -482,7 +621,9 @@ pub fn train_on(
         } else if cfg.patience > 0 && best.as_ref().is_some_and(|(_, e, _)| epoch - e >= cfg.patience) {
             stopped_early = true;
         }
-        if let (Some(ckpt), Some((score, best_epoch, weights))) = (&opts.checkpoint, &best) {
+        // Rank 0 alone writes; a resume reads its checkpoint on every rank.
+        let writer = opts.checkpoint.as_ref().filter(|_| collective.is_root());
+        if let (Some(ckpt), Some((score, best_epoch, weights))) = (writer, &best) {
             let state = TrainState {
                 epoch,
                 best_epoch: *best_epoch,
@@ -490,6 +631,7 @@ pub fn train_on(
                 history: history.clone(),
                 train_seconds: seconds_before + started.elapsed().as_secs_f64(),
                 balancer: Some(balancer.kind().to_string()),
+                ranks: (ranks > 1).then_some(ranks),
             };
             ckpt.save(model, &opt, &balancer, weights, &state)?;
         }

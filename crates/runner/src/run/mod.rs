@@ -268,8 +268,10 @@ pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_ba
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
 pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+    // Rank 0 alone writes the folder (distributed runs; see crate::distributed).
+    let root = crate::distributed::is_root();
     // Held until the run ends (dropped on return, error or not).
-    let _lock = match &opts.out {
+    let _lock = match opts.out.as_ref().filter(|_| root) {
         Some(dir) => Some(open_run_folder(dir, opts.resume)?),
         None => None,
     };
@@ -307,9 +309,10 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         resolved.data.shuffle_buffer = Some(o.shuffle_buffer);
         resolved.data.train_eval_rows = Some(cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS));
     }
+    crate::distributed::check_ranks_agree(&resolved, prepared.preprocessor.as_ref())?;
     let checkpoint = match &opts.out {
         Some(dir) => {
-            if !opts.resume {
+            if !opts.resume && root {
                 let text = toml::to_string(&resolved).map_err(|e| encode("the resolved config")(&e))?;
                 write(&dir.join(CONFIG_FILE), text.as_bytes())?;
                 write(&dir.join(GRAPH_FILE), graph.to_toml()?.as_bytes())?;
@@ -328,7 +331,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
     };
     // history.jsonl: truncated at the start (a resumed run replays its
     // earlier epochs first), then one line appended per epoch.
-    let mut history_file = match &opts.out {
+    let mut history_file = match opts.out.as_ref().filter(|_| root) {
         Some(dir) => {
             let path = dir.join(HISTORY_FILE);
             Some((std::fs::File::create(&path).map_err(io(&path))?, path))
@@ -437,7 +440,7 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         params: model.params().clone(),
         preprocessor: prepared.preprocessor,
     };
-    if let Some(dir) = &opts.out {
+    if let Some(dir) = opts.out.as_ref().filter(|_| root) {
         result.params.save(&dir.join(WEIGHTS_FILE))?;
         let json = serde_json::to_string_pretty(&result.report).map_err(|e| encode("the report")(&e))?;
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
