@@ -480,9 +480,10 @@ impl StreamedData {
                 self.preprocessor
                     .encode_chunks_shared(self.file_of(part), rows, Labels::Required)
             }
-            StreamFiles::Single { path, split } => {
-                self.preprocessor.encode_part_chunks_shared(path, rows, *split, part)
-            }
+            StreamFiles::Single { path, split } => self
+                .preprocessor
+                .encode_chunks_shared(path, rows, Labels::Required)
+                .only(*split, part),
         }
     }
 
