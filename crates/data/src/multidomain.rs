@@ -719,6 +719,74 @@ mod tests {
         }
     }
 
+    /// The labels against the generator's formula written out here (not
+    /// `MultiDomainTruth::logit`): rows binned by that logit, each bin's
+    /// positive rate within sampling error of its mean `sigmoid(logit)`.
+    #[test]
+    fn labels_follow_the_formula() {
+        let (d, t) = MultiDomainSynthetic {
+            domain_shift: 0.7,
+            ..small(20_000, 8)
+        }
+        .generate_with_truth()
+        .unwrap();
+        let (s, r) = (t.domain_shift, t.task_correlation);
+        // The defaults the formula below is written for.
+        assert_eq!(
+            (t.signal, t.user_latent[0].len(), d.dense.as_ref().unwrap().names.len()),
+            (2.5, 8, 4)
+        );
+        let ids = &d.sparse.as_ref().unwrap().ids;
+        let xs = &d.dense.as_ref().unwrap().values;
+        // G = sqrt(1 - s^2) shared + s domain_p, with k = 8 latents, m = 4 dense.
+        let g = |f: &PreferenceFunction, u: &[f64], v: &[f64], c: usize, x: &[f64], p: usize| -> f64 {
+            let mut uav = 0.0;
+            let mut uapv = 0.0;
+            for i in 0..8 {
+                uav += u[i] * f.interaction[i] * v[i];
+                uapv += u[i] * f.domain_interaction[p][i] * v[i];
+            }
+            let (mut wx, mut wpx) = (0.0, 0.0);
+            for (j, xj) in x.iter().enumerate().take(4) {
+                wx += f.dense_weights[j] * xj;
+                wpx += f.domain_dense_weights[p][j] * xj;
+            }
+            let shared = (uav / 8f64.sqrt() + f.category_bias[c] + wx / 2.0) / 3f64.sqrt();
+            let own = (uapv / 8f64.sqrt() + f.domain_bias[p] + f.domain_category_bias[p][c] + wpx / 2.0) / 2.0;
+            (1.0 - s * s).sqrt() * shared + s * own
+        };
+        for task in 0..2 {
+            let mut rows: Vec<(f64, f64)> = (0..d.rows())
+                .map(|row| {
+                    let (u, i) = (ids[row * 4] as usize - 1, ids[row * 4 + 1] as usize - 1);
+                    let c = t.item_category[i] as usize;
+                    let x: Vec<f64> = xs[row * 4..row * 4 + 4].iter().map(|&v| f64::from(v)).collect();
+                    let p = domain_ids(&d)[row] as usize;
+                    let (uu, vv) = (&t.user_latent[u], &t.item_latent[i]);
+                    let logit = 2.5
+                        * (r.sqrt() * g(&t.functions[0], uu, vv, c, &x, p)
+                            + (1.0 - r).sqrt() * g(&t.functions[task + 1], uu, vv, c, &x, p));
+                    (logit, f64::from(d.labels[row * 2 + task]))
+                })
+                .collect();
+            rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut rates = Vec::new();
+            for bin in rows.chunks(2000) {
+                let n = bin.len() as f64;
+                let expected = bin.iter().map(|(z, _)| 1.0 / (1.0 + (-z).exp())).sum::<f64>() / n;
+                let observed = bin.iter().map(|(_, y)| y).sum::<f64>() / n;
+                let se = (expected * (1.0 - expected) / n).sqrt();
+                assert!(
+                    (observed - expected).abs() < 4.0 * se + 1e-3,
+                    "task {task}: bin rate {observed} vs sigmoid {expected}"
+                );
+                rates.push(observed);
+            }
+            // Not vacuous: the bins span most of (0, 1).
+            assert!(rates[0] < 0.15 && rates[9] > 0.85, "task {task}: {rates:?}");
+        }
+    }
+
     #[test]
     fn behaviour_logs_span_domains_and_follow_the_user() {
         let g = small(400, 3);

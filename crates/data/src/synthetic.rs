@@ -331,14 +331,29 @@ mod tests {
         let x = &d.dense.as_ref().expect("dense").values;
         let mut diffs = Vec::new();
         for r in 0..d.rows() {
-            let row: Vec<f64> = x[r * 100..(r + 1) * 100].iter().map(|&v| f64::from(v)).collect();
-            let t = w.targets(&row);
-            for (k, target) in t.into_iter().enumerate() {
+            let row = &x[r * 100..(r + 1) * 100];
+            for (k, wk) in [&w.w1, &w.w2].into_iter().enumerate() {
+                // The paper's formula written out here, not `targets`:
+                // y = w^T x + sum_m sin(alpha_m w^T x + beta_m).
+                let mut z = 0.0;
+                for (wi, xi) in wk.iter().zip(row) {
+                    z += wi * f64::from(*xi);
+                }
+                let mut target = z;
+                for m in 0..10 {
+                    target += (w.alpha[m] * z + w.beta[m]).sin();
+                }
                 let label = f64::from(d.labels[2 * r + k]);
-                assert!((label - target).abs() < 1e-3, "row {r} task {k}");
+                assert!(
+                    (label - target).abs() <= 1e-5 * (1.0 + target.abs()),
+                    "row {r} task {k}: label {label}, formula {target}"
+                );
                 diffs.push(f64::from(noisy.labels[2 * r + k]) - label);
             }
         }
+        // `targets` (what the generator used) agrees with the formula.
+        let row0: Vec<f64> = x[..100].iter().map(|&v| f64::from(v)).collect();
+        assert!((w.targets(&row0)[0] - f64::from(d.labels[0])).abs() < 1e-4);
         // Same draws, so the noisy labels differ by eps ~ N(0, 0.1^2) only.
         let sd = (diffs.iter().map(|e| e * e).sum::<f64>() / diffs.len() as f64).sqrt();
         assert!((0.07..0.13).contains(&sd), "noise std {sd}");

@@ -1,6 +1,7 @@
 //! ESMM's own tests: the CTCVR prediction is the product of the CTR and CVR
-//! predictions, every weight receives a gradient, and it trains on a small
-//! synthetic click/conversion data set.
+//! predictions (checked on the logits, with a relative tolerance, large
+//! logits included), every weight receives a gradient, and it trains on a
+//! small synthetic click/conversion data set.
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{Device, Tensor};
@@ -78,51 +79,103 @@ fn esmm(data: &Dataset, extra_cvr_task: bool, seed: u64) -> Model {
     Model::build(&graph, &features, &tasks, 0, seed, &Device::Cpu).unwrap()
 }
 
-#[test]
-fn product_logit_is_the_logit_of_the_product_even_for_large_logits() {
-    let a = Tensor::new(&[-30.0f32, -3.0, 0.0, 2.5, 40.0, 80.0], &Device::Cpu).unwrap();
-    let b = Tensor::new(&[5.0f32, 1.0, 0.0, -2.0, 40.0, -80.0], &Device::Cpu).unwrap();
-    let out = mtrec_esmm::product_logit(&a, &b).unwrap().to_vec1::<f32>().unwrap();
-    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
-    for ((x, y), o) in a
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .zip(b.to_vec1::<f32>().unwrap())
-        .zip(&out)
-    {
-        assert!(o.is_finite(), "{x} {y} -> {o}");
-        let want = sig(*x as f64) * sig(y as f64);
-        assert!(
-            (sig(*o as f64) - want).abs() < 1e-6,
-            "{x} {y}: {} vs {want}",
-            sig(*o as f64)
-        );
-    }
+/// `logit(sigmoid(a) sigmoid(b))` in f64, by another route than the crate's
+/// `-logsumexp(-a, -b, -a-b)`: `ln p = ln sigmoid(a) + ln sigmoid(b)` and
+/// `ln(1 - p) = ln(sigmoid(-a) + sigmoid(a) sigmoid(-b))` (`1 - p_a p_b =
+/// (1 - p_a) + p_a (1 - p_b)`: a sum of positive terms, no cancellation, so
+/// it stays exact where `1 - p` rounds to 0 or `p` underflows).
+fn logit_of_product(a: f64, b: f64) -> f64 {
+    let sig = |x: f64| {
+        if x >= 0.0 {
+            1.0 / (1.0 + (-x).exp())
+        } else {
+            x.exp() / (1.0 + x.exp())
+        }
+    };
+    let ln_sig = |x: f64| {
+        if x >= 0.0 {
+            -(-x).exp().ln_1p()
+        } else {
+            x - x.exp().ln_1p()
+        }
+    };
+    ln_sig(a) + ln_sig(b) - (sig(-a) + sig(a) * sig(-b)).ln()
 }
 
+/// `got` within a relative 1e-5 of `want` (with a unit floor for logits
+/// near 0).
+fn assert_logit_close(got: f32, want: f64, what: &str) {
+    assert!(got.is_finite(), "{what}: {got}");
+    assert!(
+        (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "{what}: logit {got} vs {want} by hand"
+    );
+}
+
+#[test]
+fn product_logit_is_the_logit_of_the_product_even_for_large_logits() {
+    // Pairs with the same product-probability near 1 (40, 40: 1 - p ~ 8e-18)
+    // differ only in the logit: a probability-space check cannot see them.
+    let pairs: [(f32, f32); 11] = [
+        (-30.0, 5.0),
+        (-3.0, 1.0),
+        (0.0, 0.0),
+        (2.5, -2.0),
+        (40.0, 40.0),
+        (80.0, -80.0),
+        (100.0, 90.0),
+        (90.0, 100.0),
+        (-200.0, -150.0),
+        (60.0, 3.0),
+        (0.7, 250.0),
+    ];
+    let a = Tensor::new(pairs.map(|p| p.0).as_slice(), &Device::Cpu).unwrap();
+    let b = Tensor::new(pairs.map(|p| p.1).as_slice(), &Device::Cpu).unwrap();
+    let out = mtrec_esmm::product_logit(&a, &b).unwrap().to_vec1::<f32>().unwrap();
+    for ((x, y), o) in pairs.iter().zip(&out) {
+        assert_logit_close(
+            *o,
+            logit_of_product(f64::from(*x), f64::from(*y)),
+            &format!("({x}, {y})"),
+        );
+    }
+    // Two literal values: logit(1/4) = -ln 3; 40, 40: 40 - ln(2 + e^-40).
+    assert!((out[2] + 3f32.ln()).abs() < 1e-6, "{}", out[2]);
+    assert!((f64::from(out[4]) - (40.0 - 2f64.ln())).abs() < 1e-4, "{}", out[4]);
+}
+
+/// The model's CTCVR logit is the logit of pCTR x pCVR, checked on the
+/// logits (relative 1e-5), with the initial weights and with every dense
+/// weight scaled up so that the logits are large.
 #[test]
 fn ctcvr_prediction_is_ctr_times_cvr() {
     let data = click_conversion(64, 1);
     let model = esmm(&data, true, 7);
     let batch = data.batch(&(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    let out = model.forward(&batch.inputs, false).unwrap();
-    let p = |t: &Tensor| -> Vec<f64> {
-        t.to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|&x| 1.0 / (1.0 + (-(x as f64)).exp()))
-            .collect()
-    };
-    let (ctr, ctcvr, cvr) = (p(&out.outputs[0]), p(&out.outputs[1]), p(&out.outputs[2]));
-    for r in 0..64 {
-        assert!(
-            (ctcvr[r] - ctr[r] * cvr[r]).abs() < 1e-6,
-            "row {r}: pCTCVR {} vs pCTR {} x pCVR {}",
-            ctcvr[r],
-            ctr[r],
-            cvr[r]
+    for scale in [1.0, 12.0] {
+        for (_, v) in model.params().vars() {
+            v.set(&(v.as_tensor() * scale).unwrap()).unwrap();
+        }
+        let out = model.forward(&batch.inputs, false).unwrap();
+        let logits = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        let (ctr, ctcvr, cvr) = (
+            logits(&out.outputs[0]),
+            logits(&out.outputs[1]),
+            logits(&out.outputs[2]),
         );
+        for r in 0..64 {
+            let want = logit_of_product(f64::from(ctr[r]), f64::from(cvr[r]));
+            assert_logit_close(
+                ctcvr[r],
+                want,
+                &format!("scale {scale}, row {r}: pCTR logit {}, pCVR logit {}", ctr[r], cvr[r]),
+            );
+        }
+        let largest = ctr.iter().chain(&cvr).fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("scale {scale}: largest |logit| {largest}");
+        if scale > 1.0 {
+            assert!(largest > 20.0, "the scaled weights give small logits: {largest}");
+        }
     }
 }
 

@@ -1,12 +1,16 @@
 //! CGC: a forward pass checked against a computation by hand, the gates,
-//! task isolation, gradients reaching every weight, parameter errors.
+//! task isolation, gradients reaching every weight, parameter errors, and
+//! that it learns (test MSE against a constant predictor and the untrained
+//! model).
 #![allow(clippy::unwrap_used)]
+
+#[path = "../../ple/tests/support/mod.rs"]
+mod support;
 
 use candle_core::{Device, Tensor};
 use mtrec_core::{registry, FeatureSpec, GraphEnv, GraphSpec, Inputs, Model, ModelOutput, TaskInfo, TaskKind};
 use mtrec_data::{Dataset, MmoeSynthetic};
 use mtrec_train::check::unchanged_after_one_step;
-use mtrec_train::{train, TrainConfig};
 
 fn tasks(k: usize) -> Vec<TaskInfo> {
     (1..=k)
@@ -267,9 +271,10 @@ fn every_variable_changes_after_one_step() {
     }
 }
 
-/// configs/cgc.toml's model, with one expert per module, builds and trains.
+/// configs/cgc.toml's model, with one expert per module, builds and learns:
+/// test MSE well below the constant predictor's and the untrained model's.
 #[test]
-fn config_with_one_expert_per_module_trains() {
+fn config_with_one_expert_per_module_learns() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let text = std::fs::read_to_string(root.join("configs/cgc.toml")).unwrap();
     let config: toml::Table = toml::from_str(&text).unwrap();
@@ -277,19 +282,11 @@ fn config_with_one_expert_per_module_trains() {
     assert_eq!(model.remove("arch").unwrap().as_str(), Some("cgc"));
     model.insert("specific_experts".into(), 1.into());
     model.insert("shared_experts".into(), 1.into());
-    let data = synthetic(400, 20, TaskKind::Regression);
+    let data = synthetic(2000, 20, TaskKind::Regression);
     let m = build_for(&data, &model);
-    let sp = mtrec_data::split(400, [0.6, 0.2, 0.2], 1).unwrap();
-    let cfg = TrainConfig {
-        epochs: 2,
-        batch_size: 32,
-        ..TrainConfig::default()
-    };
-    let outcome = train(&m, &data, &sp, &cfg, |_| {}).unwrap();
-    assert!(outcome
-        .history
-        .iter()
-        .all(|h| h.train_loss.iter().all(|l| l.is_finite())));
+    // Measured test MSE: trained 1.64 / 1.31, constant predictor 2.74 / 3.37,
+    // untrained 2.90 / 3.47 (ratios to the constant 0.60 / 0.39; asserted < 0.7).
+    support::assert_learns(&m, &data);
 }
 
 fn expand_err(p: &str) -> String {

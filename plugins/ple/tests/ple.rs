@@ -1,12 +1,14 @@
 //! PLE: the graph's gates per layer, the paper's progressive routing checked
-//! numerically, gradients reaching every weight, parameter errors.
+//! numerically, gradients reaching every weight, parameter errors, and that
+//! it learns (test MSE against a constant predictor and the untrained model).
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use candle_core::{Device, Tensor};
 use mtrec_core::{registry, FeatureSpec, GraphEnv, Inputs, Model, ModelOutput, TaskInfo, TaskKind};
 use mtrec_data::{Dataset, MmoeSynthetic};
 use mtrec_train::check::unchanged_after_one_step;
-use mtrec_train::{train, TrainConfig};
 
 fn tasks(k: usize) -> Vec<TaskInfo> {
     (1..=k)
@@ -351,9 +353,10 @@ fn every_variable_changes_after_one_step() {
 }
 
 /// configs/ple.toml's model, with one expert per module (the paper's
-/// expert-utilisation setup), builds and trains.
+/// expert-utilisation setup), builds and learns: test MSE well below the
+/// constant predictor's and the untrained model's.
 #[test]
-fn config_with_one_expert_per_module_trains() {
+fn config_with_one_expert_per_module_learns() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let text = std::fs::read_to_string(root.join("configs/ple.toml")).unwrap();
     let config: toml::Table = toml::from_str(&text).unwrap();
@@ -361,7 +364,7 @@ fn config_with_one_expert_per_module_trains() {
     assert_eq!(model.remove("arch").unwrap().as_str(), Some("ple"));
     model.insert("specific_experts".into(), 1.into());
     model.insert("shared_experts".into(), 1.into());
-    let data = synthetic(400, 20, TaskKind::Regression);
+    let data = synthetic(2000, 20, TaskKind::Regression);
     let m = build_for(&data, &model, "ple");
     let out = m
         .forward(&data.batch(&[0, 1, 2], &Device::Cpu).unwrap().inputs, false)
@@ -377,17 +380,9 @@ fn config_with_one_expert_per_module_trains() {
             ("l2-gate-task2".to_string(), 2),
         ]
     );
-    let sp = mtrec_data::split(400, [0.6, 0.2, 0.2], 1).unwrap();
-    let cfg = TrainConfig {
-        epochs: 2,
-        batch_size: 32,
-        ..TrainConfig::default()
-    };
-    let outcome = train(&m, &data, &sp, &cfg, |_| {}).unwrap();
-    assert!(outcome
-        .history
-        .iter()
-        .all(|h| h.train_loss.iter().all(|l| l.is_finite())));
+    // Measured test MSE: trained 4.68 / 4.18, constant predictor 9.14 / 8.60,
+    // untrained 12.2 / 14.9 (ratios to the constant 0.51 / 0.49; asserted < 0.7).
+    support::assert_learns(&m, &data);
 }
 
 fn expand_err(arch: &str, p: &str) -> String {

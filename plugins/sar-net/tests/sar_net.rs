@@ -1,6 +1,8 @@
 //! SAR-Net: debias networks in training only, gradients to every weight
 //! (per-scenario ones included), padding masked, empty histories, grouping
-//! by domain equal to per-domain batches, shapes, and config errors.
+//! by domain equal to per-domain batches, shapes, config errors, and SAR-Net
+//! against Shared-Bottom with the domain as a feature. The components by
+//! hand: `tests/components.rs`.
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{Device, Tensor};
@@ -380,4 +382,71 @@ fn shared_parameters_come_from_the_structure_not_from_a_batch() {
         .find(|(n, _)| n.starts_with("experts-scenario.scenario2.main"))
         .unwrap();
     assert!(grads.get(v.as_tensor()).is_none());
+}
+
+// ---- SAR-Net against Shared-Bottom with the domain as a feature ---------
+
+/// Shared-Bottom's graph (`plugins/shared-bottom`'s expansion: one bottom
+/// MLP, one `mlp-tower` per task), written with the core kinds so that this
+/// crate need not depend on the plugin.
+fn shared_bottom_graph(tasks: &[mtrec_core::TaskInfo]) -> mtrec_core::GraphSpec {
+    use mtrec_core::components::mlp::{MlpKind, MlpParams};
+    let bottom = MlpParams {
+        units: vec![32],
+        ..Default::default()
+    };
+    let mut nodes = vec![mtrec_core::NodeSpec::of("bottom", &MlpKind, &bottom).input(mtrec_core::INPUT)];
+    nodes.extend(mtrec_core::protocol::towers(tasks, &[8], |_| "bottom".to_string()));
+    mtrec_core::GraphSpec { nodes }
+}
+
+/// Trains `m` on `sp.train` and returns the test AUC of each task.
+fn fit(m: &Model, d: &Dataset, sp: &mtrec_data::Split) -> Vec<f64> {
+    let cfg = mtrec_train::TrainConfig {
+        epochs: 4,
+        batch_size: 128,
+        lr: 3e-3,
+        patience: 0,
+        ..Default::default()
+    };
+    mtrec_train::train(m, d, sp, &cfg, |_| {}).unwrap();
+    let ev = mtrec_train::evaluate(m, d, &sp.test, 4096).unwrap();
+    ev.tasks.iter().map(|t| t.metrics.auc.unwrap()).collect()
+}
+
+/// On strongly shifted scenarios with cross-scenario behaviour logs, SAR-Net
+/// beats Shared-Bottom that sees the same input (behaviour logs mean-pooled)
+/// plus an embedding of the domain (`FeatureSpec::domain`, the runner's
+/// `domain_as_feature`): same data, split, seed and training.
+#[test]
+fn sar_net_beats_shared_bottom_with_the_domain_as_a_feature() {
+    let d = MultiDomainSynthetic {
+        rows: 4000,
+        history: 6,
+        domain_shares: vec![0.4, 0.3, 0.3],
+        domain_shift: 0.9,
+        domain_feature: false,
+        seed: 13,
+        ..MultiDomainSynthetic::default()
+    }
+    .generate()
+    .unwrap();
+    let sp = mtrec_data::split(d.rows(), [0.7, 0.1, 0.2], 13).unwrap();
+    let sar = build(&d, &toml::Table::new(), 3);
+    let auc_sar = fit(&sar, &d, &sp);
+
+    let mut features = d.features(4);
+    features.domain = Some(mtrec_core::DomainEmbedding { count: 3, dim: 4 });
+    let sb = Model::build(&shared_bottom_graph(&d.tasks), &features, &d.tasks, 3, 3, &Device::Cpu).unwrap();
+    let auc_sb = fit(&sb, &d, &sp);
+    eprintln!("test AUC: SAR-Net {auc_sar:?}, Shared-Bottom + domain feature {auc_sb:?}");
+    // Measured: SAR-Net 0.710 / 0.812, Shared-Bottom 0.655 / 0.779 (mean
+    // margin 0.045). Data and model seeds 14..=18 gave mean margins 0.014 to
+    // 0.037, every task better (the smallest task margin 0.003). Asserted:
+    // every task better, mean margin > 0.01.
+    let margin = (auc_sar[0] - auc_sb[0] + auc_sar[1] - auc_sb[1]) / 2.0;
+    assert!(
+        (0..2).all(|t| auc_sar[t] > auc_sb[t]) && margin > 0.01,
+        "SAR-Net {auc_sar:?} vs Shared-Bottom {auc_sb:?}: mean margin {margin}"
+    );
 }
