@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 
 use candle_core::Device;
+use mtrec_core::components::experts::{MlpExpertsKind, MlpExpertsParams};
+use mtrec_core::components::gate::{SoftmaxGateKind, SoftmaxGateParams};
+use mtrec_core::components::tower::{MlpTowerKind, MlpTowerParams};
 use mtrec_core::{GraphSpec, Model, NodeSpec, INPUT};
 use mtrec_data::{Batch, Dataset};
 
@@ -57,19 +60,22 @@ pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &Ba
 /// `embedding_dim`), weights drawn from `seed`: the model of tests that
 /// need a real multi-task model without a plugin.
 pub fn small_mmoe(data: &Dataset, embedding_dim: usize, seed: u64) -> Result<Model> {
-    let mut nodes = vec![NodeSpec::new("experts", "mlp-experts")
-        .input(INPUT)
-        .param("count", 3)
-        .param("units", [8])];
+    let experts = MlpExpertsParams {
+        count: 3,
+        units: vec![8],
+        ..Default::default()
+    };
+    let mut nodes = vec![NodeSpec::of("experts", &MlpExpertsKind, &experts).input(INPUT)];
     for t in &data.tasks {
+        let gate = format!("gate-{}", t.name);
         nodes.push(
-            NodeSpec::new(format!("gate-{}", t.name), "softmax-gate")
+            NodeSpec::of(&gate, &SoftmaxGateKind, &SoftmaxGateParams::default())
                 .input(INPUT)
                 .experts(["experts"]),
         );
         nodes.push(
-            NodeSpec::new(format!("tower-{}", t.name), "mlp-tower")
-                .input(format!("gate-{}", t.name))
+            NodeSpec::of(format!("tower-{}", t.name), &MlpTowerKind, &MlpTowerParams::default())
+                .input(gate)
                 .task(&t.name),
         );
     }

@@ -158,40 +158,28 @@ pub fn key_path(keys: &[&str]) -> KeyPath {
 }
 
 /// How a key path reads in a message: `[model] expert_units[1]`,
-/// `[[tasks]] #2 name`, `[[model.nodes]] #3 units`.
+/// `[[tasks]] #2 name`, `[[model.nodes]] #3 units`. The config's arrays of
+/// tables (`[[tasks]]`, `[[model.nodes]]`) are named by entry.
 pub fn describe(path: &KeyPath) -> String {
-    let segs = &path.0;
-    // The table part: keys up to the first index (an array of tables) or the first key.
-    let mut table = Vec::new();
-    let mut rest_from = segs.len();
-    for (i, s) in segs.iter().enumerate() {
-        match s {
-            KeySegment::Key(k) if i == 0 || (i == 1 && k == "nodes" && table == ["model"]) => table.push(k.clone()),
-            KeySegment::Index(n) if i > 0 => {
-                let rest = KeyPath(segs[i + 1..].to_vec());
-                let head = format!("[[{}]] #{}", table.join("."), n + 1);
-                return if rest.is_empty() {
-                    head
-                } else {
-                    format!("{head} {rest}")
-                };
-            }
-            _ => {
-                rest_from = i;
-                break;
-            }
-        }
-    }
-    if table.len() == 2 {
-        // `model.nodes` written as a plain key (not an array of tables).
-        rest_from = 1;
-        table.truncate(1);
-    }
-    let rest = KeyPath(segs[rest_from.min(segs.len())..].to_vec());
-    match (table.is_empty(), rest.is_empty()) {
+    let key = |i: usize| match path.0.get(i) {
+        Some(KeySegment::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    let index = |i: usize| match path.0.get(i) {
+        Some(KeySegment::Index(n)) => Some(*n),
+        _ => None,
+    };
+    let (head, rest_from) = match (key(0), key(1), index(1), index(2)) {
+        (Some("tasks"), _, Some(n), _) => (format!("[[tasks]] #{}", n + 1), 2),
+        (Some("model"), Some("nodes"), _, Some(n)) => (format!("[[model.nodes]] #{}", n + 1), 3),
+        (Some(section), ..) => (format!("[{section}]"), 1),
+        (None, ..) => (String::new(), 0),
+    };
+    let rest = KeyPath(path.0[rest_from.min(path.0.len())..].to_vec());
+    match (head.is_empty(), rest.is_empty()) {
         (true, _) => rest.to_string(),
-        (false, true) => format!("[{}]", table.join(".")),
-        (false, false) => format!("[{}] {rest}", table.join(".")),
+        (false, true) => head,
+        (false, false) => format!("{head} {rest}"),
     }
 }
 
@@ -231,7 +219,7 @@ impl Places {
     pub fn param_error(&self, base: &KeyPath, e: &ParamError) -> RunError {
         let path = base.join(&e.path);
         let fix = e.example.as_ref().map(|example| match self.override_of(&path) {
-            Some(_) => format!(" (write it like `--set {}={}`)", dotted(&path), inline(example)),
+            Some(_) => format!(" (write it like `--set {path}={}`)", inline(example)),
             None => format!(
                 " (expected like `{}`)",
                 e.example_assignment().unwrap_or_else(|| inline(example))
@@ -321,11 +309,6 @@ impl LoadedConfig {
             _ => format!("{}, {}", p.file.display(), describe(path)),
         }
     }
-}
-
-/// `model.expert_units` (for `--set` examples).
-fn dotted(path: &KeyPath) -> String {
-    path.to_string()
 }
 
 /// Applies `key.path=value` overrides; the value is read as TOML (number,
