@@ -1,7 +1,7 @@
 //! Plots written as PNG and SVG (`plotters`): line charts (per-task training
 //! loss and validation metric per epoch, gradient cosine over training,
-//! MSE curves of `reproduce`), heatmaps (expert utilisation) and grouped
-//! bar charts (`compare`). Text uses DejaVu Sans embedded at compile time,
+//! MSE curves of `reproduce`), heatmaps (expert utilisation) and bar
+//! charts with one panel per group (`compare`). Text uses DejaVu Sans embedded at compile time,
 //! so no system font or fontconfig is needed.
 
 use std::path::{Path, PathBuf};
