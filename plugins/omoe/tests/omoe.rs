@@ -1,12 +1,12 @@
 //! OMoE against MMoE in the expanded graph: OMoE has exactly one gate, read
 //! by every task's tower; MMoE one gate per task, each read by its task's
 //! tower only. Both over the same one expert bank.
-//!
-//! (The model's gate records are not checked here: building a model needs a
-//! `candle_core::Device`, and this crate has no candle dev-dependency.)
+//! And in a built model: a forward pass records one gate (OMoE) or one per
+//! task (MMoE), each weighing the bank's experts.
 #![allow(clippy::unwrap_used)]
 
-use mtrec_core::{registry, GraphEnv, GraphSpec, TaskInfo, TaskKind};
+use candle_core::{Device, Tensor};
+use mtrec_core::{registry, FeatureSpec, GraphEnv, GraphSpec, Inputs, Model, TaskInfo, TaskKind};
 
 fn expand(arch: &str, tasks: usize) -> GraphSpec {
     mtrec_omoe::link();
@@ -74,6 +74,40 @@ fn omoe_has_exactly_one_gate_and_mmoe_one_per_task() {
                 .iter()
                 .filter(|n| !n.experts.is_empty())
                 .all(|n| n.experts == ["experts"]));
+        }
+    }
+}
+
+#[test]
+fn a_forward_pass_records_one_gate_for_omoe_and_one_per_task_for_mmoe() {
+    let tasks = 3;
+    let infos: Vec<TaskInfo> = (1..=tasks)
+        .map(|i| TaskInfo {
+            name: format!("t{i}"),
+            kind: TaskKind::Binary,
+        })
+        .collect();
+    let features = FeatureSpec::dense_only((0..5).map(|i| format!("x{i}")).collect());
+    let x = Tensor::from_vec(
+        (0..20).map(|v| v as f32 / 10.0).collect::<Vec<_>>(),
+        (4, 5),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = Inputs::new(None, Some(x), None).unwrap();
+    for (arch, want) in [
+        ("omoe", vec!["gate".to_string()]),
+        ("mmoe", (1..=tasks).map(|i| format!("gate-t{i}")).collect()),
+    ] {
+        let model = Model::build(&expand(arch, tasks), &features, &infos, 0, 1, &Device::Cpu).unwrap();
+        let out = model.forward(&inputs, false).unwrap();
+        let gates: Vec<&str> = out.gates.iter().map(|g| g.node.as_str()).collect();
+        assert_eq!(gates, want, "{arch}");
+        for g in &out.gates {
+            // MMoE's default bank: 8 experts, every row's weights summing to 1.
+            assert_eq!(g.experts.len(), 8, "{arch}");
+            let sums = g.weights.sum(1).unwrap().to_vec1::<f32>().unwrap();
+            assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{arch}: {sums:?}");
         }
     }
 }
