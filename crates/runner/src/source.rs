@@ -146,7 +146,7 @@ fn section<T: DeserializeOwned>(cfg: &LoadedConfig, examples: Option<toml::Table
 /// its paths as that run did.
 pub fn data_dir(cfg: &LoadedConfig) -> Result<PathBuf> {
     let config_folder = cfg
-        .file
+        .file()
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));

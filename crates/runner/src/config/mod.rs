@@ -144,7 +144,6 @@ pub struct Places {
 #[derive(Clone, Debug)]
 pub struct LoadedConfig {
     pub config: RunConfig,
-    pub file: PathBuf,
     /// `[model]` without `arch`, parsed by the architecture.
     pub arch_params: ArchParams,
     pub places: Places,
@@ -247,6 +246,11 @@ impl Places {
 }
 
 impl LoadedConfig {
+    /// The config file (its folder is where relative data paths may start).
+    pub fn file(&self) -> &Path {
+        &self.places.file
+    }
+
     pub fn error(&self, section: &str, key: Option<&str>, message: impl std::fmt::Display) -> RunError {
         self.places.error(section, key, message)
     }
@@ -384,7 +388,6 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
     let arch_params = places.model_params(&config.model)?;
     Ok(LoadedConfig {
         config,
-        file: file.to_path_buf(),
         arch_params,
         places,
         data_dir: None,

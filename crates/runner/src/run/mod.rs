@@ -254,13 +254,13 @@ pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_ba
     }
     if undefined.len() == prepared.tasks.len() {
         return Err(RunError::NoValidationMetric {
-            file: cfg.file.clone(),
+            file: cfg.file().to_path_buf(),
             tasks: undefined.join("; "),
         });
     }
     eprintln!(
         "warning: {}: {}: early stopping and the best epoch follow the other tasks only",
-        cfg.file.display(),
+        cfg.file().display(),
         undefined.join("; ")
     );
     Ok(())
