@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mtrec_data::encode_row::{ColumnKind, StringRecord};
 use mtrec_data::{DataError, Labels, Place, Preprocessor, TabularSchema, TaskSpec};
@@ -38,8 +39,12 @@ label = { column = "click" }
 const TRAIN: &str = "paris, ios, 3.5, a|b, s1, x, 1\nrome, android, ?, b, s2, y, 0\nparis, web, 10, , s1, z, 1\n";
 const TEST: &str = "rome, ios, 2, a|c|b|a, s2, x, 0\nlima, tv, ?, ?, s1, y, 1\nparis,  web , 0.25, b, s1, z, 0\n";
 
+/// A file of its own per call: the tests run in parallel threads of one
+/// process, and each removes its file when fitted.
 fn temp(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mtrec-encode-row-{}-{name}", std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("mtrec-encode-row-{}-{n}-{name}", std::process::id()));
     std::fs::write(&p, text).unwrap();
     p
 }
