@@ -206,6 +206,12 @@ pub struct ForwardCtx<'a> {
     /// The batch's features one by one (sequences position by position, side
     /// features included), for components that read features themselves.
     pub features: Option<&'a FeatureViews<'a>>,
+    /// Optimizer steps taken before this pass (the trainer's count, kept by
+    /// [`crate::Model::set_step`]): schedules that follow training progress,
+    /// such as an annealed temperature, read it. Evaluation sees the count
+    /// of the last training step; a component whose output depends on it
+    /// keeps what it needs in a buffer, so a loaded model reads the same.
+    pub step: u64,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -214,6 +220,7 @@ impl<'a> ForwardCtx<'a> {
             train: false,
             domains: None,
             features: None,
+            step: 0,
         }
     }
     pub fn train() -> Self {
@@ -221,10 +228,15 @@ impl<'a> ForwardCtx<'a> {
             train: true,
             domains: None,
             features: None,
+            step: 0,
         }
     }
     pub fn with_domains(mut self, domains: Option<&'a Domains>) -> Self {
         self.domains = domains;
+        self
+    }
+    pub fn with_step(mut self, step: u64) -> Self {
+        self.step = step;
         self
     }
     pub fn with_features(mut self, features: Option<&'a FeatureViews<'a>>) -> Self {

@@ -77,6 +77,9 @@ pub struct Model {
     graph: GraphSpec,
     store: ParamStore,
     device: Device,
+    /// Optimizer steps taken so far, set by the trainer before each training
+    /// pass and handed to components in [`ForwardCtx::step`].
+    step: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Model {
@@ -165,6 +168,7 @@ impl Model {
             graph: checked.spec,
             store,
             device: device.clone(),
+            step: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -227,6 +231,18 @@ impl Model {
             .collect()
     }
 
+    /// Records that `step` optimizer steps have been taken: the next passes'
+    /// [`ForwardCtx::step`]. The trainer calls it before every training batch
+    /// (a resumed run with its restored count).
+    pub fn set_step(&self, step: u64) {
+        self.step.store(step, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The count last given to [`Model::set_step`] (0 for a fresh model).
+    pub fn step(&self) -> u64 {
+        self.step.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The model on one batch: per task `[B]` outputs in the batch's row order.
     ///
     /// Rows are first put in domain order (a stable sort, when the batch has
@@ -252,6 +268,7 @@ impl Model {
             train,
             domains: inputs.domains.as_ref(),
             features: Some(&views),
+            step: self.step(),
         };
         let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
         let mut gates = Vec::new();

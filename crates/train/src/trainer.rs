@@ -570,6 +570,7 @@ pub fn train_on(
         balancer.begin_epoch(epoch, &history);
         let mut shards = source.epoch_shards(epoch, cfg, model.device(), rank, ranks)?;
         while let Some(shard) = sync.next_step(shards.next().transpose()?, epoch)? {
+            model.set_step(opt.dense().step_count());
             let losses = balancer.step_shard(model, &mut opt, shard.batch.as_ref(), cfg.clip_norm, &mut sync)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
                 return Err(TrainError::Diverged {
