@@ -197,6 +197,29 @@ impl Inputs {
     }
 }
 
+/// Terms that components add to the training objective during a training
+/// pass ([`ForwardCtx::add_penalty`]): regularisers and auxiliary losses
+/// that belong to no single task (a sparsity regulariser, a calibration
+/// term across tasks). The trainer adds their sum, unweighted by any loss
+/// balancer, to the objective.
+#[derive(Debug, Default)]
+pub struct Penalties(std::sync::Mutex<Vec<Penalty>>);
+
+/// One term of [`Penalties`]: a scalar tensor on the training graph, already
+/// multiplied by its weight, named by the node that added it.
+#[derive(Clone, Debug)]
+pub struct Penalty {
+    pub name: String,
+    pub value: Tensor,
+}
+
+impl Penalties {
+    /// The terms added, in the order the nodes ran.
+    pub fn into_inner(self) -> Vec<Penalty> {
+        self.0.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Passed to every component's forward.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardCtx<'a> {
@@ -212,6 +235,9 @@ pub struct ForwardCtx<'a> {
     /// of the last training step; a component whose output depends on it
     /// keeps what it needs in a buffer, so a loaded model reads the same.
     pub step: u64,
+    /// Where training passes collect penalty terms (`None` in evaluation
+    /// and in passes outside a model, where a penalty is dropped).
+    pub penalties: Option<&'a Penalties>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -221,6 +247,7 @@ impl<'a> ForwardCtx<'a> {
             domains: None,
             features: None,
             step: 0,
+            penalties: None,
         }
     }
     pub fn train() -> Self {
@@ -229,6 +256,7 @@ impl<'a> ForwardCtx<'a> {
             domains: None,
             features: None,
             step: 0,
+            penalties: None,
         }
     }
     pub fn with_domains(mut self, domains: Option<&'a Domains>) -> Self {
@@ -239,9 +267,36 @@ impl<'a> ForwardCtx<'a> {
         self.step = step;
         self
     }
+    pub fn with_penalties(mut self, penalties: Option<&'a Penalties>) -> Self {
+        self.penalties = penalties;
+        self
+    }
     pub fn with_features(mut self, features: Option<&'a FeatureViews<'a>>) -> Self {
         self.features = features;
         self
+    }
+
+    /// Adds `value` (a scalar, already weighted) to the training objective
+    /// when this is a training pass that collects penalties; otherwise the
+    /// term is dropped (evaluation has no objective).
+    pub fn add_penalty(&self, name: impl Into<String>, value: Tensor) -> Result<()> {
+        let Some(sink) = self.penalties.filter(|_| self.train) else {
+            return Ok(());
+        };
+        if value.elem_count() != 1 {
+            return Err(Error::Input(format!(
+                "penalty `{}` must be a scalar, got shape {:?}",
+                name.into(),
+                value.dims()
+            )));
+        }
+        let value = value.flatten_all()?.squeeze(0)?;
+        let mut terms = sink.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        terms.push(Penalty {
+            name: name.into(),
+            value,
+        });
+        Ok(())
     }
 
     /// The feature views, or an error naming `what` needs them.
@@ -258,6 +313,35 @@ impl<'a> ForwardCtx<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Penalties are kept in a training pass that collects them, dropped in
+    /// evaluation or without a sink, and must be scalars.
+    #[test]
+    fn penalties_are_collected_only_in_training() {
+        let dev = Device::Cpu;
+        let sink = Penalties::default();
+        let two = Tensor::new(&[2f32], &dev).unwrap();
+        ForwardCtx::train()
+            .with_penalties(Some(&sink))
+            .add_penalty("a", two.clone())
+            .unwrap();
+        ForwardCtx::eval()
+            .with_penalties(Some(&sink))
+            .add_penalty("b", two.clone())
+            .unwrap();
+        ForwardCtx::train().add_penalty("c", two.clone()).unwrap();
+        let err = ForwardCtx::train()
+            .with_penalties(Some(&sink))
+            .add_penalty("d", Tensor::new(&[1f32, 2.], &dev).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`d`") && err.contains("scalar"), "{err}");
+        let terms = sink.into_inner();
+        assert_eq!(terms.len(), 1);
+        assert_eq!(terms[0].name, "a");
+        assert_eq!(terms[0].value.dims(), &[] as &[usize]);
+        assert_eq!(terms[0].value.to_scalar::<f32>().unwrap(), 2.0);
+    }
 
     #[test]
     fn sorting_by_domain_is_stable_and_inverted_by_the_inverse() {

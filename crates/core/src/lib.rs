@@ -35,7 +35,7 @@ pub use features::{
 };
 pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
 pub use groups::{domains_of, DomainGroups};
-pub use inputs::{Domains, ForwardCtx, Inputs, SequenceInput};
+pub use inputs::{Domains, ForwardCtx, Inputs, Penalties, Penalty, SequenceInput};
 pub use model::{GateRecord, Model, ModelOutput};
 pub use params::{Init, ParamBuilder, ParamStore};
 pub use protocol::{ArchParams, Architecture, ComponentKind, Kind, NodeParams, Template};

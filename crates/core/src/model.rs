@@ -40,6 +40,9 @@ pub struct ModelOutput {
     /// In training, the embedding-table rows the pass read (their
     /// gradients are the tables' row-sparse gradients); empty in evaluation.
     pub touched: Vec<TouchedRows>,
+    /// In training, the terms components added to the objective
+    /// ([`ForwardCtx::add_penalty`]); empty in evaluation.
+    pub penalties: Vec<crate::inputs::Penalty>,
 }
 
 impl ModelOutput {
@@ -64,6 +67,7 @@ impl ModelOutput {
             outputs,
             gates,
             touched: self.touched,
+            penalties: self.penalties,
         })
     }
 }
@@ -264,11 +268,13 @@ impl Model {
 
     fn forward_rows(&self, inputs: &Inputs, train: bool) -> Result<ModelOutput> {
         let (x, views) = self.features.forward_with_views(inputs, train)?;
+        let penalties = crate::inputs::Penalties::default();
         let ctx = ForwardCtx {
             train,
             domains: inputs.domains.as_ref(),
             features: Some(&views),
             step: self.step(),
+            penalties: Some(&penalties),
         };
         let mut values: Vec<Option<Value>> = (0..self.nodes.len()).map(|_| None).collect();
         let mut gates = Vec::new();
@@ -325,6 +331,7 @@ impl Model {
             outputs,
             gates,
             touched: views.into_touched(),
+            penalties: penalties.into_inner(),
         })
     }
 }

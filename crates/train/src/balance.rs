@@ -178,10 +178,21 @@ impl PairConflict {
     }
 }
 
-/// Each task's masked loss on a batch (task order), as tensors on the graph,
-/// and the embedding-table rows the pass read (whose copies' gradients are
-/// the tables' row-sparse gradients).
-pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<(Vec<Tensor>, Vec<TouchedRows>)> {
+/// What a training pass on a batch gives the balancers.
+pub struct BatchLosses {
+    /// Each task's masked loss (task order), as tensors on the graph.
+    pub tasks: Vec<Tensor>,
+    /// The embedding-table rows the pass read (whose copies' gradients are
+    /// the tables' row-sparse gradients).
+    pub touched: Vec<TouchedRows>,
+    /// The sum of the penalty terms the components added
+    /// ([`mtrec_core::ForwardCtx::add_penalty`]), if any: added to the
+    /// objective outside the balancing of the task losses.
+    pub penalty: Option<Tensor>,
+}
+
+/// The losses of one training pass on a batch.
+pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<BatchLosses> {
     let out = model.forward(&batch.inputs, true)?;
     let mut losses = Vec::with_capacity(out.outputs.len());
     for (k, (task, o)) in model.tasks().iter().zip(&out.outputs).enumerate() {
@@ -192,7 +203,18 @@ pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<(Vec<Tens
     if losses.is_empty() {
         return Err(TrainError::Config("the model has no task".into()));
     }
-    Ok((losses, out.touched))
+    let mut penalty: Option<Tensor> = None;
+    for p in out.penalties {
+        penalty = Some(match penalty {
+            None => p.value,
+            Some(sum) => (sum + p.value)?,
+        });
+    }
+    Ok(BatchLosses {
+        tasks: losses,
+        touched: out.touched,
+        penalty,
+    })
 }
 
 /// Kendall et al.'s objective `sum_k exp(-s_k) L_k / 2 + s_k / 2` for
@@ -695,29 +717,49 @@ impl Balancer {
         sync: &mut GradSync,
     ) -> Result<Vec<f64>> {
         let k = self.task_names.len();
-        let (mut losses, touched) = match batch {
+        let BatchLosses {
+            tasks: mut losses,
+            touched,
+            mut penalty,
+        } = match batch {
             Some(b) => task_losses(model, b)?,
             // Constant zero losses: backward passes that reach no variable
             // (uncertainty's own term still reaches `s`).
-            None => (
-                (0..k)
+            None => BatchLosses {
+                tasks: (0..k)
                     .map(|_| Tensor::zeros((), DType::F32, model.device()))
                     .collect::<candle_core::Result<Vec<_>>>()?,
-                Vec::new(),
-            ),
+                touched: Vec::new(),
+                penalty: None,
+            },
         };
-        let local = crate::trainer::loss_values(&losses)?;
-        let counts = match batch {
+        let mut local = crate::trainer::loss_values(&losses)?;
+        let mut counts = match batch {
             Some(b) if sync.size() > 1 => crate::sync::mask_counts(b)?,
             _ => vec![0.0; k],
         };
-        let (scales, values) = sync.global_losses(&counts, &local)?;
+        if sync.size() > 1 {
+            // The penalty is a mean over the rank's rows: scaled like a task
+            // over all rows, its gradients sum to the global batch's. Every
+            // rank sends the entry (zero without rows or penalty) so that the
+            // exchanged buffers have one length.
+            counts.push(batch.map_or(0.0, |b| b.inputs.rows() as f64));
+            local.push(match &penalty {
+                Some(p) => p.to_scalar::<f32>()? as f64,
+                None => 0.0,
+            });
+        }
+        let (scales, mut values) = sync.global_losses(&counts, &local)?;
+        values.truncate(k);
         if sync.size() > 1 {
             losses = losses
                 .iter()
                 .zip(&scales)
                 .map(|(l, s)| Ok((l * *s)?))
                 .collect::<Result<Vec<_>>>()?;
+            if let (Some(p), Some(s)) = (&penalty, scales.get(k)) {
+                penalty = Some((p * *s)?);
+            }
         }
         let merged = sync.merge_rows(&model.params().tables(), &touched)?;
         let sample = self.conflict_every > 0 && self.batch_in_epoch % self.conflict_every == 0 && losses.len() >= 2;
@@ -764,11 +806,15 @@ impl Balancer {
         }
         let vars = crate::trainer::step_vars(model, touched);
         let mut grads = match &mut self.state {
-            State::Fixed => weighted_backward(&losses, &self.fixed)?,
-            State::Dwa { weights, .. } => weighted_backward(&losses, weights)?,
+            State::Fixed => weighted_backward(&losses, &self.fixed, penalty.as_ref())?,
+            State::Dwa { weights, .. } => weighted_backward(&losses, weights, penalty.as_ref())?,
             State::Uncertainty { s, .. } => {
                 let stacked = Tensor::stack(&losses, 0)?;
-                uncertainty_loss_over(&stacked, s.as_tensor(), sync.size())?.backward()?
+                let objective = uncertainty_loss_over(&stacked, s.as_tensor(), sync.size())?;
+                match &penalty {
+                    Some(p) => (objective + p)?.backward()?,
+                    None => objective.backward()?,
+                }
             }
             State::GradNorm(g) => {
                 let stores = stores.ok_or_else(|| TrainError::Invalid("internal: no per-task gradients".into()))?;
@@ -784,11 +830,30 @@ impl Balancer {
                         .collect::<Result<Vec<f64>>>()?;
                     g.update(&values, &norms);
                 }
-                combined.0
+                let mut store = combined.0;
+                add_penalty_grads(
+                    &mut store,
+                    penalty.as_ref(),
+                    &vars,
+                    sync,
+                    &dense,
+                    &local_touched,
+                    &merged,
+                )?;
+                store
             }
             State::PcGrad => {
                 let stores = stores.ok_or_else(|| TrainError::Invalid("internal: no per-task gradients".into()))?;
                 let (mut store, _) = combine(stores, &vars, &self.fixed)?;
+                add_penalty_grads(
+                    &mut store,
+                    penalty.as_ref(),
+                    &vars,
+                    sync,
+                    &dense,
+                    &local_touched,
+                    &merged,
+                )?;
                 let Some(flat) = flat else {
                     // Nothing shared: PCGrad is the plain weighted sum.
                     finish(store, opt, &vars, touched, clip)?;
@@ -845,8 +910,8 @@ fn finish(
     Ok(())
 }
 
-/// `sum_k w_k L_k`, one backward pass.
-pub(crate) fn weighted_backward(losses: &[Tensor], weights: &[f64]) -> Result<GradStore> {
+/// `sum_k w_k L_k` (+ the penalty terms), one backward pass.
+pub(crate) fn weighted_backward(losses: &[Tensor], weights: &[f64], penalty: Option<&Tensor>) -> Result<GradStore> {
     let mut total: Option<Tensor> = None;
     for (l, w) in losses.iter().zip(weights) {
         let weighted = (l * *w)?;
@@ -855,8 +920,41 @@ pub(crate) fn weighted_backward(losses: &[Tensor], weights: &[f64]) -> Result<Gr
             Some(t) => (t + weighted)?,
         });
     }
-    let total = total.ok_or_else(|| TrainError::Config("the model has no task".into()))?;
+    let mut total = total.ok_or_else(|| TrainError::Config("the model has no task".into()))?;
+    if let Some(p) = penalty {
+        total = (total + p)?;
+    }
     Ok(total.backward()?)
+}
+
+/// Adds the penalty terms' gradients (one backward pass of their own,
+/// summed over the ranks) into `store`, for the balancers that form the
+/// update from per-task gradients (GradNorm, PCGrad): the penalty belongs
+/// to no task, so it is neither reweighted nor projected.
+fn add_penalty_grads(
+    store: &mut GradStore,
+    penalty: Option<&Tensor>,
+    vars: &[(String, Var)],
+    sync: &mut GradSync,
+    dense: &[(String, Var)],
+    touched: &[TouchedRows],
+    merged: &crate::sync::Merged,
+) -> Result<()> {
+    let Some(p) = penalty else {
+        return Ok(());
+    };
+    let mut grads = p.backward()?;
+    sync.reduce(&mut grads, dense, touched, merged)?;
+    for (_, v) in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            let sum = match store.remove(v.as_tensor()) {
+                Some(have) => (have + g)?,
+                None => g,
+            };
+            store.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(())
 }
 
 /// Sums the per-task gradients with weights into one store (every variable
@@ -880,4 +978,47 @@ fn combine(stores: Vec<GradStore>, vars: &[(String, Var)], weights: &[f64]) -> R
         }
     }
     Ok((out, stores))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The penalty's gradient joins the weighted task losses' unweighted:
+    /// `d/dv (2 * L1 + 0.5 * L2 + P)` with `L1 = 3v`, `L2 = v^2`, `P = 4v` at
+    /// `v = 1.5` is `2*3 + 0.5*2*1.5 + 4 = 11.5`.
+    #[test]
+    fn penalties_join_the_objective_unweighted() {
+        let v = Var::new(1.5f32, &Device::Cpu).unwrap();
+        let t = v.as_tensor();
+        let losses = [(t * 3.0).unwrap(), t.sqr().unwrap()];
+        let p = (t * 4.0).unwrap();
+        let g = weighted_backward(&losses, &[2.0, 0.5], Some(&p)).unwrap();
+        let got = g.get(t).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - 11.5).abs() < 1e-6, "{got}");
+        let g = weighted_backward(&losses, &[2.0, 0.5], None).unwrap();
+        let got = g.get(t).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - 7.5).abs() < 1e-6, "{got}");
+    }
+
+    /// For the per-task balancers the penalty's gradient is added to what
+    /// they formed, for every variable it reaches (and only those).
+    #[test]
+    fn penalty_gradients_are_added_to_a_formed_update() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1f32, 2.], &dev).unwrap();
+        let b = Var::new(&[3f32], &dev).unwrap();
+        let vars = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let mut store = GradStore::default();
+        store.insert(a.as_tensor(), Tensor::new(&[10f32, 20.], &dev).unwrap());
+        store.insert(b.as_tensor(), Tensor::new(&[5f32], &dev).unwrap());
+        // P = 0.5 * sum(a^2): dP/da = a, nothing for b.
+        let p = (a.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
+        let mut sync = GradSync::local();
+        let merged = sync.merge_rows(&[], &[]).unwrap();
+        add_penalty_grads(&mut store, Some(&p), &vars, &mut sync, &[], &[], &merged).unwrap();
+        assert_eq!(store.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [11., 22.]);
+        assert_eq!(store.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [5.]);
+    }
 }

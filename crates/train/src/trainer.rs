@@ -176,9 +176,13 @@ pub fn train_step(
     weights: &[f64],
     clip: Option<f64>,
 ) -> Result<Vec<f64>> {
-    let (losses, touched) = task_losses(model, batch)?;
+    let crate::balance::BatchLosses {
+        tasks: losses,
+        touched,
+        penalty,
+    } = task_losses(model, batch)?;
     let values = loss_values(&losses)?;
-    let mut grads = weighted_backward(&losses, weights)?;
+    let mut grads = weighted_backward(&losses, weights, penalty.as_ref())?;
     if let Some(max) = clip {
         clip_grad_norm(&mut grads, &step_vars(model, &touched), max)?;
     }
