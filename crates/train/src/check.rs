@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use mtrec_core::components::experts::{MlpExpertsKind, MlpExpertsParams};
 use mtrec_core::components::gate::{SoftmaxGateKind, SoftmaxGateParams};
 use mtrec_core::components::tower::{MlpTowerKind, MlpTowerParams};
@@ -17,20 +17,27 @@ use crate::error::Result;
 use crate::trainer::{optimizer, TrainConfig};
 
 /// Takes one optimizer step on `batch` (every task weighted 1) and returns
-/// the names of the trainable variables and embedding tables that did not
-/// change. Empty means every weight receives a gradient.
+/// what did not change: the names of trainable variables and embedding
+/// tables left whole, and `name[i]` for a part of one left unchanged while
+/// the rest moved. Empty means every weight receives a gradient.
+///
+/// The parts checked are those a bug can cut off alone: each slice along
+/// the first axis of a variable of three or more axes (one expert of a
+/// bank `[n, in, out]`, one domain's `[D, in, out]` weights; the batch must
+/// hold every domain). Table rows are not checked one by one: a row read
+/// only through ReLUs that are off for its rows rightly gets no gradient.
 pub fn unchanged_after_one_step(model: &Model, batch: &Batch) -> Result<Vec<String>> {
     unchanged_after_one_step_with(model, batch, &BalancerConfig::Fixed)
 }
 
 /// [`unchanged_after_one_step`] under a given loss balancer.
 pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &BalancerConfig) -> Result<Vec<String>> {
-    let snapshot = |m: &Model| -> Result<BTreeMap<String, Vec<f32>>> {
+    let snapshot = |m: &Model| -> Result<BTreeMap<String, Tensor>> {
         m.params()
             .vars()
             .into_iter()
             .chain(m.params().tables())
-            .map(|(n, v)| Ok((n, v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+            .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
             .collect()
     };
     let before = snapshot(model)?;
@@ -48,11 +55,25 @@ pub fn unchanged_after_one_step_with(model: &Model, batch: &Batch, balancer: &Ba
     b.begin_epoch(1, &[]);
     b.step(model, &mut opt, batch, None)?;
     let after = snapshot(model)?;
-    Ok(after
-        .into_iter()
-        .filter(|(name, a)| before.get(name).is_some_and(|b| a == b))
-        .map(|(name, _)| name)
-        .collect())
+    let mut unchanged = Vec::new();
+    for (name, a) in &after {
+        let Some(b) = before.get(name) else { continue };
+        if same(a, b)? {
+            unchanged.push(name.clone());
+            continue;
+        }
+        let parts = if a.rank() >= 3 { a.dim(0)? } else { 0 };
+        for i in 0..parts {
+            if same(&a.get(i)?, &b.get(i)?)? {
+                unchanged.push(format!("{name}[{i}]"));
+            }
+        }
+    }
+    Ok(unchanged)
+}
+
+fn same(a: &Tensor, b: &Tensor) -> Result<bool> {
+    Ok(a.flatten_all()?.to_vec1::<f32>()? == b.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// A small MMoE from the core's built-in kinds for `data` (3 experts of 8

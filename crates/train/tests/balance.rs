@@ -80,6 +80,73 @@ fn dwa_weights_sum_to_k() {
     assert_eq!(w, vec![1.0, 1.0]);
 }
 
+/// GradNorm's direction (Chen et al. 2018, eq. 2): with equal gradient
+/// norms, the task whose loss falls slower (higher `L_k / L_k(0)`) is given
+/// more weight; with equal loss ratios, the task with the larger gradient
+/// norm is given less (the `G_k = w_k n_k` are pulled to their mean).
+#[test]
+fn gradnorm_moves_weight_toward_the_slower_task() {
+    let mut g = GradNormState::new(2, 1.5, 0.025);
+    g.update(&[1.0, 1.0], &[1.0, 1.0]);
+    for step in 1..=50 {
+        // Task 0 learns fast (its loss halves every 10 steps), task 1 not at all.
+        let fast = 0.5f64.powf(step as f64 / 10.0);
+        g.update(&[fast, 1.0], &[1.0, 1.0]);
+    }
+    assert!(g.weights[1] > g.weights[0] + 0.2, "{:?}", g.weights);
+    let mut h = GradNormState::new(2, 1.5, 0.025);
+    for _ in 0..50 {
+        h.update(&[1.0, 1.0], &[4.0, 1.0]);
+    }
+    assert!(h.weights[0] < h.weights[1] - 0.2, "{:?}", h.weights);
+    // The first step sees equal ratios and equal G: the sign step moves nothing
+    // toward either task (both get the same push, renormalised away).
+    let mut e = GradNormState::new(2, 1.5, 0.025);
+    e.update(&[0.3, 5.0], &[2.0, 2.0]);
+    assert!((e.weights[0] - e.weights[1]).abs() < 1e-12, "{:?}", e.weights);
+}
+
+/// Uncertainty weighting away from s = 0: `d/ds_k [exp(-s_k) L_k / 2 + s_k / 2]
+/// = (1 - exp(-s_k) L_k) / 2`, so gradient descent moves `s_k` toward its
+/// optimum `log L_k` from either side. At s = (1, 1), L = (0.7, 3.0):
+/// (1 - 0.7/e)/2 = 0.371241 > 0 (s_0 falls toward log 0.7 = -0.357) and
+/// (1 - 3/e)/2 = -0.051819 < 0 (s_1 rises toward log 3 = 1.0986).
+#[test]
+fn uncertainty_gradient_points_each_s_toward_log_of_its_loss() {
+    let dev = Device::Cpu;
+    let losses = Tensor::new(&[0.7f32, 3.0], &dev).unwrap();
+    let grad_at = |s: [f32; 2]| -> Vec<f32> {
+        let v = candle_core::Var::new(&s, &dev).unwrap();
+        let g = uncertainty_loss(&losses, v.as_tensor()).unwrap().backward().unwrap();
+        g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap()
+    };
+    let g = grad_at([1.0, 1.0]);
+    assert!(
+        (g[0] - 0.371_241).abs() < 1e-5 && (g[1] + 0.051_819).abs() < 1e-5,
+        "{g:?}"
+    );
+    // At the optimum the gradient vanishes; below it, it is negative.
+    let g = grad_at([0.7f32.ln(), 3.0f32.ln()]);
+    assert!(g.iter().all(|x| x.abs() < 1e-6), "{g:?}");
+    let g = grad_at([-2.0, -2.0]);
+    assert!(g.iter().all(|x| *x < 0.0), "{g:?}");
+}
+
+/// DWA (Liu et al. 2019): `w_k = K exp(r_k / T) / sum_j exp(r_j / T)`,
+/// `r_k = L_k(t-1) / L_k(t-2)`. prev (0.5, 0.9), prev2 (1, 1), T = 2:
+/// r/T = (0.25, 0.45), w = 2 (1.2840254, 1.5683122) / 2.8523376 =
+/// (0.9003320, 1.0996680). A higher temperature flattens the weights.
+#[test]
+fn dwa_weights_match_the_hand_computed_case() {
+    let w = dwa_weights(&[0.5, 0.9], &[1.0, 1.0], 2.0);
+    assert!(
+        (w[0] - 0.900_332).abs() < 1e-6 && (w[1] - 1.099_668).abs() < 1e-6,
+        "{w:?}"
+    );
+    let flat = dwa_weights(&[0.5, 0.9], &[1.0, 1.0], 20.0);
+    assert!(flat[1] - flat[0] < w[1] - w[0] && flat[1] > flat[0], "{flat:?}");
+}
+
 #[test]
 fn balancer_config_parses_and_rejects_unknown_keys() {
     #[derive(serde::Deserialize)]

@@ -522,6 +522,30 @@ fn one_domain_batch_equals_same_rows_in_a_mixed_batch_in_eval() {
     }
 }
 
+/// The shared gradient-reach check sees parts of a variable: a batch
+/// without domain 2 leaves that domain's slice of every `[D, in, out]`
+/// weight unchanged while the other slices move, and the check names it.
+#[test]
+fn the_reach_check_names_an_unreached_slice() {
+    let d = data(300, 4);
+    let ids = &d.domains.as_ref().unwrap().ids;
+    let rows: Vec<usize> = (0..300).filter(|&r| ids[r] != 2).collect();
+    let batch = d.batch(&rows, &dev()).unwrap();
+    let unchanged = mtrec_train::check::unchanged_after_one_step(&star(&d, 1), &batch).unwrap();
+    let weights: Vec<String> = star(&d, 1)
+        .params()
+        .vars()
+        .into_iter()
+        .filter(|(n, v)| v.as_tensor().rank() >= 3 && per_domain(n))
+        .map(|(n, _)| format!("{n}[2]"))
+        .collect();
+    assert!(!weights.is_empty());
+    for w in &weights {
+        assert!(unchanged.contains(w), "{w} not reported in {unchanged:?}");
+    }
+    assert!(unchanged.iter().all(|u| u.ends_with("[2]")), "{unchanged:?}");
+}
+
 #[test]
 fn gradients_reach_every_variable_and_each_present_domain() {
     let d = data(300, 4);
