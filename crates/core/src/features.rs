@@ -209,6 +209,16 @@ struct Table {
     dim: usize,
 }
 
+/// One feature's rows in an embedding table ([`FeatureInput::field_rows`]):
+/// ids `0..rows` of the feature are rows `offset..offset + rows` of `table`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldRows {
+    pub table: String,
+    pub feature: String,
+    pub offset: usize,
+    pub rows: usize,
+}
+
 /// Fields of one embedding width share one table (one gather for all of
 /// them); each field owns a row range `offset..offset + vocab`. An id at or
 /// past its field's vocabulary is an error naming the field (it would read
@@ -803,6 +813,44 @@ impl FeatureInput {
     /// The input layer's tables: name, rows, width.
     pub fn tables(&self) -> impl Iterator<Item = (&str, usize, usize)> {
         self.tables.iter().map(|t| (t.name.as_str(), t.rows, t.dim))
+    }
+
+    /// Where every embedded feature's rows sit: per sparse field its row
+    /// range of its width's table, per sequence with its own table that
+    /// table, and the domain table. A sequence sharing a field's rows is
+    /// not listed (its rows are the field's).
+    pub fn field_rows(&self) -> Vec<FieldRows> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for (&i, &offset) in g.fields.iter().zip(&g.offsets) {
+                let f = &self.spec.sparse[i];
+                out.push(FieldRows {
+                    table: self.tables[g.table].name.clone(),
+                    feature: f.name.clone(),
+                    offset: offset as usize,
+                    rows: f.vocab,
+                });
+            }
+        }
+        for (q, t) in self.spec.sequences.iter().zip(&self.sequences) {
+            if q.share_with.is_none() {
+                out.push(FieldRows {
+                    table: self.tables[t.table].name.clone(),
+                    feature: q.name.clone(),
+                    offset: t.offset as usize,
+                    rows: q.vocab,
+                });
+            }
+        }
+        if let (Some(t), Some(d)) = (self.domain, &self.spec.domain) {
+            out.push(FieldRows {
+                table: self.tables[t].name.clone(),
+                feature: "domain".into(),
+                offset: 0,
+                rows: d.count,
+            });
+        }
+        out
     }
 }
 

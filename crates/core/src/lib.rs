@@ -27,11 +27,13 @@ pub mod params;
 pub mod protocol;
 pub mod registry;
 pub mod task;
+pub mod warm;
 
 pub use component::{Component, Expert, Fusion, Gate, Layer, Port, Role, Tower};
 pub use error::{Error, Result};
 pub use features::{
-    DomainEmbedding, FeatureSpec, FeatureViews, Pooling, SequenceFeature, SequenceView, SparseFeature, TouchedRows,
+    DomainEmbedding, FeatureSpec, FeatureViews, FieldRows, Pooling, SequenceFeature, SequenceView, SparseFeature,
+    TouchedRows,
 };
 pub use graph::{GraphEnv, GraphSpec, NodeIo, NodeSpec, INPUT};
 pub use groups::{domains_of, DomainGroups};

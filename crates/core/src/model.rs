@@ -191,6 +191,10 @@ impl Model {
     pub fn features(&self) -> &FeatureSpec {
         self.features.spec()
     }
+    /// Where each embedded feature's rows sit in the tables.
+    pub fn field_rows(&self) -> Vec<crate::features::FieldRows> {
+        self.features.field_rows()
+    }
 
     /// For each task (task order), the ids of the graph nodes whose output
     /// reaches its tower (the tower included): the model's structure, not
