@@ -12,14 +12,17 @@ use mtrec_runner::source::prepare;
 
 const MMOE_DATA: &str = "[data]\nsource = \"mmoe-synthetic\"\nrows = 400\ndim = 8\n";
 const DOMAIN_DATA: &str = "[data]\nsource = \"multi-domain-synthetic\"\nrows = 600\n";
+/// Binary funnel data (like only after click), where AITM's calibrator applies.
+const FUNNEL_DATA: &str =
+    "[data]\nsource = \"multi-domain-synthetic\"\nrows = 600\ndomains = 1\ndomain_shares = [1.0]\nfunnel = true\n";
 const TRAIN: &str = "\n[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n";
 
 fn template(arch: &str) -> LoadedConfig {
     mtrec_runner::link_builtin_plugins();
-    let data = if arch == "star" || arch == "sar-net" {
-        DOMAIN_DATA
-    } else {
-        MMOE_DATA
+    let data = match arch {
+        "star" | "sar-net" => DOMAIN_DATA,
+        "aitm" => FUNNEL_DATA,
+        _ => MMOE_DATA,
     };
     let text = format!("{data}\n[model]\narch = \"{arch}\"\n{TRAIN}");
     parse(&text, Path::new(&format!("{arch}.toml")), &[]).unwrap()
@@ -49,6 +52,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
         "ple",
         "star",
         "sar-net",
+        "aitm",
     ] {
         let cfg = template(arch);
         let original = graph_of(&cfg);
@@ -68,7 +72,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
 
 #[test]
 fn printed_graph_trains_to_the_templates_metrics_exactly() {
-    for arch in ["mmoe", "ple", "sar-net"] {
+    for arch in ["mmoe", "ple", "sar-net", "aitm"] {
         let cfg = template(arch);
         let a = run(&cfg, |_| {}).unwrap();
         let b = run(&printed(&cfg), |_| {}).unwrap();

@@ -5,7 +5,8 @@
 //! [`validate`] checks everything that can be checked without weights: unique
 //! ids, known kinds, known inputs, no cycle, the role's wiring (gates over
 //! expert banks, towers for known tasks), widths, every task with exactly one
-//! tower, every node used.
+//! tower, every node used (feeding a tower, or a node of an objective-term
+//! kind, [`crate::Kind::objective_term`], which may end a path).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -438,10 +439,11 @@ pub fn validate(spec: &GraphSpec, env: &GraphEnv) -> Result<CheckedGraph> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    // Every node must feed some tower: an unused node would hold weights that
-    // never train.
+    // Every node must feed some tower or an objective term: an unused node
+    // would hold weights that never train.
     let mut used = vec![false; spec.nodes.len()];
     let mut stack: Vec<usize> = towers.clone();
+    stack.extend((0..spec.nodes.len()).filter(|&i| kinds[i].objective_term()));
     while let Some(i) = stack.pop() {
         if !used[i] {
             used[i] = true;
@@ -449,7 +451,7 @@ pub fn validate(spec: &GraphSpec, env: &GraphEnv) -> Result<CheckedGraph> {
         }
     }
     if let Some(i) = used.iter().position(|u| !u) {
-        return Err(spec.nodes[i].error("this node feeds no tower: remove it or wire it in"));
+        return Err(spec.nodes[i].error("this node feeds no tower (nor an objective term): remove it or wire it in"));
     }
     let outputs = outputs
         .into_iter()

@@ -345,3 +345,90 @@ fn shared_variables_follow_the_graph() {
         .count();
     assert_eq!(shared.len(), experts);
 }
+
+/// A test kind whose node exists for its objective term: the batch mean of
+/// each row's sum of its inputs' columns, added as a penalty; its output is
+/// that `[B, 1]` row sum.
+struct MeanPenaltyKind;
+
+struct MeanPenalty;
+
+impl mtrec_core::Fusion for MeanPenalty {
+    fn forward(&self, xs: &[Tensor], ctx: &mtrec_core::ForwardCtx) -> mtrec_core::Result<Tensor> {
+        let mut sum = xs[0].sum_keepdim(1)?;
+        for x in &xs[1..] {
+            sum = (sum + x.sum_keepdim(1)?)?;
+        }
+        ctx.add_penalty("mean-penalty", sum.mean_all()?)?;
+        Ok(sum)
+    }
+}
+
+impl mtrec_core::Kind for MeanPenaltyKind {
+    type Params = mtrec_core::components::fusion::NoParams;
+    fn name(&self) -> &'static str {
+        "test-mean-penalty"
+    }
+    fn role(&self) -> mtrec_core::Role {
+        mtrec_core::Role::Fusion
+    }
+    fn summary(&self) -> &'static str {
+        "test: the batch mean of each row's sum of its inputs, as a penalty"
+    }
+    fn check(
+        &self,
+        _p: &Self::Params,
+        _io: &mtrec_core::NodeIo,
+        _env: &GraphEnv,
+    ) -> std::result::Result<mtrec_core::Port, String> {
+        Ok(mtrec_core::Port::Dense { width: 1 })
+    }
+    fn build(
+        &self,
+        _p: &Self::Params,
+        _io: &mtrec_core::NodeIo,
+        _env: &GraphEnv,
+        _pb: &mtrec_core::ParamBuilder,
+    ) -> mtrec_core::Result<mtrec_core::Component> {
+        Ok(mtrec_core::Component::Fusion(Box::new(MeanPenalty)))
+    }
+    fn objective_term(&self) -> bool {
+        true
+    }
+}
+
+mtrec_core::register_kind!(MeanPenaltyKind);
+
+/// A node of an objective-term kind may feed no tower, and what it reads
+/// counts as used (here a `concat` of the two towers that feeds nothing
+/// else); it runs in every pass, its penalty is collected in training only,
+/// and reading both towers makes neither tower shared. A plain node that
+/// feeds nothing is still an error.
+#[test]
+fn an_objective_term_node_may_end_a_path() {
+    let mut g = mmoe();
+    g.nodes
+        .push(NodeSpec::new("both", "concat").inputs(["tower-a", "tower-b"]));
+    g.nodes
+        .push(NodeSpec::new("penalty", "test-mean-penalty").input("both"));
+    validate(&g, &env()).unwrap();
+    let m = Model::build(&g, &features(), &tasks(), 0, 3, &Device::Cpu).unwrap();
+    let train = m.forward(&inputs(4), true).unwrap();
+    assert_eq!(train.penalties.len(), 1);
+    assert_eq!(train.penalties[0].name, "mean-penalty");
+    // The penalty is the mean over rows of tower-a's plus tower-b's output.
+    let want = f64::from(
+        ((&train.outputs[0] + &train.outputs[1]).unwrap().mean_all().unwrap())
+            .to_scalar::<f32>()
+            .unwrap(),
+    );
+    let got = f64::from(train.penalties[0].value.to_scalar::<f32>().unwrap());
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    assert!(m.forward(&inputs(4), false).unwrap().penalties.is_empty());
+    let shared: Vec<String> = m.shared_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(shared.iter().all(|n| n.starts_with("experts.")), "{shared:?}");
+
+    g.nodes
+        .push(NodeSpec::new("dangling", "mlp").input("both").param("units", [2]));
+    assert!(err_of(&g).contains("feeds no tower (nor an objective term)"));
+}

@@ -41,7 +41,12 @@ use crate::error::{DataError, Result};
 ///    task `t`'s score is `f_t = sqrt(r) G_0 + sqrt(1 - r) G_(t+1)` with
 ///    `r = task_correlation`, so that two tasks' scores correlate `r` in
 ///    expectation over the draws of the functions;
-/// 5. labels: `y_t ~ Bernoulli(sigmoid(signal * f_t))`, every label present.
+/// 5. labels: `y_t ~ Bernoulli(sigmoid(signal * f_t))`, every label present;
+///    with `funnel`, the tasks are the steps of a conversion funnel in task
+///    order (impression -> click -> like -> ...): step `t` is reached only
+///    after step `t - 1`, `y_t = y_(t-1) * Bernoulli(sigmoid(signal * f_t))`,
+///    each label end to end over every row (as AITM and ESMM's CTCVR model
+///    them), so positives get sparser step by step.
 ///
 /// Columns: sparse fields `user_id`, `item_id`, `item_category` and (with
 /// `domain_feature`, so that models without domain-specific parameters can
@@ -96,6 +101,8 @@ pub struct MultiDomainSynthetic {
     pub domain_feature: bool,
     /// Longest behaviour log per user (0: no sequence columns).
     pub history: usize,
+    /// Labels of a conversion funnel: task `t` is 1 only where task `t - 1` is.
+    pub funnel: bool,
     pub seed: u64,
 }
 
@@ -116,6 +123,7 @@ impl Default for MultiDomainSynthetic {
             signal: 2.5,
             domain_feature: true,
             history: 10,
+            funnel: false,
             seed: 1,
         }
     }
@@ -421,7 +429,9 @@ impl MultiDomainSynthetic {
             for t in 0..self.tasks {
                 let draw: f64 = rng.random();
                 let prob = sigmoid(truth.logit(t, user, item, &x, p as usize));
-                labels.push(f32::from(u8::from(draw < prob)));
+                // The uniform is drawn either way: `funnel` changes no other draw.
+                let reached = !self.funnel || t == 0 || labels.last() == Some(&1.0);
+                labels.push(f32::from(u8::from(reached && draw < prob)));
             }
         }
 
@@ -543,6 +553,36 @@ mod tests {
 
     fn domain_ids(d: &Dataset) -> &[u32] {
         &d.domains.as_ref().unwrap().ids
+    }
+
+    /// A funnel's step is 1 only where the previous step is, and is the
+    /// plain generator's label there (same draws): positives get sparser.
+    #[test]
+    fn funnel_steps_follow_the_previous_step() {
+        let plain = MultiDomainSynthetic {
+            tasks: 3,
+            ..small(3000, 5)
+        };
+        let funnel = MultiDomainSynthetic {
+            funnel: true,
+            ..plain.clone()
+        };
+        let (a, b) = (plain.generate().unwrap(), funnel.generate().unwrap());
+        assert_eq!((&a.sparse, &a.dense), (&b.sparse, &b.dense));
+        let mut positives = [0usize; 3];
+        for (ya, yb) in a.labels.chunks(3).zip(b.labels.chunks(3)) {
+            assert_eq!(yb[0], ya[0]);
+            for t in 1..3 {
+                assert_eq!(yb[t], ya[t] * yb[t - 1], "{ya:?} {yb:?}");
+            }
+            for t in 0..3 {
+                positives[t] += usize::from(yb[t] == 1.0);
+            }
+        }
+        assert!(
+            positives[0] > positives[1] && positives[1] > positives[2] && positives[2] > 0,
+            "{positives:?}"
+        );
     }
 
     #[test]

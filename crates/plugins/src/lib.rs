@@ -21,6 +21,12 @@ pub struct Plugin {
 /// Every built-in plugin, by package name.
 pub const BUILTIN: &[Plugin] = &[
     Plugin {
+        package: "mtrec-aitm",
+        architectures: &["aitm"],
+        multi_domain: false,
+        link: mtrec_aitm::link,
+    },
+    Plugin {
         package: "mtrec-cgc",
         architectures: &["cgc"],
         multi_domain: false,

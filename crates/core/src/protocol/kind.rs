@@ -37,6 +37,15 @@ pub trait Kind: Sync + 'static {
     /// Builds the component, creating its weights under `pb` (already
     /// prefixed with the node id). Runs only on checked parameters.
     fn build(&self, params: &Self::Params, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component>;
+    /// True for a kind whose node is there for a term it adds to the
+    /// training objective ([`crate::ForwardCtx::add_penalty`]), such as a
+    /// constraint between several towers' outputs: its node may feed no
+    /// tower (validation rejects any other node that feeds none), and the
+    /// nodes it reads count as used. Being downstream of the towers, it
+    /// changes no task's structure ([`crate::Model::shared_vars`]).
+    fn objective_term(&self) -> bool {
+        false
+    }
 }
 
 /// A node's parameters, parsed once by graph validation.
@@ -57,6 +66,8 @@ pub trait ComponentKind: Sync {
     fn parse(&self, params: &toml::Table) -> std::result::Result<NodeParams, ParamError>;
     fn check(&self, params: &NodeParams, io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String>;
     fn build(&self, params: &NodeParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component>;
+    /// [`Kind::objective_term`].
+    fn objective_term(&self) -> bool;
 }
 
 impl<K: Kind> Registered<K> {
@@ -90,6 +101,9 @@ impl<K: Kind> ComponentKind for Registered<K> {
     }
     fn build(&self, params: &NodeParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {
         self.0.build(self.typed(params)?, io, env, pb)
+    }
+    fn objective_term(&self) -> bool {
+        self.0.objective_term()
     }
 }
 
