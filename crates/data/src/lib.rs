@@ -35,11 +35,13 @@ pub mod tabular;
 pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, LabelCount, SequenceColumn, SparseColumns};
 pub use error::{DataError, Place, Result};
 pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
-pub use preprocess::{Labels, Pass, Preprocessor, Progress, ProgressFn};
+pub use preprocess::{Fitting, Labels, Pass, Preprocessor, Progress, ProgressFn};
 pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
 pub use split::{shuffled, split, Split};
 pub use stream::{
     Batches, HashSplit, Part, Prefetch, Shuffle, StreamFiles, StreamOptions, StreamedData, PREFETCH_BATCHES,
 };
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
-pub use tabular::{count_rows, load_single, load_split, load_tabular, Loaded, LoadedSingle};
+pub use tabular::{
+    count_rows, load_single, load_split, load_split_fitted, load_tabular, load_tabular_fitted, Loaded, LoadedSingle,
+};

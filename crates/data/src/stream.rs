@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::preprocess::{Labels, Preprocessor, ProgressFn, Reporter};
+use crate::preprocess::{Fitting, Labels, Preprocessor, ProgressFn, Reporter};
 use crate::schema::{DataFiles, TabularSchema, TaskSpec};
 
 /// Default rows per chunk read from a file.
@@ -443,17 +443,33 @@ impl StreamedData {
         options: StreamOptions,
         progress: ProgressFn<'_>,
     ) -> Result<Self> {
+        Self::open_fitted(schema, tasks, base, fractions, seed, options, Fitting::Fresh, progress)
+    }
+
+    /// [`StreamedData::open`] with the preprocessing obtained as `fitting`
+    /// says (a trained run's, kept or grown: warm start).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_fitted(
+        schema: &TabularSchema,
+        tasks: &[TaskSpec],
+        base: Option<&Path>,
+        fractions: [f64; 3],
+        seed: u64,
+        options: StreamOptions,
+        fitting: Fitting<'_>,
+        progress: ProgressFn<'_>,
+    ) -> Result<Self> {
         options.validate()?;
         let mut reporter = Reporter::new(progress);
         let (preprocessor, files) = match schema.resolve(base)? {
             DataFiles::Separate { train, valid, test } => {
-                let pre = Preprocessor::fit_selected(schema, tasks, &train, None, &mut reporter)?;
+                let pre = fitting.fit(schema, tasks, &train, None, &mut reporter)?;
                 (pre, StreamFiles::Separate { train, valid, test })
             }
             DataFiles::Single { path } => {
                 let split = HashSplit::new(fractions, seed)?;
                 let select = |i: u64| split.part(i) == Part::Train;
-                let pre = Preprocessor::fit_selected(schema, tasks, &path, Some(&select), &mut reporter)?;
+                let pre = fitting.fit(schema, tasks, &path, Some(&select), &mut reporter)?;
                 (pre, StreamFiles::Single { path, split })
             }
         };

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Place, Result};
-use crate::preprocess::{Labels, Pass, Preprocessor, ProgressFn, Reporter, PROGRESS_EVERY};
+use crate::preprocess::{Fitting, Labels, Pass, Preprocessor, ProgressFn, Reporter, PROGRESS_EVERY};
 use crate::read;
 use crate::schema::{DataFiles, TabularSchema, TaskSpec};
 use crate::split::{split, Split};
@@ -67,6 +67,18 @@ pub fn load_tabular(
     base: Option<&Path>,
     progress: ProgressFn<'_>,
 ) -> Result<Loaded> {
+    load_tabular_fitted(schema, tasks, base, Fitting::Fresh, progress)
+}
+
+/// [`load_tabular`] with the preprocessing obtained as `fitting` says (a
+/// trained run's, kept or grown: warm start).
+pub fn load_tabular_fitted(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    fitting: Fitting<'_>,
+    progress: ProgressFn<'_>,
+) -> Result<Loaded> {
     let (train, valid, test) = match schema.resolve(base)? {
         DataFiles::Separate { train, valid, test } => (train, valid, test),
         DataFiles::Single { .. } => {
@@ -76,7 +88,7 @@ pub fn load_tabular(
         }
     };
     let mut reporter = Reporter::new(progress);
-    let pre = Preprocessor::fit_selected(schema, tasks, &train, None, &mut reporter)?;
+    let pre = fitting.fit(schema, tasks, &train, None, &mut reporter)?;
     let train = pre.encode_with(&train, Labels::Required, &mut reporter)?;
     let valid = pre.encode_with(&valid, Labels::Required, &mut reporter)?;
     let test = pre.encode_with(&test, Labels::Required, &mut reporter)?;
@@ -123,6 +135,18 @@ pub fn load_single(
     seed: u64,
     progress: ProgressFn<'_>,
 ) -> Result<LoadedSingle> {
+    load_single_fitted(schema, tasks, base, fractions, seed, Fitting::Fresh, progress)
+}
+
+fn load_single_fitted(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    fractions: [f64; 3],
+    seed: u64,
+    fitting: Fitting<'_>,
+    progress: ProgressFn<'_>,
+) -> Result<LoadedSingle> {
     let path = match schema.resolve(base)? {
         DataFiles::Single { path } => path,
         DataFiles::Separate { .. } => {
@@ -150,7 +174,7 @@ pub fn load_single(
             .copied()
             .unwrap_or(false)
     };
-    let pre = Preprocessor::fit_selected(schema, tasks, &path, Some(&select), &mut reporter)?;
+    let pre = fitting.fit(schema, tasks, &path, Some(&select), &mut reporter)?;
     let data = pre.encode_with(&path, Labels::Required, &mut reporter)?;
     if data.rows() != rows {
         return Err(DataError::input(
@@ -178,8 +202,22 @@ pub fn load_split(
     seed: u64,
     progress: ProgressFn<'_>,
 ) -> Result<LoadedSingle> {
+    load_split_fitted(schema, tasks, base, fractions, seed, Fitting::Fresh, progress)
+}
+
+/// [`load_split`] with the preprocessing obtained as `fitting` says (a
+/// trained run's, kept or grown: warm start).
+pub fn load_split_fitted(
+    schema: &TabularSchema,
+    tasks: &[TaskSpec],
+    base: Option<&Path>,
+    fractions: [f64; 3],
+    seed: u64,
+    fitting: Fitting<'_>,
+    progress: ProgressFn<'_>,
+) -> Result<LoadedSingle> {
     match schema.resolve(base)? {
-        DataFiles::Single { .. } => load_single(schema, tasks, base, fractions, seed, progress),
-        DataFiles::Separate { .. } => load_tabular(schema, tasks, base, progress)?.combined(),
+        DataFiles::Single { .. } => load_single_fitted(schema, tasks, base, fractions, seed, fitting, progress),
+        DataFiles::Separate { .. } => load_tabular_fitted(schema, tasks, base, fitting, progress)?.combined(),
     }
 }

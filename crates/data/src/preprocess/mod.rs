@@ -78,6 +78,7 @@ mod fit;
 mod persist;
 mod rules;
 mod vocab;
+mod warm;
 
 pub use chunks::EncodeChunks;
 use chunks::PreRef;
@@ -85,6 +86,7 @@ pub(crate) use encode::Reporter;
 use encode::{Binding, Builder};
 use rules::{parse_number, Cond};
 pub use vocab::{stable_hash, Encoding, Vocab};
+pub use warm::Fitting;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
