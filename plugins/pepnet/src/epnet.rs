@@ -91,7 +91,7 @@ impl Kind for EpnetKind {
             return Err("`domain_dim` must be at least 1 (the width of the domain id's embedding)".into());
         }
         check_names("domain_features", &p.domain_features, env)?;
-        check_gate(p.gate_hidden, p.gamma)?;
+        check_gate(p.gate_hidden, p.gamma).map_err(|(_, m)| m)?;
         Ok(io.inputs[0])
     }
     fn build(&self, p: &EpnetParams, io: &NodeIo, env: &GraphEnv, pb: &ParamBuilder) -> Result<Component> {

@@ -7,14 +7,20 @@ use candle_core::Tensor;
 use mtrec_core::components::dense::{Activation, Linear};
 use mtrec_core::{ParamBuilder, Result};
 
-/// Checks a Gate NU's keys (`hidden`, `gamma`), for the kinds' `check`.
-pub fn check_gate(hidden: usize, gamma: f64) -> std::result::Result<(), String> {
+/// Checks a Gate NU's keys; an error names the failing key.
+pub fn check_gate(hidden: usize, gamma: f64) -> std::result::Result<(), (&'static str, String)> {
     if hidden == 0 {
-        return Err("`gate_hidden` must be at least 1 (the Gate NU's hidden ReLU layer)".into());
+        return Err((
+            "gate_hidden",
+            "`gate_hidden` must be at least 1 (the Gate NU's hidden ReLU layer)".into(),
+        ));
     }
     if !(gamma.is_finite() && gamma > 0.0) {
-        return Err(format!(
-            "`gamma` = {gamma} must be a finite number above 0 (the paper's 2 lets a factor of 1 mean no change)"
+        return Err((
+            "gamma",
+            format!(
+                "`gamma` = {gamma} must be a finite number above 0 (the paper's 2 lets a factor of 1 mean no change)"
+            ),
         ));
     }
     Ok(())

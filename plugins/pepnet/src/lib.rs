@@ -55,11 +55,12 @@ pub mod ppnet_gates;
 pub mod ppnet_tower;
 
 use mtrec_core::components::dense::Activation;
-use mtrec_core::protocol::{tower_id, towers};
+use mtrec_core::protocol::{check_units, tower_id, towers};
 use mtrec_core::{Error, GraphEnv, GraphSpec, NodeSpec, Result, Template, INPUT};
 use serde::{Deserialize, Serialize};
 
 pub use epnet::{Epnet, EpnetKind, EpnetParams};
+use gate_nu::check_gate;
 pub use gate_nu::GateNu;
 pub use ppnet_gates::{Layout, PpnetGates, PpnetGatesKind, PpnetGatesParams};
 pub use ppnet_tower::{PpnetTower, PpnetTowerKind, PpnetTowerParams};
@@ -159,6 +160,20 @@ pub fn expand_pepnet(p: &PepnetParams, env: &GraphEnv) -> Result<Vec<NodeSpec>> 
         return Err(param_error(
             "epnet",
             "`epnet` and `ppnet` are both false: that is Shared-Bottom without a bottom (use `shared-bottom`)".into(),
+        ));
+    }
+    if !p.epnet && !p.domain_features.is_empty() {
+        return Err(param_error(
+            "domain_features",
+            "`domain_features` are read by EPNet only, and `epnet = false`: remove them or turn EPNet on".into(),
+        ));
+    }
+    check_gate(p.gate_hidden, p.gamma).map_err(|(key, m)| param_error(key, m))?;
+    check_units(&p.tower_units, true).map_err(|m| param_error("tower_units", m))?;
+    if p.epnet && p.domain_dim == 0 {
+        return Err(param_error(
+            "domain_dim",
+            "`domain_dim` must be at least 1 (the width of EPNet's domain id embedding)".into(),
         ));
     }
     let mut nodes = Vec::new();

@@ -150,7 +150,7 @@ impl Kind for PpnetGatesKind {
         if p.tasks == 0 {
             return Err("`tasks` must be at least 1".into());
         }
-        check_gate(p.gate_hidden, p.gamma)?;
+        check_gate(p.gate_hidden, p.gamma).map_err(|(_, m)| m)?;
         Ok(Port::Dense {
             width: Layout::new(io.inputs[0].width(), &p.units, p.tasks).width(),
         })
