@@ -16,7 +16,7 @@ const TRAIN: &str = "\n[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n";
 
 fn template(arch: &str) -> LoadedConfig {
     mtrec_runner::link_builtin_plugins();
-    let data = if arch == "star" || arch == "sar-net" {
+    let data = if ["star", "sar-net", "pepnet"].contains(&arch) {
         DOMAIN_DATA
     } else {
         MMOE_DATA
@@ -49,6 +49,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
         "ple",
         "star",
         "sar-net",
+        "pepnet",
     ] {
         let cfg = template(arch);
         let original = graph_of(&cfg);
@@ -68,7 +69,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
 
 #[test]
 fn printed_graph_trains_to_the_templates_metrics_exactly() {
-    for arch in ["mmoe", "ple", "sar-net"] {
+    for arch in ["mmoe", "ple", "sar-net", "pepnet"] {
         let cfg = template(arch);
         let a = run(&cfg, |_| {}).unwrap();
         let b = run(&printed(&cfg), |_| {}).unwrap();
