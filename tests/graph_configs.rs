@@ -20,7 +20,7 @@ const TRAIN: &str = "\n[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n";
 fn template(arch: &str) -> LoadedConfig {
     mtrec_runner::link_builtin_plugins();
     let data = match arch {
-        "star" | "sar-net" => DOMAIN_DATA,
+        "star" | "sar-net" | "pepnet" => DOMAIN_DATA,
         "aitm" => FUNNEL_DATA,
         _ => MMOE_DATA,
     };
@@ -53,6 +53,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
         "star",
         "sar-net",
         "aitm",
+        "pepnet",
     ] {
         let cfg = template(arch);
         let original = graph_of(&cfg);
@@ -72,7 +73,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
 
 #[test]
 fn printed_graph_trains_to_the_templates_metrics_exactly() {
-    for arch in ["mmoe", "ple", "sar-net", "aitm"] {
+    for arch in ["mmoe", "ple", "sar-net", "aitm", "pepnet"] {
         let cfg = template(arch);
         let a = run(&cfg, |_| {}).unwrap();
         let b = run(&printed(&cfg), |_| {}).unwrap();

@@ -45,6 +45,12 @@ pub const BUILTIN: &[Plugin] = &[
         link: mtrec_omoe::link,
     },
     Plugin {
+        package: "mtrec-pepnet",
+        architectures: &["pepnet"],
+        multi_domain: true,
+        link: mtrec_pepnet::link,
+    },
+    Plugin {
         package: "mtrec-ple",
         architectures: &["ple"],
         multi_domain: false,
