@@ -135,10 +135,18 @@ fn gradients_reach_every_weight_for_every_variant() {
     let d = data(300, 4, 0.5);
     let all: Vec<usize> = (0..300).collect();
     let batch = d.batch(&all, &dev()).unwrap();
+    // Without the sparsity penalty too: it reaches the pruners by itself and
+    // would hide a cut between the factors and the task losses.
     for v in ["binarization", "scaling", "fusion"] {
-        let m = model("adasparse", &d, &table(&format!("variant = \"{v}\"")), 1);
-        let unchanged = mtrec_train::check::unchanged_after_one_step(&m, &batch).unwrap();
-        assert!(unchanged.is_empty(), "{v}: no gradient reached {unchanged:?}");
+        for weight in [0.0, 0.1] {
+            let p = table(&format!("variant = \"{v}\"\nsparsity_weight = {weight:?}"));
+            let m = model("adasparse", &d, &p, 1);
+            let unchanged = mtrec_train::check::unchanged_after_one_step(&m, &batch).unwrap();
+            assert!(
+                unchanged.is_empty(),
+                "{v}, penalty {weight}: no gradient reached {unchanged:?}"
+            );
+        }
     }
 }
 
@@ -432,6 +440,13 @@ fn adasparse_beats_the_unpruned_mlp_on_shifted_domains() {
         &sp,
     );
     eprintln!("test AUC: AdaSparse {ada:?}, MLP {mlp:?}");
+    // Measured: AdaSparse 0.729 / 0.784, MLP 0.671 / 0.782 (mean margin
+    // 0.030). Data and model seeds 12..=17 gave mean margins 0.009 to 0.033
+    // for Fusion (the default), every task better. Asserted: every task
+    // better, mean margin > 0.01.
     let margin = (ada[0] - mlp[0] + ada[1] - mlp[1]) / 2.0;
-    assert!(margin > 0.0, "AdaSparse {ada:?} vs MLP {mlp:?}: mean margin {margin}");
+    assert!(
+        (0..2).all(|t| ada[t] > mlp[t]) && margin > 0.01,
+        "AdaSparse {ada:?} vs MLP {mlp:?}: mean margin {margin}"
+    );
 }
