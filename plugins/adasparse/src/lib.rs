@@ -34,11 +34,18 @@
 //!
 //! # Choices the paper leaves open (or that we could not read off it)
 //!
+//! The paper's method section itself was not available when this crate was
+//! written (only its abstract, summaries of it and public implementations):
+//! the variants' formulas above follow those, and where the paper's exact
+//! form is unknown (the sharpness schedule, the regulariser's algebra) the
+//! choice is ours and said so below.
+//!
 //! - **Pruner input.** The pruner of layer `l` reads that layer's output
 //!   `h_l` (after the activation) and the domain embedding, and its factors
-//!   multiply that same `h_l`, as in the paper's figure; the gradient flows
-//!   through both paths. Only hidden layers are pruned, not the embedding
-//!   layer.
+//!   multiply that same `h_l` (the paper's summaries: the pruner takes the
+//!   layer's hidden representation with the domain embedding); the gradient
+//!   flows through both paths. Only hidden layers are pruned, not the
+//!   embedding layer.
 //! - **Domain embedding.** The pruners share one embedding of the domain id
 //!   `[D, domain_dim]` (N(0, 1) start, so that domains start apart), owned by
 //!   the component: the domain id is the one domain-aware feature every
