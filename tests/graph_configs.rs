@@ -19,10 +19,12 @@ const TRAIN: &str = "\n[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n";
 
 fn template(arch: &str) -> LoadedConfig {
     mtrec_runner::link_builtin_plugins();
-    let data = match arch {
-        "star" | "sar-net" | "pepnet" => DOMAIN_DATA,
-        "aitm" => FUNNEL_DATA,
-        _ => MMOE_DATA,
+    let data = if arch == "aitm" {
+        FUNNEL_DATA
+    } else if !mtrec_plugins::architectures(true).contains(&arch) {
+        DOMAIN_DATA
+    } else {
+        MMOE_DATA
     };
     let text = format!("{data}\n[model]\narch = \"{arch}\"\n{TRAIN}");
     parse(&text, Path::new(&format!("{arch}.toml")), &[]).unwrap()
@@ -43,18 +45,7 @@ fn printed(cfg: &LoadedConfig) -> LoadedConfig {
 
 #[test]
 fn every_template_prints_a_graph_that_parses_back_identical() {
-    for arch in [
-        "mmoe",
-        "omoe",
-        "shared-bottom",
-        "single-task",
-        "cgc",
-        "ple",
-        "star",
-        "sar-net",
-        "aitm",
-        "pepnet",
-    ] {
+    for arch in mtrec_plugins::architectures(false) {
         let cfg = template(arch);
         let original = graph_of(&cfg);
         let again = graph_of(&printed(&cfg));
@@ -73,7 +64,7 @@ fn every_template_prints_a_graph_that_parses_back_identical() {
 
 #[test]
 fn printed_graph_trains_to_the_templates_metrics_exactly() {
-    for arch in ["mmoe", "ple", "sar-net", "aitm", "pepnet"] {
+    for arch in ["mmoe", "ple", "sar-net", "aitm", "pepnet", "adasparse"] {
         let cfg = template(arch);
         let a = run(&cfg, |_| {}).unwrap();
         let b = run(&printed(&cfg), |_| {}).unwrap();

@@ -21,6 +21,12 @@ pub struct Plugin {
 /// Every built-in plugin, by package name.
 pub const BUILTIN: &[Plugin] = &[
     Plugin {
+        package: "mtrec-adasparse",
+        architectures: &["adasparse"],
+        multi_domain: true,
+        link: mtrec_adasparse::link,
+    },
+    Plugin {
         package: "mtrec-aitm",
         architectures: &["aitm"],
         multi_domain: false,
