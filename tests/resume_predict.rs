@@ -475,3 +475,95 @@ label = { column = "click" }
     }
     std::fs::remove_dir_all(&data).ok();
 }
+
+/// Runs `text` (with `--set`s) on the files of `data` into `out`, warm
+/// started from `from`.
+fn warm_run(data: &Path, out: &Path, from: &Path, grow: bool, sets: &[&str]) -> mtrec_runner::Result<()> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let mut cfg = parse(CSV_CONFIG, &data.join("config.toml"), &sets)?;
+    cfg.data_dir = Some(data.to_path_buf());
+    let opts = RunOptions {
+        out: Some(out.to_path_buf()),
+        init_from: Some(mtrec_runner::run::InitFrom {
+            dir: from.to_path_buf(),
+            grow_vocabularies: grow,
+        }),
+        ..RunOptions::default()
+    };
+    run_with(&cfg, opts, |_| {}).map(|_| ())
+}
+
+/// The rows of `feature` in the model's tables.
+fn feature_rows(m: &Model, feature: &str) -> Vec<Vec<f32>> {
+    let f = m.field_rows().into_iter().find(|f| f.feature == feature).unwrap();
+    let table = m.params().tables().into_iter().find(|(n, _)| *n == f.table).unwrap().1;
+    let rows: Vec<Vec<f32>> = table.as_tensor().to_vec2().unwrap();
+    rows[f.offset..f.offset + f.rows].to_vec()
+}
+
+/// `--init-from`: a trained run continued on new files starts from its
+/// best weights and its preprocessing (with lr 1e-30 nothing moves, so the new
+/// run's weights are the trained ones exactly); `--grow-vocabularies`
+/// appends the new files' unseen users after the trained ids, with the
+/// trained rows kept and the other fields' rows moved to their new offsets.
+#[test]
+fn warm_start_continues_a_trained_model_on_new_files() {
+    mtrec_runner::link_builtin_plugins();
+    let day1 = temp("warm-day1");
+    write_csv(&day1.join("train.csv"), 600, 1, false);
+    write_csv(&day1.join("valid.csv"), 200, 2, false);
+    write_csv(&day1.join("test.csv"), 200, 3, false);
+    let trained = temp("warm-trained");
+    run_csv(CSV_CONFIG, &day1, &trained);
+    let day2 = temp("warm-day2");
+    write_csv(&day2.join("train.csv"), 600, 4, true);
+    write_csv(&day2.join("valid.csv"), 200, 5, true);
+    write_csv(&day2.join("test.csv"), 200, 6, true);
+    let a = load_trained(&trained).unwrap();
+
+    let kept = temp("warm-kept");
+    warm_run(&day2, &kept, &trained, false, &["train.lr=1e-30", "train.epochs=1"]).unwrap();
+    let b = load_trained(&kept).unwrap();
+    assert_eq!(
+        b.preprocessor, a.preprocessor,
+        "the trained run's preprocessing, unchanged"
+    );
+    assert_eq!(weights(&b.model), weights(&a.model));
+
+    let grown = temp("warm-grown");
+    warm_run(&day2, &grown, &trained, true, &["train.lr=1e-30", "train.epochs=1"]).unwrap();
+    let c = load_trained(&grown).unwrap();
+    let users = |p: &mtrec_data::Preprocessor| -> Vec<String> {
+        match &p.sparse[0].encoding {
+            mtrec_data::preprocess::Encoding::Vocab { vocab } => vocab.values().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (old, new) = (users(&a.preprocessor), users(&c.preprocessor));
+    assert_eq!(new[..old.len()], old[..], "trained ids kept");
+    assert_eq!(new[old.len()..], ["new-user".to_string()], "the unseen user appended");
+    let (ra, rc) = (feature_rows(&a.model, "user"), feature_rows(&c.model, "user"));
+    assert_eq!(rc.len(), ra.len() + 1);
+    assert_eq!(rc[..ra.len()], ra[..]);
+    assert_eq!(
+        feature_rows(&c.model, "city"),
+        feature_rows(&a.model, "city"),
+        "moved, not changed"
+    );
+
+    // Another [model] cannot continue this one; nor can generated data.
+    let err = warm_run(&day2, &temp("warm-bad"), &trained, false, &["model.experts=2"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot continue") && err.contains("[model] sizes"),
+        "{err}"
+    );
+    let err = warm_run(&day2, &temp("warm-bad2"), &trained, false, &["data.dense=[]"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trained run's") && err.contains("dense"), "{err}");
+    for d in [day1, day2, trained, kept, grown] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

@@ -59,6 +59,17 @@ enum Command {
         /// epoch, with the config saved there.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["arch", "config", "sets"])]
         resume: Option<PathBuf>,
+        /// Warm start: train the model of this finished run further on the
+        /// config's files, with the run's preprocessing and best weights (a
+        /// fresh optimizer). The config's [model], columns and tasks must be
+        /// the run's.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+        init_from: Option<PathBuf>,
+        /// With --init-from: append ids first seen in the new training rows
+        /// to the vocabularies (new embedding rows start fresh, trained rows
+        /// are kept); without it they are out-of-vocabulary, as in serving.
+        #[arg(long, requires = "init_from")]
+        grow_vocabularies: bool,
         /// Print only the final report.
         #[arg(long)]
         quiet: bool,
@@ -205,6 +216,8 @@ fn real_main() -> Result<()> {
             cfg,
             out,
             resume,
+            init_from,
+            grow_vocabularies,
             quiet,
         } => {
             let resuming = resume.is_some();
@@ -235,6 +248,7 @@ fn real_main() -> Result<()> {
                 on_read: Some(&mut on_read),
                 on_batch: Some(&mut on_batch),
                 on_test: None,
+                init_from: init_from.map(|dir| mtrec_runner::run::InitFrom { dir, grow_vocabularies }),
             };
             let result = run_with(&loaded, opts, |log| progress.borrow_mut().on_epoch(log));
             progress.borrow().finish();

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use mtrec_core::protocol::{parse_value, to_table};
 use mtrec_core::{DomainEmbedding, FeatureSpec, TaskInfo};
-use mtrec_data::preprocess::Progress;
+use mtrec_data::preprocess::{Fitting, Progress};
 use mtrec_data::schema::FileFormat;
-use mtrec_data::tabular::load_split;
+use mtrec_data::tabular::load_split_fitted;
 use mtrec_data::{
     split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Preprocessor, Split, StreamOptions, StreamedData,
     TabularSchema,
@@ -163,6 +163,16 @@ pub fn data_dir(cfg: &LoadedConfig) -> Result<PathBuf> {
 /// Reads or generates the data described by `[data]`. `progress` sees the
 /// reading of tabular files.
 pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>)>) -> Result<Prepared> {
+    prepare_fitted(cfg, progress, Fitting::Fresh)
+}
+
+/// [`prepare`] with a tabular source's preprocessing obtained as `fitting`
+/// says (a trained run's, kept or grown: warm start; a resumed run's own).
+pub fn prepare_fitted(
+    cfg: &LoadedConfig,
+    progress: Option<&mut dyn FnMut(&Progress<'_>)>,
+    fitting: Fitting<'_>,
+) -> Result<Prepared> {
     let d = &cfg.config.data;
     let streaming = stream_options(cfg)?;
     let generated = |data: Dataset, table: toml::Table, seed: u64| -> Result<Prepared> {
@@ -256,13 +266,14 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
             resolved.remove("source");
             let (rows, preprocessor) = match streaming {
                 Some(options) => {
-                    let streamed = StreamedData::open(
+                    let streamed = StreamedData::open_fitted(
                         &schema,
                         &cfg.config.tasks,
                         Some(base.as_path()),
                         d.split,
                         seed,
                         options,
+                        fitting,
                         progress,
                     )
                     .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;
@@ -270,12 +281,13 @@ pub fn prepare(cfg: &LoadedConfig, progress: Option<&mut dyn FnMut(&Progress<'_>
                     (Rows::Streamed(streamed), pre)
                 }
                 None => {
-                    let loaded = load_split(
+                    let loaded = load_split_fitted(
                         &schema,
                         &cfg.config.tasks,
                         Some(base.as_path()),
                         d.split,
                         seed,
+                        fitting,
                         progress,
                     )
                     .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;

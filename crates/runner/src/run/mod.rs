@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use mtrec_core::{registry, GraphEnv, GraphSpec, Model, TaskInfo, TaskKind};
 use mtrec_data::preprocess::Progress;
-use mtrec_data::{Dataset, LabelCount, Part, Preprocessor};
+use mtrec_data::{Dataset, Fitting, LabelCount, Part, Preprocessor};
 use mtrec_train::{
     evaluate, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator, InMemory, Report, SplitRows,
     Streamed, TrainOptions, TrainSource,
@@ -77,6 +77,33 @@ pub struct RunOptions<'a> {
     /// that epoch's weights (test curves, e.g. `reproduce`); one extra
     /// evaluation per epoch. Not called in a resumed run.
     pub on_test: Option<&'a mut OnTest<'a>>,
+    /// Warm start: begin from this trained run's weights and preprocessing
+    /// instead of fresh ones (`mtrec run --init-from`).
+    pub init_from: Option<InitFrom>,
+}
+
+/// A trained run to continue on new data ([`RunOptions::init_from`]).
+#[derive(Clone, Debug)]
+pub struct InitFrom {
+    /// The trained run's folder.
+    pub dir: PathBuf,
+    /// Append the values first seen in the new training rows to the
+    /// vocabularies (their embedding rows start fresh; trained rows keep
+    /// their values); else unseen values are out-of-vocabulary as in serving.
+    pub grow_vocabularies: bool,
+}
+
+/// The trained run a warm start begins from: its model, weights and
+/// preprocessing. Only a run trained on files, continued on files.
+fn warm_source(cfg: &LoadedConfig, from: &InitFrom) -> Result<layout::Trained> {
+    if !matches!(cfg.config.data.source.as_str(), "csv" | "parquet") {
+        return Err(cfg.error(
+            "data",
+            Some("source"),
+            "--init-from continues a model trained on files with new files: [data] source must be `csv` or `parquet`",
+        ));
+    }
+    layout::load_trained(&from.dir)
 }
 
 /// Expands the config's architecture into a graph for the given data;
@@ -275,7 +302,24 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         Some(dir) => Some(open_run_folder(dir, opts.resume)?),
         None => None,
     };
-    let prepared = prepare(cfg, opts.on_read)?;
+    let trained = match &opts.init_from {
+        Some(from) => Some(warm_source(cfg, from)?),
+        None => None,
+    };
+    // A resumed run reads its files with the preprocessing it saved (a
+    // warm-started run's is the trained run's, perhaps grown; a fresh run's
+    // is what a refit would give).
+    let saved = match opts.out.as_ref().filter(|_| opts.resume) {
+        Some(dir) if dir.join(PREPROCESS_FILE).exists() => Some(Preprocessor::load(&dir.join(PREPROCESS_FILE))?),
+        _ => None,
+    };
+    let fitting = match (&trained, &opts.init_from, &saved) {
+        (_, _, Some(p)) => Fitting::Keep(p),
+        (Some(t), Some(from), None) if from.grow_vocabularies => Fitting::Grow(&t.preprocessor),
+        (Some(t), _, None) => Fitting::Keep(&t.preprocessor),
+        _ => Fitting::Fresh,
+    };
+    let prepared = crate::source::prepare_fitted(cfg, opts.on_read, fitting)?;
     let (graph, model_params) = expand(cfg, &prepared)?;
     check_batch_statistics(cfg, &graph, cfg.config.train.batch_size)?;
     let mut train_cfg = cfg.config.train.clone();
@@ -293,6 +337,17 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         &Device::Cpu,
     )
     .map_err(|e| cfg.model_error(e))?;
+    if let (Some(t), Some(from)) = (&trained, &opts.init_from) {
+        let done = mtrec_core::warm::copy_trained(&t.model, &model).map_err(|e| RunError::RunFolder {
+            dir: from.dir.clone(),
+            problem: format!("cannot continue its model with this config: {e}"),
+        })?;
+        if crate::distributed::is_root() {
+            for (feature, old, new) in &done.grown {
+                eprintln!("warm start: `{feature}` grew from {old} to {new} ids (new rows start fresh)");
+            }
+        }
+    }
     let names: Vec<String> = prepared.tasks.iter().map(|t| t.name.clone()).collect();
     train_cfg.validate(&names).map_err(|e| cfg.error("train", None, e))?;
     check_validation_metrics(cfg, &prepared, train_cfg.eval_batch_size)?;
