@@ -211,8 +211,8 @@ fn domain_as_feature_widens_the_input_and_its_errors_name_the_key() {
     )
     .unwrap();
     let (a, b) = (run(&base, |_| {}).unwrap(), run(&with, |_| {}).unwrap());
-    assert!(b.params.tensors().contains_key("features.domain"));
-    assert!(!a.params.tensors().contains_key("features.domain"));
+    assert!(b.models[0].params.tensors().contains_key("features.domain"));
+    assert!(!a.models[0].params.tensors().contains_key("features.domain"));
     // 3 domains x 3, plus 3 more input columns into each of the 8 experts and 2 gates.
     assert_eq!(b.report.parameters, a.report.parameters + 9 + 3 * 8 * 16 + 3 * 2 * 8);
 

@@ -614,6 +614,25 @@ impl Dataset {
         })
     }
 
+    /// The same rows with only task `task`'s labels and masks: the data a
+    /// one-task model of that task trains on (the single-task baseline's
+    /// K independent models, each fed one column of the labels).
+    pub fn only_task(&self, task: usize) -> Result<Dataset> {
+        let k = self.task_count();
+        let Some(info) = self.tasks.get(task) else {
+            return Err(DataError::InvalidDataset(format!(
+                "task index {task} is out of range: the dataset has {k} tasks"
+            )));
+        };
+        let column = |v: &[f32]| v.iter().skip(task).step_by(k).copied().collect();
+        Ok(Dataset {
+            tasks: vec![info.clone()],
+            labels: column(&self.labels),
+            masks: column(&self.masks),
+            ..self.clone()
+        })
+    }
+
     /// Gathers the listed rows, in order, into tensors on `device`:
     /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
     /// Sequence columns become `inputs.sequences` (`[B, max_len]` `u32` ids

@@ -373,6 +373,41 @@ pub fn evaluate_batches(
 }
 
 impl Evaluation {
+    /// The evaluations of models with disjoint tasks on the same rows, as
+    /// one: tasks (and each domain's cells) in the order of `parts`, gates
+    /// of every part. The single-task baseline's K one-task models are
+    /// reported this way. Every part must hold the same domains.
+    pub fn concat_tasks(parts: Vec<Evaluation>) -> Result<Evaluation> {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else {
+            return Ok(Evaluation {
+                tasks: Vec::new(),
+                utilisation: Vec::new(),
+                domains: Vec::new(),
+            });
+        };
+        for part in parts {
+            let same = part.domains.len() == all.domains.len()
+                && part
+                    .domains
+                    .iter()
+                    .zip(&all.domains)
+                    .all(|(a, b)| a.domain == b.domain && a.rows == b.rows);
+            if !same {
+                return Err(crate::TrainError::Invalid(
+                    "evaluations joined task by task must cover the same domains and rows".into(),
+                ));
+            }
+            all.tasks.extend(part.tasks);
+            all.utilisation.extend(part.utilisation);
+            for (d, p) in all.domains.iter_mut().zip(part.domains) {
+                d.tasks.extend(p.tasks);
+                d.utilisation.extend(p.utilisation);
+            }
+        }
+        Ok(all)
+    }
+
     /// The early-stopping score, higher is better: the mean over tasks of AUC
     /// (binary) or -MSE (regression).
     pub fn score(&self) -> f64 {

@@ -40,13 +40,15 @@ use crate::config::{self, LoadedConfig, RunConfig};
 use crate::error::{encode, io, Result, RunError};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
+pub mod independent;
 pub mod layout;
 pub mod predict;
 
+pub use independent::{task_dir, SINGLE_TASK, TASKS_DIR};
 use layout::{append_history, open_run_folder, resume_error, write};
 pub use layout::{
-    default_run_dir, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE, HISTORY_FILE,
-    PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
+    default_run_dir, has_checkpoint, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE,
+    HISTORY_FILE, PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
 };
 pub use predict::{eval_file, predict_file};
 
@@ -55,10 +57,18 @@ pub use predict::{eval_file, predict_file};
 pub struct RunResult {
     pub report: Report,
     pub resolved: RunConfig,
+    /// The trained model; for the single-task baseline one per task, in
+    /// task order (`independent`).
+    pub models: Vec<TrainedModel>,
+    pub preprocessor: Option<Preprocessor>,
+}
+
+/// One trained model of a run.
+#[derive(Debug)]
+pub struct TrainedModel {
     pub graph: GraphSpec,
     /// The trained weights (those of the best validation epoch).
     pub params: mtrec_core::ParamStore,
-    pub preprocessor: Option<Preprocessor>,
 }
 
 /// The per-epoch test hook of [`RunOptions::on_test`].
@@ -75,7 +85,8 @@ pub struct RunOptions<'a> {
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
     /// Called after every trained epoch with the test rows' evaluation of
     /// that epoch's weights (test curves, e.g. `reproduce`); one extra
-    /// evaluation per epoch. Not called in a resumed run.
+    /// evaluation per epoch. Not called in a resumed run. Single-task:
+    /// called by each task's model with its own task's evaluation.
     pub on_test: Option<&'a mut OnTest<'a>>,
 }
 
@@ -267,7 +278,7 @@ pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_ba
 }
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
-pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
     // Rank 0 alone writes the folder (distributed runs; see crate::distributed).
     let root = crate::distributed::is_root();
     // Held until the run ends (dropped on return, error or not).
@@ -275,7 +286,36 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         Some(dir) => Some(open_run_folder(dir, opts.resume)?),
         None => None,
     };
-    let prepared = prepare(cfg, opts.on_read)?;
+    let RunOptions {
+        out,
+        resume,
+        on_read,
+        on_batch,
+        on_test,
+    } = opts;
+    let prepared = prepare(cfg, on_read)?;
+    let opts = RunOptions {
+        out,
+        resume,
+        on_read: None,
+        on_batch,
+        on_test,
+    };
+    if independent::applies(cfg, &prepared) {
+        return independent::run(cfg, prepared, opts, on_epoch);
+    }
+    run_prepared(cfg, prepared, opts, on_epoch)
+}
+
+/// [`run_with`] on data already read or generated (`opts.on_read` unused;
+/// the folder already locked).
+fn run_prepared(
+    cfg: &LoadedConfig,
+    prepared: Prepared,
+    opts: RunOptions<'_>,
+    mut on_epoch: impl FnMut(&EpochLog),
+) -> Result<RunResult> {
+    let root = crate::distributed::is_root();
     let (graph, model_params) = expand(cfg, &prepared)?;
     check_batch_statistics(cfg, &graph, cfg.config.train.batch_size)?;
     let mut train_cfg = cfg.config.train.clone();
@@ -432,25 +472,25 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         valid,
         test,
         outcome,
+        task_outcomes: Vec::new(),
     };
-    let result = RunResult {
-        report,
-        resolved,
-        graph,
-        params: model.params().clone(),
-        preprocessor: prepared.preprocessor,
-    };
+    let params = model.params().clone();
     if let Some(dir) = opts.out.as_ref().filter(|_| root) {
-        result.params.save(&dir.join(WEIGHTS_FILE))?;
-        let json = serde_json::to_string_pretty(&result.report).map_err(|e| encode("the report")(&e))?;
+        params.save(&dir.join(WEIGHTS_FILE))?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| encode("the report")(&e))?;
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
         // Plots are feedback: a drawing failure must not lose a finished run.
-        if let Err(e) = crate::plot::run_plots(dir, &result.report) {
+        if let Err(e) = crate::plot::run_plots(dir, &report) {
             eprintln!("warning: {e}");
         }
         crate::folder::unify_permissions(dir)?;
     }
-    Ok(result)
+    Ok(RunResult {
+        report,
+        resolved,
+        models: vec![TrainedModel { graph, params }],
+        preprocessor: prepared.preprocessor,
+    })
 }
 
 /// The metrics of `batches` and the number of rows evaluated.
