@@ -754,6 +754,26 @@ mod tests {
         }
     }
 
+    /// Task 1 ("time") alone: its labels r/10 and masks r % 2, the inputs
+    /// and domains untouched.
+    #[test]
+    fn only_task_keeps_one_label_column() {
+        let d = small();
+        let t = d.only_task(1).unwrap();
+        assert_eq!(t.tasks, vec![task("time", TaskKind::Regression)]);
+        assert_eq!(t.labels, [0.0, 0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(t.masks, [0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(t.rows(), 5);
+        assert_eq!(t.sparse, d.sparse);
+        assert_eq!(t.dense, d.dense);
+        assert_eq!(t.domains, d.domains);
+        let c = d.only_task(0).unwrap();
+        assert_eq!(c.labels, [0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(c.masks, [1.0; 5]);
+        assert!(rebuild(t).is_ok());
+        assert!(err_text(d.only_task(2)).contains("task index 2"));
+    }
+
     #[test]
     fn counts() {
         let d = small();

@@ -440,6 +440,32 @@ mod tests {
         .unwrap()
     }
 
+    /// An evaluation cut task by task (gates with the first part) joins
+    /// back into the whole: tasks and every domain's cells in order.
+    #[test]
+    fn concat_tasks_joins_column_by_column() {
+        let data = multi_domain(300);
+        let whole = evaluate(&model(&data), &data, &(0..300).collect::<Vec<_>>(), 64).unwrap();
+        let part = |k: usize| Evaluation {
+            tasks: vec![whole.tasks[k].clone()],
+            utilisation: if k == 0 { whole.utilisation.clone() } else { vec![] },
+            domains: whole
+                .domains
+                .iter()
+                .map(|d| DomainResult {
+                    tasks: vec![d.tasks[k].clone()],
+                    utilisation: if k == 0 { d.utilisation.clone() } else { vec![] },
+                    ..d.clone()
+                })
+                .collect(),
+        };
+        assert_eq!(whole.tasks.len(), 2);
+        assert_eq!(Evaluation::concat_tasks(vec![part(0), part(1)]).unwrap(), whole);
+        let mut other = part(1);
+        other.domains.pop();
+        assert!(Evaluation::concat_tasks(vec![part(0), other]).is_err());
+    }
+
     #[test]
     fn domain_by_task_grid_for_multi_domain_data() {
         let data = multi_domain(600);
