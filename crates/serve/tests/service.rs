@@ -452,12 +452,12 @@ async fn the_load_generator_counts_answers_and_malformed_requests() {
 async fn single_task_run_is_served_column_by_column() {
     let (data, _) = run();
     let out = common::temp("single-task-run");
-    // Two tasks (the second on the same label column, weighted otherwise).
-    let second = "\n[[tasks]]\nname = \"again\"\nkind = \"binary\"\nlabel = { column = \"click\" }\nweight = 0.5\n";
-    let config = format!(
-        "{}{second}",
-        common::CONFIG.replace("arch = \"mmoe\"\nexperts = 2", "arch = \"single-task\"")
-    );
+    // Two tasks: the second tells one user (no longer an input) from the others.
+    let second = "\n[[tasks]]\nname = \"again\"\nkind = \"binary\"\nlabel = { column = \"user\", equals = \"u1\" }\n";
+    let config = common::CONFIG
+        .replace("arch = \"mmoe\"\nexperts = 2", "arch = \"single-task\"")
+        .replace("sparse = [\"user\", \"item\"]", "sparse = [\"item\"]");
+    let config = format!("{config}{second}");
     common::train(&config, data, &out);
     let test = data.join("test.csv");
     let expected = predict_scores(&out, &test);
