@@ -20,6 +20,11 @@
 //! - `run.lock` while the run lives: one run per folder, temporary files of
 //!   killed saves removed at the next start (`crate::folder`).
 //!
+//! A `single-task` run with K > 1 tasks trains K independent one-task runs
+//! ([`independent`]): the folder then holds `config.toml`, `preprocess.json`
+//! and `report.json` (every task) at the top and one complete run folder per
+//! task under `tasks/<task>/`.
+//!
 //! Before training, a run refuses what would train silently wrong:
 //! `[train] batch_size = 1` with a node normalising by batch statistics
 //! ([`check_batch_statistics`]), and validation rows on which no task has a
@@ -553,8 +558,15 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
         params,
     };
     let text = toml::to_string(&c).map_err(|e| encode("the graph config")(&e))?;
+    let note = if independent::applies(cfg, &prepared) {
+        "# Note: `single-task` trains one model per task (`[[tasks]]` restricted to it), each with its own\n\
+         # input layer and best epoch; this one graph over every task shares the input layer and one best\n\
+         # epoch, so it is not the single-task baseline.\n"
+    } else {
+        ""
+    };
     Ok(format!(
-        "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
+        "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{note}{text}",
         cfg.config.model.arch
     ))
 }
