@@ -79,3 +79,30 @@ pub fn is_png(path: &std::path::Path) -> bool {
     const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
     std::fs::read(path).is_ok_and(|b| b.len() > SIGNATURE.len() && b.starts_with(&SIGNATURE))
 }
+
+/// A small CSV data set with signal in a category and a number: columns
+/// `user,city,age,click,spend` (`click` binary, `spend` a regression target);
+/// with `unseen`, every tenth row's user is one no training file holds.
+pub fn write_csv(path: &std::path::Path, rows: usize, seed: u64, unseen: bool) {
+    use std::fmt::Write as _;
+    let mut s = String::from("user,city,age,click,spend\n");
+    let mut x = seed;
+    for r in 0..rows {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let user = (x >> 33) % 20;
+        let city = ["paris", "lyon", "nice"][((x >> 40) % 3) as usize];
+        let age = 18 + (x >> 45) % 60;
+        let noise = ((x >> 20) % 100) as f64 / 100.0;
+        let score = (user as f64 / 20.0) + (age as f64 - 48.0) / 60.0 + noise - 0.5;
+        let click = u8::from(score > 0.0);
+        let user = if unseen && r % 10 == 0 {
+            "new-user".to_string()
+        } else {
+            format!("u{user}")
+        };
+        let _ = writeln!(s, "{user},{city},{age},{click},{:.3}", 2.0 * score + 1.0);
+    }
+    if let Err(e) = std::fs::write(path, s) {
+        panic!("{}: {e}", path.display());
+    }
+}

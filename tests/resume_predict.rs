@@ -9,7 +9,7 @@ use mtrec_core::{Model, TaskKind};
 use mtrec_data::split;
 use mtrec_runner::config::parse;
 use mtrec_runner::run::{eval_file, load_trained, predict_file, run_with, RunOptions};
-use mtrec_tests::{build, synthetic};
+use mtrec_tests::{build, synthetic, write_csv};
 use mtrec_train::{auc, train_with, BalancerConfig, Checkpointer, TrainConfig, TrainOptions};
 
 fn temp(name: &str) -> PathBuf {
@@ -225,28 +225,6 @@ fn resume_refuses_a_checkpoint_of_another_model() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A small CSV data set with signal in a category and a number.
-fn write_csv(path: &Path, rows: usize, seed: u64, unseen: bool) {
-    let mut s = String::from("user,city,age,click,spend\n");
-    let mut x = seed;
-    for r in 0..rows {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let user = (x >> 33) % 20;
-        let city = ["paris", "lyon", "nice"][((x >> 40) % 3) as usize];
-        let age = 18 + (x >> 45) % 60;
-        let noise = ((x >> 20) % 100) as f64 / 100.0;
-        let score = (user as f64 / 20.0) + (age as f64 - 48.0) / 60.0 + noise - 0.5;
-        let click = u8::from(score > 0.0);
-        let user = if unseen && r % 10 == 0 {
-            "new-user".to_string()
-        } else {
-            format!("u{user}")
-        };
-        let _ = writeln!(s, "{user},{city},{age},{click},{:.3}", 2.0 * score + 1.0);
-    }
-    std::fs::write(path, s).unwrap();
-}
-
 /// Runs config `text` on the files of folder `data` into run folder `out`.
 fn run_csv(text: &str, data: &Path, out: &Path) -> mtrec_runner::run::RunResult {
     let mut cfg = parse(text, &data.join("config.toml"), &[]).unwrap();
@@ -348,7 +326,7 @@ fn predict_on_the_test_file_reproduces_the_evaluation() {
     predict_file(&out, &data.join("new.csv"), &out.join("new-scores.csv")).unwrap();
     // And a trained model reloads with the same graph and weights.
     let trained = load_trained(&out).unwrap();
-    assert_eq!(trained.model.params().parameter_count(), result.report.parameters);
+    assert_eq!(trained.parameter_count(), result.report.parameters);
     std::fs::remove_dir_all(&data).ok();
     std::fs::remove_dir_all(&out).ok();
 }
@@ -528,7 +506,7 @@ fn warm_start_continues_a_trained_model_on_new_files() {
         b.preprocessor, a.preprocessor,
         "the trained run's preprocessing, unchanged"
     );
-    assert_eq!(weights(&b.model), weights(&a.model));
+    assert_eq!(weights(&b.models[0]), weights(&a.models[0]));
 
     let grown = temp("warm-grown");
     warm_run(&day2, &grown, &trained, true, &["train.lr=1e-30", "train.epochs=1"]).unwrap();
@@ -542,12 +520,12 @@ fn warm_start_continues_a_trained_model_on_new_files() {
     let (old, new) = (users(&a.preprocessor), users(&c.preprocessor));
     assert_eq!(new[..old.len()], old[..], "trained ids kept");
     assert_eq!(new[old.len()..], ["new-user".to_string()], "the unseen user appended");
-    let (ra, rc) = (feature_rows(&a.model, "user"), feature_rows(&c.model, "user"));
+    let (ra, rc) = (feature_rows(&a.models[0], "user"), feature_rows(&c.models[0], "user"));
     assert_eq!(rc.len(), ra.len() + 1);
     assert_eq!(rc[..ra.len()], ra[..]);
     assert_eq!(
-        feature_rows(&c.model, "city"),
-        feature_rows(&a.model, "city"),
+        feature_rows(&c.models[0], "city"),
+        feature_rows(&a.models[0], "city"),
         "moved, not changed"
     );
 

@@ -131,7 +131,12 @@ fn every_shipped_config_trains_one_epoch() {
         let mut cfg = config::load(&path, &sets).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         cfg.data_dir = data_dir;
         let r = run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(r.report.outcome.history.len(), 1);
+        // single-task: one independent model per task, each with its history.
+        let outcomes = match r.report.task_outcomes.as_slice() {
+            [] => vec![&r.report.outcome],
+            per_task => per_task.iter().map(|t| &t.outcome).collect(),
+        };
+        assert!(outcomes.iter().all(|o| o.history.len() == 1), "{}", path.display());
         seen += 1;
         if path.parent().is_some_and(|p| p.ends_with("examples")) {
             assert!(
@@ -211,8 +216,8 @@ fn domain_as_feature_widens_the_input_and_its_errors_name_the_key() {
     )
     .unwrap();
     let (a, b) = (run(&base, |_| {}).unwrap(), run(&with, |_| {}).unwrap());
-    assert!(b.params.tensors().contains_key("features.domain"));
-    assert!(!a.params.tensors().contains_key("features.domain"));
+    assert!(b.models[0].params.tensors().contains_key("features.domain"));
+    assert!(!a.models[0].params.tensors().contains_key("features.domain"));
     // 3 domains x 3, plus 3 more input columns into each of the 8 experts and 2 gates.
     assert_eq!(b.report.parameters, a.report.parameters + 9 + 3 * 8 * 16 + 3 * 2 * 8);
 
@@ -354,7 +359,12 @@ fn batch_size_one_with_batch_statistics_is_refused() {
     ] {
         let cfg = parse(&text, Path::new("ok.toml"), &[]).unwrap();
         let r = run(&cfg, |_| {}).unwrap();
-        assert_eq!(r.report.outcome.history.len(), 1);
+        // single-task: one independent model per task, each with its history.
+        let outcomes = match r.report.task_outcomes.as_slice() {
+            [] => vec![&r.report.outcome],
+            per_task => per_task.iter().map(|t| &t.outcome).collect(),
+        };
+        assert!(outcomes.iter().all(|o| o.history.len() == 1), "{}", path.display());
     }
 }
 

@@ -175,14 +175,14 @@ fn streamed_evaluation_and_prediction_equal_in_memory() {
     let trained = load_trained(&out).unwrap();
     let whole = trained.preprocessor.load_file(&test_path).unwrap();
     let rows: Vec<usize> = (0..whole.rows()).collect();
-    let in_memory = evaluate(&trained.model, &whole, &rows, 100).unwrap();
+    let in_memory = evaluate(&trained.models[0], &whole, &rows, 100).unwrap();
     assert_eq!(streamed_eval, in_memory, "streamed eval = in-memory eval, exactly");
     assert_eq!(report.test, in_memory, "the run's streamed test metrics = in-memory");
     assert!(in_memory.tasks[0].metrics.auc.unwrap() > 0.8);
 
     let scores = dir.join("scores.csv");
     assert_eq!(predict_file(&out, &test_path, &scores).unwrap(), 1000);
-    let outputs = predict(&trained.model, &whole, &rows, 100).unwrap();
+    let outputs = predict(&trained.models[0], &whole, &rows, 100).unwrap();
     let mut expected = String::from("click,spend\n");
     for (click, spend) in outputs[0].iter().zip(&outputs[1]) {
         let p = 1.0 / (1.0 + (-click).exp());

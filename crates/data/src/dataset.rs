@@ -614,6 +614,25 @@ impl Dataset {
         })
     }
 
+    /// The same rows with only task `task`'s labels and masks: the data a
+    /// one-task model of that task trains on (the single-task baseline's
+    /// K independent models, each fed one column of the labels).
+    pub fn only_task(&self, task: usize) -> Result<Dataset> {
+        let k = self.task_count();
+        let Some(info) = self.tasks.get(task) else {
+            return Err(DataError::InvalidDataset(format!(
+                "task index {task} is out of range: the dataset has {k} tasks"
+            )));
+        };
+        let column = |v: &[f32]| v.iter().skip(task).step_by(k).copied().collect();
+        Ok(Dataset {
+            tasks: vec![info.clone()],
+            labels: column(&self.labels),
+            masks: column(&self.masks),
+            ..self.clone()
+        })
+    }
+
     /// Gathers the listed rows, in order, into tensors on `device`:
     /// sparse `[B, F]` `u32`, dense `[B, N]` `f32`, labels and masks `[B, K]` `f32`.
     /// Sequence columns become `inputs.sequences` (`[B, max_len]` `u32` ids
@@ -733,6 +752,26 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Task 1 ("time") alone: its labels r/10 and masks r % 2, the inputs
+    /// and domains untouched.
+    #[test]
+    fn only_task_keeps_one_label_column() {
+        let d = small();
+        let t = d.only_task(1).unwrap();
+        assert_eq!(t.tasks, vec![task("time", TaskKind::Regression)]);
+        assert_eq!(t.labels, [0.0, 0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(t.masks, [0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(t.rows(), 5);
+        assert_eq!(t.sparse, d.sparse);
+        assert_eq!(t.dense, d.dense);
+        assert_eq!(t.domains, d.domains);
+        let c = d.only_task(0).unwrap();
+        assert_eq!(c.labels, [0.0, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(c.masks, [1.0; 5]);
+        assert!(rebuild(t).is_ok());
+        assert!(err_text(d.only_task(2)).contains("task index 2"));
     }
 
     #[test]

@@ -1150,3 +1150,30 @@ fn streamed_gzip_csv_and_parquet_give_every_row_once() {
         "{msg}"
     );
 }
+
+/// One task of a two-task preprocessing is what the one-task config fits
+/// (the other task's label column ignored), and it encodes a file as the
+/// two-task one does, keeping only its own labels.
+#[test]
+fn only_task_is_the_one_task_config() {
+    let dir = TempDir::new("only-task");
+    dir.write(
+        "train.csv",
+        "city,age,click,buy\nparis,30,1,0\nrome,40,0,1\nparis,50,1,1\n",
+    );
+    let two = format!("{BASIC}\n[[tasks]]\nname = \"buy\"\nkind = \"binary\"\nlabel = \"buy\"\n");
+    let (schema, tasks) = config(&two);
+    let both = fit(&dir, &schema, &tasks, "train.csv").expect("fit two tasks");
+    let (schema, tasks) = config(&BASIC.replace("dense = [\"age\"]", "dense = [\"age\"]\nignore = [\"buy\"]"));
+    let click = fit(&dir, &schema, &tasks, "train.csv").expect("fit click alone");
+    assert_eq!(both.only_task(0).expect("task 0"), click);
+    assert!(both.only_task(2).is_none());
+
+    let path = dir.0.join("train.csv");
+    let whole = both.load_file(&path).expect("encode with both");
+    let buy = both.only_task(1).expect("task 1");
+    assert_eq!(buy.ignore, ["click"]);
+    let alone = buy.load_file(&path).expect("encode with buy alone");
+    assert_eq!(alone, whole.only_task(1).expect("column 1"));
+    assert_eq!(alone.labels, [0.0, 1.0, 1.0]);
+}

@@ -13,8 +13,9 @@ use crate::error::{io, Result, RunError};
 use crate::plot::bar_chart;
 use crate::run::run;
 
-/// The architecture every MTL gain is measured against.
-pub const SINGLE_TASK: &str = "single-task";
+/// The architecture every MTL gain is measured against (K independent
+/// one-task models: `crate::run::independent`).
+pub use crate::run::SINGLE_TASK;
 
 /// One architecture's results over the seeds.
 #[derive(Clone, Debug, Serialize, Deserialize)]

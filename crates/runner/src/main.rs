@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use mtrec_runner::progress::RunProgress;
 use mtrec_runner::run::{
-    default_run_dir, eval_file, graph_config_text, load_run_config, predict_file, run_with, RunOptions, CHECKPOINT_DIR,
+    default_run_dir, eval_file, graph_config_text, load_run_config, predict_file, run_with, RunOptions,
 };
 use mtrec_runner::{link_builtin_plugins, Result, RunError};
 use mtrec_train::{domain_table, metrics_table};
@@ -327,7 +327,7 @@ fn real_main() -> Result<()> {
         Command::Serve(args) => mtrec_serve::cli::serve(args, &|dir| {
             let t = mtrec_runner::run::load_trained(dir).map_err(|e| e.to_string())?;
             Ok(mtrec_serve::ModelParts {
-                model: t.model,
+                models: t.models,
                 preprocessor: t.preprocessor,
                 arch: t.config.model.arch,
             })
@@ -351,7 +351,7 @@ fn file_names(paths: &[PathBuf]) -> String {
 
 /// `--resume DIR` continues only a run that has a checkpoint.
 fn check_resumable(dir: &std::path::Path) -> Result<()> {
-    if dir.join(CHECKPOINT_DIR).join("state.json").exists() {
+    if mtrec_runner::run::has_checkpoint(dir) {
         Ok(())
     } else {
         Err(RunError::Usage(format!(

@@ -14,7 +14,9 @@ use crate::error::{Result, ServeError};
 
 /// What a run folder gives a scorer (the runner loads it: `load_trained`).
 pub struct ModelParts {
-    pub model: Model,
+    /// The model; for the single-task baseline one one-task model per task
+    /// (task order), whose outputs are joined column by column.
+    pub models: Vec<Model>,
     pub preprocessor: Preprocessor,
     /// The architecture's name, for the metadata.
     pub arch: String,
@@ -25,7 +27,7 @@ pub struct ModelParts {
 /// and the batching workers score through a shared reference.
 pub struct Scorer {
     name: String,
-    model: Model,
+    models: Vec<Model>,
     pre: Preprocessor,
     columns: Vec<InputColumn>,
     /// Column name -> index in `columns`.
@@ -49,7 +51,7 @@ const REQUEST_SOURCE: &str = "request";
 impl Scorer {
     pub fn new(name: &str, parts: ModelParts) -> Result<Self> {
         let ModelParts {
-            model,
+            models,
             preprocessor: pre,
             arch,
         } = parts;
@@ -63,17 +65,20 @@ impl Scorer {
                 (c.kind == ColumnKind::Sequence).then(|| (i, q.separator.clone()))
             })
             .collect();
-        let metadata = metadata(name, &arch, &model, &pre, &columns);
-        let task_keys = model
-            .tasks()
+        if models.is_empty() {
+            return Err(ServeError::Usage("a run folder gave no model".into()));
+        }
+        let metadata = metadata(name, &arch, &models, &pre, &columns);
+        let task_keys = models
             .iter()
+            .flat_map(|m| m.tasks())
             .map(|t| format!("{}:", Value::String(t.name.clone())))
             .collect();
         Ok(Self {
             name: name.to_string(),
             passive: pre.passive_columns().into_iter().collect(),
             missing: pre.read.missing.first().cloned(),
-            model,
+            models,
             pre,
             columns,
             index,
@@ -92,8 +97,9 @@ impl Scorer {
         &self.metadata
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The served model(s): several for a single-task run (one per task).
+    pub fn models(&self) -> &[Model] {
+        &self.models
     }
 
     pub fn preprocessor(&self) -> &Preprocessor {
@@ -213,20 +219,19 @@ impl Scorer {
     /// the probability for binary tasks, the prediction for regression ones
     /// (as `mtrec predict` writes them).
     pub fn score(&self, data: &Dataset) -> Result<Vec<Vec<f32>>> {
-        let batch = data.to_batch(self.model.device())?;
-        let out = self.model.forward(&batch.inputs, false)?;
-        self.model
-            .tasks()
-            .iter()
-            .zip(&out.outputs)
-            .map(|(t, o)| {
+        let mut columns = Vec::new();
+        for model in &self.models {
+            let batch = data.to_batch(model.device())?;
+            let out = model.forward(&batch.inputs, false)?;
+            for (t, o) in model.tasks().iter().zip(&out.outputs) {
                 let v = o.to_vec1::<f32>()?;
-                Ok(match t.kind {
+                columns.push(match t.kind {
                     TaskKind::Binary => v.into_iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
                     TaskKind::Regression => v,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(columns)
     }
 
     /// `{"predictions": [{"<task>": value, ...}, ...]}` for `outputs` (per
@@ -282,10 +287,10 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// The model's status and metadata (TF-Serving's `model_version_status`
 /// plus what a client needs to build instances).
-fn metadata(name: &str, arch: &str, model: &Model, pre: &Preprocessor, columns: &[InputColumn]) -> Value {
-    let tasks: Vec<Value> = model
-        .tasks()
+fn metadata(name: &str, arch: &str, models: &[Model], pre: &Preprocessor, columns: &[InputColumn]) -> Value {
+    let tasks: Vec<Value> = models
         .iter()
+        .flat_map(|m| m.tasks())
         .map(|t| {
             let (kind, output) = match t.kind {
                 TaskKind::Binary => ("binary", "probability"),
@@ -316,7 +321,7 @@ fn metadata(name: &str, arch: &str, model: &Model, pre: &Preprocessor, columns: 
         "metadata": {
             "name": name,
             "architecture": arch,
-            "parameters": model.params().parameter_count(),
+            "parameters": models.iter().map(|m| m.params().parameter_count()).sum::<usize>(),
             "tasks": tasks,
             "inputs": inputs,
             "accepted_not_read": pre.passive_columns(),

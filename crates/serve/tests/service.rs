@@ -444,3 +444,53 @@ async fn the_load_generator_counts_answers_and_malformed_requests() {
     assert!(err.contains("loopback"), "{err}");
     server.finish().await.unwrap();
 }
+
+/// A single-task run (one independent model per task) is served as one
+/// model: each task's column from its own model, equal to `mtrec predict`,
+/// and the metadata lists every task and the K models' parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_task_run_is_served_column_by_column() {
+    let (data, _) = run();
+    let out = common::temp("single-task-run");
+    // Two tasks: the second tells one user (no longer an input) from the others.
+    let second = "\n[[tasks]]\nname = \"again\"\nkind = \"binary\"\nlabel = { column = \"user\", equals = \"u1\" }\n";
+    let config = common::CONFIG
+        .replace("arch = \"mmoe\"\nexperts = 2", "arch = \"single-task\"")
+        .replace("sparse = [\"user\", \"item\"]", "sparse = [\"item\"]");
+    let config = format!("{config}{second}");
+    common::train(&config, data, &out);
+    let test = data.join("test.csv");
+    let expected = predict_scores(&out, &test);
+    let served = scorer("m", &out);
+    assert_eq!(served.models().len(), 2);
+    let server = Running::start(vec![served], &options(64, Duration::from_micros(200))).await;
+    let mut client = Client::connect(server.addr).await;
+    let (status, answer) = client.post(PREDICT, body(&csv_instances(&test))).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = answer_scores(&answer, &["click", "again"]);
+    assert_eq!(got.len(), expected.len());
+    for (r, (g, e)) in got.iter().zip(&expected).enumerate() {
+        for k in 0..2 {
+            assert!(
+                (g[k] - e[k]).abs() <= 1e-6,
+                "row {r} task {k}: served {} vs predict {}",
+                g[k],
+                e[k]
+            );
+        }
+    }
+    let (_, meta) = client.get("/v1/models/m").await;
+    let m = &meta["metadata"];
+    assert_eq!(m["architecture"], "single-task");
+    let tasks: Vec<&str> = m["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["click", "again"]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(m["parameters"], report["parameters"]);
+    server.finish().await.unwrap();
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -373,6 +373,41 @@ pub fn evaluate_batches(
 }
 
 impl Evaluation {
+    /// The evaluations of models with disjoint tasks on the same rows, as
+    /// one: tasks (and each domain's cells) in the order of `parts`, gates
+    /// of every part. The single-task baseline's K one-task models are
+    /// reported this way. Every part must hold the same domains.
+    pub fn concat_tasks(parts: Vec<Evaluation>) -> Result<Evaluation> {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else {
+            return Ok(Evaluation {
+                tasks: Vec::new(),
+                utilisation: Vec::new(),
+                domains: Vec::new(),
+            });
+        };
+        for part in parts {
+            let same = part.domains.len() == all.domains.len()
+                && part
+                    .domains
+                    .iter()
+                    .zip(&all.domains)
+                    .all(|(a, b)| a.domain == b.domain && a.rows == b.rows);
+            if !same {
+                return Err(crate::TrainError::Invalid(
+                    "evaluations joined task by task must cover the same domains and rows".into(),
+                ));
+            }
+            all.tasks.extend(part.tasks);
+            all.utilisation.extend(part.utilisation);
+            for (d, p) in all.domains.iter_mut().zip(part.domains) {
+                d.tasks.extend(p.tasks);
+                d.utilisation.extend(p.utilisation);
+            }
+        }
+        Ok(all)
+    }
+
     /// The early-stopping score, higher is better: the mean over tasks of AUC
     /// (binary) or -MSE (regression).
     pub fn score(&self) -> f64 {
@@ -403,6 +438,32 @@ mod tests {
         }
         .generate()
         .unwrap()
+    }
+
+    /// An evaluation cut task by task (gates with the first part) joins
+    /// back into the whole: tasks and every domain's cells in order.
+    #[test]
+    fn concat_tasks_joins_column_by_column() {
+        let data = multi_domain(300);
+        let whole = evaluate(&model(&data), &data, &(0..300).collect::<Vec<_>>(), 64).unwrap();
+        let part = |k: usize| Evaluation {
+            tasks: vec![whole.tasks[k].clone()],
+            utilisation: if k == 0 { whole.utilisation.clone() } else { vec![] },
+            domains: whole
+                .domains
+                .iter()
+                .map(|d| DomainResult {
+                    tasks: vec![d.tasks[k].clone()],
+                    utilisation: if k == 0 { d.utilisation.clone() } else { vec![] },
+                    ..d.clone()
+                })
+                .collect(),
+        };
+        assert_eq!(whole.tasks.len(), 2);
+        assert_eq!(Evaluation::concat_tasks(vec![part(0), part(1)]).unwrap(), whole);
+        let mut other = part(1);
+        other.domains.pop();
+        assert!(Evaluation::concat_tasks(vec![part(0), other]).is_err());
     }
 
     #[test]

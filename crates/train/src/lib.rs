@@ -25,7 +25,7 @@ pub use evaluate::{
 };
 pub use metrics::{auc, logloss, mse, Headline, TaskMetrics};
 pub use optim::{Adam, AdamConfig, Optimizer, TableOptimizer, TableOptimizerConfig};
-pub use report::{domain_table, metrics_table, Report, SplitRows};
+pub use report::{domain_table, metrics_table, Report, SplitRows, TaskOutcome};
 pub use trainer::{
     epoch_seed, optimizer, train, train_on, train_step, train_with, BatchProgress, EpochLog, InMemory, Streamed,
     TrainConfig, TrainOptions, TrainOutcome, TrainSource,

@@ -19,6 +19,20 @@ pub struct Report {
     pub train: Evaluation,
     pub valid: Evaluation,
     pub test: Evaluation,
+    /// The training of the whole model; for independent one-task models
+    /// (the single-task baseline) its `history` is empty and `best_epoch`
+    /// 0: each task's own is in `task_outcomes`.
+    pub outcome: TrainOutcome,
+    /// Independent one-task models only: each task's training, with its own
+    /// best epoch (chosen on its own validation metric). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_outcomes: Vec<TaskOutcome>,
+}
+
+/// One task's training in a run of independent one-task models.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub task: String,
     pub outcome: TrainOutcome,
 }
 
@@ -70,19 +84,39 @@ impl Report {
 
     /// Summary lines then the tables, as printed at the end of a run.
     pub fn render(&self) -> String {
-        let mut s = format!(
-            "{}: {} parameters, best epoch {} of {}{}, {:.1} s training\n\n",
-            self.arch,
-            self.parameters,
-            self.outcome.best_epoch,
-            self.outcome.history.len(),
-            if self.outcome.stopped_early {
-                " (stopped early)"
-            } else {
-                ""
-            },
-            self.outcome.train_seconds
-        );
+        let mut s = if self.task_outcomes.is_empty() {
+            format!(
+                "{}: {} parameters, best epoch {} of {}{}, {:.1} s training\n\n",
+                self.arch,
+                self.parameters,
+                self.outcome.best_epoch,
+                self.outcome.history.len(),
+                if self.outcome.stopped_early {
+                    " (stopped early)"
+                } else {
+                    ""
+                },
+                self.outcome.train_seconds
+            )
+        } else {
+            let mut s = format!(
+                "{}: {} parameters, one independent model per task, {:.1} s training\n",
+                self.arch, self.parameters, self.outcome.train_seconds
+            );
+            for t in &self.task_outcomes {
+                let o = &t.outcome;
+                let early = if o.stopped_early { " (stopped early)" } else { "" };
+                let _ = writeln!(
+                    s,
+                    "  {}: best epoch {} of {}{early}",
+                    t.task,
+                    o.best_epoch,
+                    o.history.len()
+                );
+            }
+            s.push('\n');
+            s
+        };
         s.push_str(&self.metrics_table());
         let d = self.domain_table();
         if !d.is_empty() {

@@ -3,6 +3,15 @@
 //! ("MTL gain" = metric(model) - metric(single-task)). Its per-task network
 //! has Shared-Bottom's shape (bottom 113, tower 8 by default), so the two
 //! differ only in sharing.
+//!
+//! The template expands one task's network (input, bottom, tower). With
+//! K > 1 tasks the runner does not build one graph over all of them (their
+//! bottoms would still share the input layer's embedding tables and one best
+//! epoch): it trains K one-task runs of the config, each with its own input
+//! layer, seed-derived initial weights, early stopping on its own
+//! validation metric and best weights, and joins their reports
+//! (`mtrec_runner::run::independent`). Its per-task results equal K
+//! separate one-task runs bit for bit.
 
 use mtrec_core::components::mlp::{MlpKind, MlpParams};
 use mtrec_core::protocol::towers;

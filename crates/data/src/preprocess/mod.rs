@@ -199,6 +199,28 @@ impl Preprocessor {
             .collect()
     }
 
+    /// The same preprocessing for task `task` alone: what a one-task config
+    /// of that task fits, given the other tasks' label and mask columns in
+    /// `ignore` (a file holding them still binds: they become unused
+    /// columns). `None` for a task index out of range.
+    pub fn only_task(&self, task: usize) -> Option<Preprocessor> {
+        let kept = self.tasks.get(task)?.clone();
+        let mut ignore = self.ignore.clone();
+        for t in self.tasks.iter().filter(|t| t.name != kept.name) {
+            for column in std::iter::once(&t.label.column).chain(t.mask.as_ref().map(|m| &m.column)) {
+                let used = kept.label.column == *column || kept.mask.as_ref().is_some_and(|m| m.column == *column);
+                if !used && !ignore.contains(column) {
+                    ignore.push(column.clone());
+                }
+            }
+        }
+        Some(Preprocessor {
+            tasks: vec![kept],
+            ignore,
+            ..self.clone()
+        })
+    }
+
     /// Each task's loss weight, in task order.
     pub fn task_weights(&self) -> Vec<f64> {
         self.tasks.iter().map(|t| t.weight).collect()

@@ -36,7 +36,7 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// finished epoch.
 pub(crate) fn open_run_folder(dir: &Path, resume: bool) -> Result<FolderLock> {
     let lock = FolderLock::acquire(dir)?;
-    if !resume && dir.join(CHECKPOINT_DIR).join("state.json").exists() {
+    if !resume && has_checkpoint(dir) {
         return Err(RunError::RunFolder {
             dir: dir.to_path_buf(),
             problem: format!(
@@ -49,6 +49,14 @@ pub(crate) fn open_run_folder(dir: &Path, resume: bool) -> Result<FolderLock> {
     // A killed run's last checkpoint files (see `folder`).
     folder::unify_permissions(dir)?;
     Ok(lock)
+}
+
+/// Whether run folder `dir` holds a finished epoch: its checkpoint, or for
+/// a single-task run of independent models that of one of its tasks.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    let own = |d: &Path| d.join(CHECKPOINT_DIR).join("state.json").exists();
+    own(dir)
+        || std::fs::read_dir(dir.join(super::TASKS_DIR)).is_ok_and(|entries| entries.flatten().any(|e| own(&e.path())))
 }
 
 /// What is wrong with `path` as a safetensors file, if anything.
@@ -128,25 +136,62 @@ pub fn load_run_config(dir: &Path) -> Result<LoadedConfig> {
 /// A trained model loaded back from its run folder, with the mapping of its
 /// inputs: what `predict` and `eval` use.
 pub struct Trained {
-    pub model: Model,
+    /// The model; for the single-task baseline one one-task model per
+    /// task, in task order, whose outputs are the run's columns.
+    pub models: Vec<Model>,
+    /// Every task's preprocessing (for single-task, that of the whole run).
     pub preprocessor: Preprocessor,
     pub config: RunConfig,
+}
+
+impl Trained {
+    /// Every model's tasks, in column order.
+    pub fn tasks(&self) -> Vec<mtrec_core::TaskInfo> {
+        self.models.iter().flat_map(|m| m.tasks().iter().cloned()).collect()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.models.iter().map(|m| m.params().parameter_count()).sum()
+    }
+
+    /// Per task (column order), one output per row of `data` (logits for
+    /// binary tasks): each model's columns in turn.
+    pub fn outputs(&self, data: &mtrec_data::Dataset) -> Result<Vec<Vec<f32>>> {
+        let mut columns = Vec::new();
+        for model in &self.models {
+            columns.extend(mtrec_train::batch_outputs(model, &data.to_batch(model.device())?)?);
+        }
+        Ok(columns)
+    }
 }
 
 /// Loads `dir`'s graph, preprocessing and best weights. Only models trained
 /// on tabular data can read new files (generated data has no file format).
 pub fn load_trained(dir: &Path) -> Result<Trained> {
     let cfg = load_run_config(dir)?;
-    let pre_path = dir.join(PREPROCESS_FILE);
-    if !pre_path.exists() {
-        return Err(RunError::RunFolder {
-            dir: dir.to_path_buf(),
-            problem: format!(
-                "has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on"
-            ),
+    if super::independent::is_independent(dir) {
+        let preprocessor = load_preprocessor(dir)?;
+        let mut models = Vec::new();
+        for task_dir in super::independent::task_dirs(dir, &preprocessor) {
+            if !task_dir.join(CONFIG_FILE).exists() {
+                return Err(RunError::RunFolder {
+                    dir: dir.to_path_buf(),
+                    problem: format!(
+                        "has no model for task `{}` ({} is missing): the run did not finish (continue it with --resume)",
+                        task_dir.file_name().unwrap_or_default().to_string_lossy(),
+                        task_dir.display()
+                    ),
+                });
+            }
+            models.extend(load_trained(&task_dir)?.models);
+        }
+        return Ok(Trained {
+            models,
+            preprocessor,
+            config: cfg.config,
         });
     }
-    let preprocessor = Preprocessor::load(&pre_path)?;
+    let preprocessor = load_preprocessor(dir)?;
     let graph_path = dir.join(GRAPH_FILE);
     let text = std::fs::read_to_string(&graph_path).map_err(io(&graph_path))?;
     let graph = GraphSpec::from_toml(&text)?;
@@ -179,10 +224,24 @@ pub fn load_trained(dir: &Path) -> Result<Trained> {
             None => e.into(),
         })?;
     Ok(Trained {
-        model,
+        models: vec![model],
         preprocessor,
         config: cfg.config,
     })
+}
+
+/// A run folder's fitted preprocessing; none for generated data.
+fn load_preprocessor(dir: &Path) -> Result<Preprocessor> {
+    let pre_path = dir.join(PREPROCESS_FILE);
+    if !pre_path.exists() {
+        return Err(RunError::RunFolder {
+            dir: dir.to_path_buf(),
+            problem: format!(
+                "has no {PREPROCESS_FILE}: it was trained on generated data, which has no file format to predict on"
+            ),
+        });
+    }
+    Ok(Preprocessor::load(&pre_path)?)
 }
 
 /// What to do about a damaged `model.safetensors`: the run's last checkpoint

@@ -20,6 +20,11 @@
 //! - `run.lock` while the run lives: one run per folder, temporary files of
 //!   killed saves removed at the next start (`crate::folder`).
 //!
+//! A `single-task` run with K > 1 tasks trains K independent one-task runs
+//! ([`independent`]): the folder then holds `config.toml`, `preprocess.json`
+//! and `report.json` (every task) at the top and one complete run folder per
+//! task under `tasks/<task>/`.
+//!
 //! Before training, a run refuses what would train silently wrong:
 //! `[train] batch_size = 1` with a node normalising by batch statistics
 //! ([`check_batch_statistics`]), and validation rows on which no task has a
@@ -40,13 +45,15 @@ use crate::config::{self, LoadedConfig, RunConfig};
 use crate::error::{encode, io, Result, RunError};
 use crate::source::{prepare, stream_options, Prepared, Rows, DEFAULT_TRAIN_EVAL_ROWS};
 
+pub mod independent;
 pub mod layout;
 pub mod predict;
 
+pub use independent::{task_dir, SINGLE_TASK, TASKS_DIR};
 use layout::{append_history, open_run_folder, resume_error, write};
 pub use layout::{
-    default_run_dir, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE, HISTORY_FILE,
-    PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
+    default_run_dir, has_checkpoint, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE,
+    HISTORY_FILE, PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
 };
 pub use predict::{eval_file, predict_file};
 
@@ -55,10 +62,18 @@ pub use predict::{eval_file, predict_file};
 pub struct RunResult {
     pub report: Report,
     pub resolved: RunConfig,
+    /// The trained model; for the single-task baseline one per task, in
+    /// task order (`independent`).
+    pub models: Vec<TrainedModel>,
+    pub preprocessor: Option<Preprocessor>,
+}
+
+/// One trained model of a run.
+#[derive(Debug)]
+pub struct TrainedModel {
     pub graph: GraphSpec,
     /// The trained weights (those of the best validation epoch).
     pub params: mtrec_core::ParamStore,
-    pub preprocessor: Option<Preprocessor>,
 }
 
 /// The per-epoch test hook of [`RunOptions::on_test`].
@@ -75,7 +90,8 @@ pub struct RunOptions<'a> {
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
     /// Called after every trained epoch with the test rows' evaluation of
     /// that epoch's weights (test curves, e.g. `reproduce`); one extra
-    /// evaluation per epoch. Not called in a resumed run.
+    /// evaluation per epoch. Not called in a resumed run. Single-task:
+    /// called by each task's model with its own task's evaluation.
     pub on_test: Option<&'a mut OnTest<'a>>,
     /// Warm start: begin from this trained run's weights and preprocessing
     /// instead of fresh ones (`mtrec run --init-from`).
@@ -294,7 +310,7 @@ pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_ba
 }
 
 /// [`run`] with a run folder, checkpoints, resumption and progress hooks.
-pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
+pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, on_epoch: impl FnMut(&EpochLog)) -> Result<RunResult> {
     // Rank 0 alone writes the folder (distributed runs; see crate::distributed).
     let root = crate::distributed::is_root();
     // Held until the run ends (dropped on return, error or not).
@@ -319,7 +335,61 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         (Some(t), _, None) => Fitting::Keep(&t.preprocessor),
         _ => Fitting::Fresh,
     };
-    let prepared = crate::source::prepare_fitted(cfg, opts.on_read, fitting)?;
+    let RunOptions {
+        out,
+        resume,
+        on_read,
+        on_batch,
+        on_test,
+        init_from,
+    } = opts;
+    let prepared = crate::source::prepare_fitted(cfg, on_read, fitting)?;
+    let opts = RunOptions {
+        out,
+        resume,
+        on_read: None,
+        on_batch,
+        on_test,
+        init_from,
+    };
+    let warm = match (&trained, &opts.init_from) {
+        (Some(t), Some(from)) => match t.models.as_slice() {
+            [model] => Some(model),
+            _ => {
+                return Err(RunError::RunFolder {
+                    dir: from.dir.clone(),
+                    problem: "is a single-task run of several models: continue each task's model from its folder \
+                              `tasks/<task>/` (with a one-task config)"
+                        .into(),
+                })
+            }
+        },
+        _ => None,
+    };
+    if independent::applies(cfg, &prepared) {
+        if opts.init_from.is_some() {
+            return Err(cfg.error(
+                "model",
+                Some("arch"),
+                "--init-from continues one model: a single-task run of several tasks trains one model per task; \
+                 warm start each task's folder `tasks/<task>/` with a one-task config",
+            ));
+        }
+        return independent::run(cfg, prepared, opts, on_epoch);
+    }
+    run_prepared(cfg, prepared, opts, warm, on_epoch)
+}
+
+/// [`run_with`] on data already read or generated (`opts.on_read` unused;
+/// the folder already locked), starting from `warm`'s weights if given.
+fn run_prepared(
+    cfg: &LoadedConfig,
+    prepared: Prepared,
+    opts: RunOptions<'_>,
+    warm: Option<&Model>,
+    mut on_epoch: impl FnMut(&EpochLog),
+) -> Result<RunResult> {
+    let root = crate::distributed::is_root();
     let (graph, model_params) = expand(cfg, &prepared)?;
     check_batch_statistics(cfg, &graph, cfg.config.train.batch_size)?;
     let mut train_cfg = cfg.config.train.clone();
@@ -337,8 +407,8 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         &Device::Cpu,
     )
     .map_err(|e| cfg.model_error(e))?;
-    if let (Some(t), Some(from)) = (&trained, &opts.init_from) {
-        let done = mtrec_core::warm::copy_trained(&t.model, &model).map_err(|e| RunError::RunFolder {
+    if let (Some(trained), Some(from)) = (warm, &opts.init_from) {
+        let done = mtrec_core::warm::copy_trained(trained, &model).map_err(|e| RunError::RunFolder {
             dir: from.dir.clone(),
             problem: format!("cannot continue its model with this config: {e}"),
         })?;
@@ -487,25 +557,25 @@ pub fn run_with(cfg: &LoadedConfig, opts: RunOptions<'_>, mut on_epoch: impl FnM
         valid,
         test,
         outcome,
+        task_outcomes: Vec::new(),
     };
-    let result = RunResult {
-        report,
-        resolved,
-        graph,
-        params: model.params().clone(),
-        preprocessor: prepared.preprocessor,
-    };
+    let params = model.params().clone();
     if let Some(dir) = opts.out.as_ref().filter(|_| root) {
-        result.params.save(&dir.join(WEIGHTS_FILE))?;
-        let json = serde_json::to_string_pretty(&result.report).map_err(|e| encode("the report")(&e))?;
+        params.save(&dir.join(WEIGHTS_FILE))?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| encode("the report")(&e))?;
         write(&dir.join(REPORT_FILE), json.as_bytes())?;
         // Plots are feedback: a drawing failure must not lose a finished run.
-        if let Err(e) = crate::plot::run_plots(dir, &result.report) {
+        if let Err(e) = crate::plot::run_plots(dir, &report) {
             eprintln!("warning: {e}");
         }
         crate::folder::unify_permissions(dir)?;
     }
-    Ok(result)
+    Ok(RunResult {
+        report,
+        resolved,
+        models: vec![TrainedModel { graph, params }],
+        preprocessor: prepared.preprocessor,
+    })
 }
 
 /// The metrics of `batches` and the number of rows evaluated.
@@ -568,8 +638,15 @@ pub fn graph_config_text(cfg: &LoadedConfig) -> Result<String> {
         params,
     };
     let text = toml::to_string(&c).map_err(|e| encode("the graph config")(&e))?;
+    let note = if independent::applies(cfg, &prepared) {
+        "# Note: `single-task` trains one model per task (`[[tasks]]` restricted to it), each with its own\n\
+         # input layer and best epoch; this one graph over every task shares the input layer and one best\n\
+         # epoch, so it is not the single-task baseline.\n"
+    } else {
+        ""
+    };
     Ok(format!(
-        "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{text}",
+        "# The graph of `{}`, runnable with `mtrec run --config FILE`.\n{note}{text}",
         cfg.config.model.arch
     ))
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mtrec_data::{Batches, Labels, StreamOptions};
-use mtrec_train::{batch_outputs, evaluate_batches, Evaluation};
+use mtrec_train::{Evaluation, Evaluator};
 
 use super::layout::load_trained;
 use crate::config::RunConfig;
@@ -25,7 +25,7 @@ pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usi
         .preprocessor
         .encode_chunks(input, chunk_rows(&trained.config), Labels::Optional);
     let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
-    let tasks = trained.model.tasks();
+    let tasks = trained.tasks();
     let mut rows = 0usize;
     // The writer's own error type is the core's; the real cause is kept here.
     let mut failure: Option<RunError> = None;
@@ -40,7 +40,7 @@ pub fn predict_file(model_dir: &Path, input: &Path, output: &Path) -> Result<usi
             w.write_record(tasks.iter().map(|t| t.name.as_str())).map_err(csv_err)?;
             for batch in batches {
                 let batch = batch?;
-                let outputs = batch_outputs(&trained.model, &batch.to_batch(trained.model.device())?)?;
+                let outputs = trained.outputs(&batch)?;
                 for r in 0..batch.rows() {
                     let record = tasks.iter().zip(&outputs).map(|(t, o)| match t.kind {
                         mtrec_core::TaskKind::Binary => format!("{:.7}", 1.0 / (1.0 + (-o[r]).exp())),
@@ -81,7 +81,9 @@ fn chunk_rows(config: &RunConfig) -> usize {
 /// in chunks (the file is never held whole: per task 8 bytes per labelled
 /// row are kept for AUC). The rows go through the model in batches of
 /// `eval_batch_size` in file order, as the run's own evaluation does, so the
-/// metrics equal those of the file loaded whole.
+/// metrics equal those of the file loaded whole. A single-task run's K
+/// models each see their own task's labels; their metrics are joined task
+/// by task.
 pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
     let trained = load_trained(model_dir)?;
     let chunks = trained
@@ -89,5 +91,23 @@ pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
         .encode_chunks(input, chunk_rows(&trained.config), Labels::Required);
     let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
     let names = trained.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
-    Ok(evaluate_batches(&trained.model, batches, names)?)
+    let mut evaluators: Vec<Evaluator<'_>> = trained.models.iter().map(|m| Evaluator::new(m, names)).collect();
+    for batch in batches {
+        let batch = batch?;
+        let mut column = 0;
+        for (model, ev) in trained.models.iter().zip(&mut evaluators) {
+            let n = model.tasks().len();
+            if trained.models.len() > 1 {
+                ev.add(&batch.only_task(column)?.to_batch(model.device())?)?;
+            } else {
+                ev.add(&batch.to_batch(model.device())?)?;
+            }
+            column += n;
+        }
+    }
+    let parts = evaluators
+        .into_iter()
+        .map(Evaluator::finish)
+        .collect::<mtrec_train::Result<Vec<_>>>()?;
+    Ok(Evaluation::concat_tasks(parts)?)
 }

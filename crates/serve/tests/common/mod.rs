@@ -111,7 +111,7 @@ pub fn train(text: &str, data: &Path, out: &Path) {
 pub fn scorer(name: &str, dir: &Path) -> Scorer {
     let t = mtrec_runner::run::load_trained(dir).unwrap();
     let parts = ModelParts {
-        model: t.model,
+        models: t.models,
         preprocessor: t.preprocessor,
         arch: t.config.model.arch,
     };
