@@ -1215,7 +1215,7 @@ fn bad_weights_and_missing_groups_name_file_line_and_column() {
     let (schema, tasks) = config(GROUPED);
     for (row, what) in [
         ("-1", "weight -1 must be finite and >= 0"),
-        ("inf", "weight inf must be finite and >= 0"),
+        ("inf", "weight: `inf` is not a finite number"),
         ("", "the weight is missing"),
         ("heavy", "weight: cannot read `heavy` as a number"),
         (
