@@ -212,7 +212,11 @@ fn streamed_evaluation_and_prediction_equal_in_memory() {
 fn groups_and_weights_stream_like_in_memory() {
     let dir = temp("gauc");
     write_files(&dir, 2000);
-    let cfg = config(&dir, CONFIG, &["train.epochs=1", "data.group=\"user\"", "data.weight=\"age\""]);
+    let cfg = config(
+        &dir,
+        CONFIG,
+        &["train.epochs=1", "data.group=\"user\"", "data.weight=\"age\""],
+    );
     let out = dir.join("run");
     let options = RunOptions {
         out: Some(out.clone()),
@@ -226,12 +230,24 @@ fn groups_and_weights_stream_like_in_memory() {
     assert!(whole.groups.is_some() && whole.weights.is_some());
     let rows: Vec<usize> = (0..whole.rows()).collect();
     let in_memory = evaluate(&trained.model, &whole, &rows, 100).unwrap();
-    assert_eq!(streamed_eval, in_memory, "streamed eval = in-memory eval, GAUC included");
+    assert_eq!(
+        streamed_eval, in_memory,
+        "streamed eval = in-memory eval, GAUC included"
+    );
     assert_eq!(result.report.test, in_memory);
     let click = &in_memory.tasks[0].metrics;
-    // 40 users, each with both classes among 1000 rows.
-    assert_eq!(click.gauc_groups, Some(40));
-    assert!(click.gauc.unwrap() > 0.5, "{click:?}");
+    // Every test row is labelled for `click`: GAUC over the model's outputs.
+    let scores = &predict(&trained.model, &whole, &rows, 100).unwrap()[0];
+    let labels: Vec<f32> = (0..whole.rows()).map(|r| whole.labels[r * 2]).collect();
+    let by_hand = mtrec_train::metrics::gauc(scores, &labels, whole.groups.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (click.gauc, click.gauc_groups),
+        (by_hand.map(|g| g.0), by_hand.map(|g| g.1))
+    );
+    assert!(
+        click.gauc.unwrap() > 0.5 && click.gauc_groups.unwrap() <= 40,
+        "{click:?}"
+    );
     assert_eq!(in_memory.tasks[1].metrics.gauc, None, "no GAUC for a regression task");
     let table = result.report.metrics_table();
     assert!(table.lines().next().unwrap().ends_with("gauc"), "{table}");
