@@ -205,6 +205,57 @@ fn streamed_evaluation_and_prediction_equal_in_memory() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A group column (GAUC) and a weight column flow through streamed
+/// training, the run's report and `mtrec eval`; streamed metrics equal the
+/// in-memory ones, GAUC included.
+#[test]
+fn groups_and_weights_stream_like_in_memory() {
+    let dir = temp("gauc");
+    write_files(&dir, 2000);
+    let cfg = config(
+        &dir,
+        CONFIG,
+        &["train.epochs=1", "data.group=\"user\"", "data.weight=\"age\""],
+    );
+    let out = dir.join("run");
+    let options = RunOptions {
+        out: Some(out.clone()),
+        ..RunOptions::default()
+    };
+    let result = run_with(&cfg, options, |_| {}).unwrap();
+    let test_path = dir.join("test.csv");
+    let streamed_eval = eval_file(&out, &test_path).unwrap();
+    let trained = load_trained(&out).unwrap();
+    let whole = trained.preprocessor.load_file(&test_path).unwrap();
+    assert!(whole.groups.is_some() && whole.weights.is_some());
+    let rows: Vec<usize> = (0..whole.rows()).collect();
+    let in_memory = evaluate(&trained.model, &whole, &rows, 100).unwrap();
+    assert_eq!(
+        streamed_eval, in_memory,
+        "streamed eval = in-memory eval, GAUC included"
+    );
+    assert_eq!(result.report.test, in_memory);
+    let click = &in_memory.tasks[0].metrics;
+    // Every test row is labelled for `click`: GAUC over the model's outputs.
+    let scores = &predict(&trained.model, &whole, &rows, 100).unwrap()[0];
+    let labels: Vec<f32> = (0..whole.rows()).map(|r| whole.labels[r * 2]).collect();
+    let by_hand = mtrec_train::metrics::gauc(scores, &labels, whole.groups.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (click.gauc, click.gauc_groups),
+        (by_hand.map(|g| g.0), by_hand.map(|g| g.1))
+    );
+    assert!(
+        click.gauc.unwrap() > 0.5 && click.gauc_groups.unwrap() <= 40,
+        "{click:?}"
+    );
+    assert_eq!(in_memory.tasks[1].metrics.gauc, None, "no GAUC for a regression task");
+    let table = result.report.metrics_table();
+    assert!(table.lines().next().unwrap().ends_with("gauc"), "{table}");
+    let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(json.contains("\"gauc\"") && json.contains("\"gauc_groups\""));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Streamed training resumed from its epoch-2 checkpoint ends with the
 /// weights of an uninterrupted run: the shuffle is seeded by (seed, epoch).
 #[test]

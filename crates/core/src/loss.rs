@@ -4,6 +4,14 @@
 //! that carry task k's label (e.g. CVR only on clicked rows), as in the PLE
 //! paper. A batch with no labelled row for a task contributes 0 (and no
 //! gradient) for it.
+//!
+//! With per-row sample weights `w_i >= 0` (`[data] weight`) the mean is
+//! weighted and self-normalised: `L_k = sum(delta_k w l_k) / sum(delta_k w)`.
+//! Scaling every weight by a constant changes nothing (census-income's
+//! instance weights are in the thousands: dividing by the labelled-row count
+//! instead would multiply the learning rate by their mean), weights all 1
+//! give the unweighted loss, and a batch whose labelled rows all weigh 0
+//! contributes 0 (and no gradient).
 
 use candle_core::Tensor;
 
@@ -40,6 +48,29 @@ pub fn task_loss(kind: TaskKind, outputs: &Tensor, labels: &Tensor, mask: &Tenso
         TaskKind::Binary => bce_with_logits(outputs, labels, mask),
         TaskKind::Regression => mse(outputs, labels, mask),
     }
+}
+
+/// [`task_loss`] with each row weighed by `weights` (`[B]`, finite, >= 0)
+/// when given: `sum_i m_i w_i l_i / sum_i m_i w_i`, 0 when that sum is 0.
+pub fn weighted_task_loss(
+    kind: TaskKind,
+    outputs: &Tensor,
+    labels: &Tensor,
+    mask: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Some(w) = weights else {
+        return task_loss(kind, outputs, labels, mask);
+    };
+    let per_row = match kind {
+        TaskKind::Binary => bce_with_logits_elementwise(outputs, labels)?,
+        TaskKind::Regression => (outputs - labels)?.sqr()?,
+    };
+    let mw = (mask * w)?;
+    let num = (per_row * &mw)?.sum_all()?;
+    // A zero sum has a zero numerator: the smallest normal f32 keeps 0 / 0 at 0.
+    let den = mw.sum_all()?.maximum(f32::MIN_POSITIVE)?;
+    Ok(num.div(&den)?)
 }
 
 #[cfg(test)]
@@ -94,5 +125,67 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(l, 0.0);
+    }
+
+    #[test]
+    fn weights_scale_each_rows_loss_and_normalise_by_their_sum() {
+        // MSE, rows (pred, label, mask, weight): (1, 3, 1, 2), (100, 0, 0, 5),
+        // (2, 2, 1, 1), (0, 1, 1, 0.5): (2*4 + 1*0 + 0.5*1) / (2 + 1 + 0.5) = 8.5 / 3.5.
+        let (p, y, m, w) = (
+            t(&[1.0, 100.0, 2.0, 0.0]),
+            t(&[3.0, 0.0, 2.0, 1.0]),
+            t(&[1.0, 0.0, 1.0, 1.0]),
+            t(&[2.0, 5.0, 1.0, 0.5]),
+        );
+        let l = weighted_task_loss(TaskKind::Regression, &p, &y, &m, Some(&w))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((f64::from(l) - 8.5 / 3.5).abs() < 1e-6, "{l}");
+        // Scale-free: weights x 1000 give the same loss.
+        let w1000 = (&w * 1000.0).unwrap();
+        let l2 = weighted_task_loss(TaskKind::Regression, &p, &y, &m, Some(&w1000))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((l - l2).abs() < 1e-6, "{l} vs {l2}");
+        // Weights all 1: the unweighted loss.
+        let ones = t(&[1.0; 4]);
+        let a = weighted_task_loss(TaskKind::Binary, &p, &t(&[1.0, 0.0, 0.0, 1.0]), &m, Some(&ones))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let b = task_loss(TaskKind::Binary, &p, &t(&[1.0, 0.0, 0.0, 1.0]), &m)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        // BCE: logits (0, 2), labels (1, 0), weights (3, 1):
+        // (3 ln 2 + (2 + ln(1 + e^-2))) / 4.
+        let want = (3.0 * 2f64.ln() + 2.0 + (1.0 + (-2f64).exp()).ln()) / 4.0;
+        let got = weighted_task_loss(
+            TaskKind::Binary,
+            &t(&[0.0, 2.0]),
+            &t(&[1.0, 0.0]),
+            &t(&[1.0, 1.0]),
+            Some(&t(&[3.0, 1.0])),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!((f64::from(got) - want).abs() < 1e-6, "{got} vs {want}");
+        // Every labelled row weighs 0: zero loss and a zero gradient, not NaN.
+        let v = candle_core::Var::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
+        let l = weighted_task_loss(
+            TaskKind::Binary,
+            v.as_tensor(),
+            &t(&[1.0, 0.0]),
+            &t(&[1.0, 1.0]),
+            Some(&t(&[0.0, 0.0])),
+        )
+        .unwrap();
+        assert_eq!(l.to_scalar::<f32>().unwrap(), 0.0);
+        let g: Vec<f32> = l.backward().unwrap().get(v.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(g, vec![0.0, 0.0]);
     }
 }

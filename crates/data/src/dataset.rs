@@ -81,6 +81,12 @@ pub struct Dataset {
     pub domains: Option<DomainColumn>,
     /// List-valued fields (empty unless set with [`Dataset::with_sequences`]).
     pub sequences: Vec<SequenceColumn>,
+    /// Per row, the weight of its loss in every task (`[data] weight`):
+    /// finite and >= 0 ([`Dataset::with_weights`]). `None`: every row weighs 1.
+    pub weights: Option<Vec<f32>>,
+    /// Per row, the id of its group (`[data] group`, usually the user), for
+    /// GAUC ([`Dataset::with_groups`]). Only equality of ids matters.
+    pub groups: Option<Vec<u64>>,
     rows: usize,
 }
 
@@ -116,6 +122,10 @@ pub struct Batch {
     pub labels: Tensor,
     /// `[B, K]` `f32`: 1 where the row carries task `k`'s label, else 0.
     pub masks: Tensor,
+    /// `[B]` `f32`: each row's loss weight, when the data has weights.
+    pub weights: Option<Tensor>,
+    /// Each row's group id (host side: only evaluation reads it).
+    pub groups: Option<Vec<u64>>,
 }
 
 impl Batch {
@@ -298,8 +308,61 @@ impl Dataset {
             masks,
             domains,
             sequences: Vec::new(),
+            weights: None,
+            groups: None,
             rows,
         })
+    }
+
+    /// The dataset with these per-row loss weights (replacing any it had):
+    /// one per row, each finite and >= 0.
+    pub fn with_weights(mut self, weights: Vec<f32>) -> Result<Self> {
+        if weights.len() != self.rows {
+            return Err(invalid(format!(
+                "weights has {} values, expected one per row ({} rows)",
+                weights.len(),
+                self.rows
+            )));
+        }
+        if let Some(r) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+            return Err(invalid(format!(
+                "weight at row {r} is {}, must be finite and >= 0",
+                weights[r]
+            )));
+        }
+        self.weights = Some(weights);
+        Ok(self)
+    }
+
+    /// The dataset with these per-row group ids (replacing any it had).
+    pub fn with_groups(mut self, groups: Vec<u64>) -> Result<Self> {
+        if groups.len() != self.rows {
+            return Err(invalid(format!(
+                "groups has {} values, expected one per row ({} rows)",
+                groups.len(),
+                self.rows
+            )));
+        }
+        self.groups = Some(groups);
+        Ok(self)
+    }
+
+    /// The dataset with each row's group taken from sparse field `field`'s
+    /// ids (e.g. `user_id` of generated data, where every user has its own id).
+    pub fn with_groups_from_field(self, field: &str) -> Result<Self> {
+        let found = self
+            .sparse
+            .as_ref()
+            .and_then(|s| Some((s, s.fields.iter().position(|x| x == field)?)));
+        let Some((s, at)) = found else {
+            let known = self.sparse.as_ref().map(|s| s.fields.join(", ")).unwrap_or_default();
+            return Err(invalid(format!(
+                "group `{field}` is not a sparse field of the data (sparse fields: {known})"
+            )));
+        };
+        let f = s.fields.len();
+        let groups = s.ids.iter().skip(at).step_by(f).map(|&id| u64::from(id)).collect();
+        self.with_groups(groups)
     }
 
     /// The dataset with these sequence columns (replacing any it had), after
@@ -381,6 +444,12 @@ impl Dataset {
                 o.ids.extend_from_slice(&q.ids);
                 o.lengths.extend_from_slice(&q.lengths);
             }
+            if let (Some(o), Some(w)) = (out.weights.as_mut(), p.weights.as_ref()) {
+                o.extend_from_slice(w);
+            }
+            if let (Some(o), Some(g)) = (out.groups.as_mut(), p.groups.as_ref()) {
+                o.extend_from_slice(g);
+            }
             out.labels.extend_from_slice(&p.labels);
             out.masks.extend_from_slice(&p.masks);
             out.rows += p.rows;
@@ -396,6 +465,8 @@ impl Dataset {
                 == self.sparse.as_ref().map(|s| (&s.fields, &s.vocab))
             && other.dense.as_ref().map(|d| &d.names) == self.dense.as_ref().map(|d| &d.names)
             && other.domains.as_ref().map(|d| &d.names) == self.domains.as_ref().map(|d| &d.names)
+            && other.weights.is_some() == self.weights.is_some()
+            && other.groups.is_some() == self.groups.is_some()
             && other.sequences.len() == self.sequences.len()
             && other.sequences.iter().zip(&self.sequences).all(|(a, b)| {
                 (&a.name, a.max_len, a.vocab, &a.share_with) == (&b.name, b.max_len, b.vocab, &b.share_with)
@@ -442,6 +513,12 @@ impl Dataset {
             put(&mut d.ids, at, &s.ids, r, s.max_len);
             put(&mut d.lengths, at, &s.lengths, r, 1);
         }
+        if let (Some(d), Some(s)) = (self.weights.as_mut(), src.weights.as_ref()) {
+            put(d, at, s, r, 1);
+        }
+        if let (Some(d), Some(s)) = (self.groups.as_mut(), src.groups.as_ref()) {
+            put(d, at, s, r, 1);
+        }
         put(&mut self.labels, at, &src.labels, r, k);
         put(&mut self.masks, at, &src.masks, r, k);
     }
@@ -473,6 +550,12 @@ impl Dataset {
             let w = q.max_len;
             remove(&mut q.ids, j, last, w);
             remove(&mut q.lengths, j, last, 1);
+        }
+        if let Some(w) = self.weights.as_mut() {
+            remove(w, j, last, 1);
+        }
+        if let Some(g) = self.groups.as_mut() {
+            remove(g, j, last, 1);
         }
         remove(&mut self.labels, j, last, k);
         remove(&mut self.masks, j, last, k);
@@ -610,6 +693,8 @@ impl Dataset {
                     share_with: q.share_with.clone(),
                 })
                 .collect(),
+            weights: self.weights.as_ref().map(|w| gather(w, 1, rows)),
+            groups: self.groups.as_ref().map(|g| gather(g, 1, rows)),
             rows: rows.len(),
         })
     }
@@ -670,7 +755,17 @@ impl Dataset {
         let inputs = Inputs::new(sparse, dense, domains)?.with_sequences(sequences)?;
         let labels = Tensor::from_vec(gather(&self.labels, k, rows), (b, k), device)?;
         let masks = Tensor::from_vec(gather(&self.masks, k, rows), (b, k), device)?;
-        Ok(Batch { inputs, labels, masks })
+        let weights = match &self.weights {
+            Some(w) => Some(Tensor::from_vec(gather(w, 1, rows), b, device)?),
+            None => None,
+        };
+        Ok(Batch {
+            inputs,
+            labels,
+            masks,
+            weights,
+            groups: self.groups.as_ref().map(|g| gather(g, 1, rows)),
+        })
     }
 
     /// The batches of `order`, taken `batch_size` rows at a time (the last
@@ -909,6 +1004,56 @@ mod tests {
         assert_eq!(s.domains.as_ref().expect("domains").ids, vec![0, 1, 1, 1]);
         // Still a valid dataset.
         rebuild(s).expect("subset is valid");
+    }
+
+    #[test]
+    fn weights_and_groups_are_checked_and_follow_their_rows() {
+        let msg = err_text(small().with_weights(vec![1.0; 4]));
+        assert!(
+            msg.contains("weights has 4 values, expected one per row (5 rows)"),
+            "{msg}"
+        );
+        for bad in [-0.5, f32::NAN, f32::INFINITY] {
+            let msg = err_text(small().with_weights(vec![1.0, 1.0, bad, 1.0, 1.0]));
+            assert!(
+                msg.contains("weight at row 2 is") && msg.contains("finite and >= 0"),
+                "{msg}"
+            );
+        }
+        let msg = err_text(small().with_groups(vec![1; 6]));
+        assert!(msg.contains("groups has 6 values"), "{msg}");
+        let msg = err_text(small().with_groups_from_field("user"));
+        assert!(
+            msg.contains("group `user` is not a sparse field of the data (sparse fields: a, b)"),
+            "{msg}"
+        );
+
+        // Field `b` holds r % 4 in row r.
+        let d = small()
+            .with_weights(vec![0.0, 1.0, 2.0, 3.0, 4.0])
+            .unwrap()
+            .with_groups_from_field("b")
+            .unwrap();
+        assert_eq!(d.groups, Some(vec![0, 1, 2, 3, 0]));
+        let s = d.subset(&[4, 1]);
+        assert_eq!(
+            (s.weights.clone(), s.groups.clone()),
+            (Some(vec![4.0, 1.0]), Some(vec![0, 1]))
+        );
+        let mut m = d.empty_like();
+        m.push_row(&d, 3);
+        m.push_row(&d, 2);
+        m.replace_row(0, &d, 1);
+        m.push_row(&d, 4);
+        m.swap_remove_row(0);
+        assert_eq!(
+            (m.weights.clone(), m.groups.clone()),
+            (Some(vec![4.0, 2.0]), Some(vec![0, 2]))
+        );
+        let c = Dataset::concat(&[d.subset(&[0]), d.subset(&[3])]).unwrap();
+        assert_eq!((c.weights, c.groups), (Some(vec![0.0, 3.0]), Some(vec![0, 3])));
+        // Parts with and without weights do not mix.
+        assert!(Dataset::concat(&[d.subset(&[0]), small()]).is_err());
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! dense = ["age", { name = "capital gains", scaling = "log" }]
 //! sequence = [{ name = "clicked", separator = "|", max_len = 20, share_with = "item" }]
 //! domain = "scenario"
-//! ignore = ["instance weight"]
+//! group = "user"                    # GAUC's groups (may also be a sparse feature)
+//! weight = "instance weight"        # per-row loss weight, finite and >= 0
+//! ignore = ["id"]
 //!
 //! [data.defaults]
 //! embedding_dim = 4
@@ -378,6 +380,17 @@ pub struct TabularSchema {
     /// A column whose values name each row's domain (scenario).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// A column whose values name each row's group (usually the user), for
+    /// GAUC. Values are compared as text (hashed with the stable FNV-1a-64,
+    /// never through a vocabulary, so unseen users stay apart); a missing
+    /// value is an error. It may also be a sparse feature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A numeric column whose value weighs each row's loss in every task
+    /// (finite and >= 0; a missing or bad value is an error naming the
+    /// file and row). It may also be a dense feature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
     /// Columns deliberately not used. A name not in a file is allowed (e.g.
     /// an id column only the prediction files have).
     pub ignore: Vec<String>,
@@ -406,6 +419,8 @@ impl Default for TabularSchema {
             dense: Vec::new(),
             sequence: Vec::new(),
             domain: None,
+            group: None,
+            weight: None,
             ignore: Vec::new(),
             ignore_rest: false,
         }
@@ -758,6 +773,18 @@ impl TabularSchema {
         for c in &self.ignore {
             if let Some(kind) = inputs.get(c.as_str()) {
                 return Err(schema_err(format!("column `{c}` is both in `ignore` and in `{kind}`")));
+            }
+        }
+        // Read besides any input role they also have; never ignored.
+        for (key, column) in [("group", &self.group), ("weight", &self.weight)] {
+            let Some(c) = column else { continue };
+            if c.is_empty() {
+                return Err(schema_err(format!("`{key}` is an empty column name")));
+            }
+            if self.ignore.contains(c) {
+                return Err(schema_err(format!(
+                    "column `{c}` is the `{key}` column and also in `ignore`: remove it from `ignore`"
+                )));
             }
         }
 

@@ -1177,3 +1177,109 @@ fn only_task_is_the_one_task_config() {
     assert_eq!(alone, whole.only_task(1).expect("column 1"));
     assert_eq!(alone.labels, [0.0, 1.0, 1.0]);
 }
+
+// ------------------------------------------------- group and weight columns
+
+const GROUPED: &str = r#"
+[data]
+sparse = ["user", "city"]
+dense = ["age"]
+group = "user"
+weight = "w"
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = "click"
+"#;
+
+#[test]
+fn group_and_weight_columns_are_read_with_the_labels() {
+    let dir = TempDir::new("group-weight");
+    dir.write(
+        "train.csv",
+        "user,city,age,w,click\nu1,paris,30,2.5,1\nu2,rome,40,0,0\nu1,paris,50,1000,1\n",
+    );
+    dir.write("new.csv", "user,city,age,w,click\nu9,paris,30,1,1\nu8,rome,40,3,0\n");
+    let (schema, tasks) = config(GROUPED);
+    let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
+    let d = pre.load_file(&dir.0.join("train.csv")).expect("load");
+    let (u1, u2) = (stable_hash("u1"), stable_hash("u2"));
+    assert_eq!(d.groups, Some(vec![u1, u2, u1]));
+    assert_eq!(d.weights, Some(vec![2.5, 0.0, 1000.0]));
+    // `user` is also a sparse feature.
+    assert_eq!(d.sparse.as_ref().expect("sparse").fields, ["user", "city"]);
+    // Users unseen in training share the OOV id as a feature, not a group.
+    let n = pre.load_file(&dir.0.join("new.csv")).expect("new");
+    let s = n.sparse.as_ref().expect("sparse");
+    assert_eq!((s.ids[0], s.ids[2]), (0, 0));
+    assert_eq!(n.groups, Some(vec![stable_hash("u9"), stable_hash("u8")]));
+    // Chunks (streaming) carry them row by row; the saved state keeps them.
+    let chunks: Vec<Dataset> = pre
+        .encode_chunks(&dir.0.join("train.csv"), 2, Labels::Required)
+        .collect::<Result<_, _>>()
+        .expect("chunks");
+    assert_eq!(Dataset::concat(&chunks).expect("concat"), d);
+    let loaded = Preprocessor::from_json(&pre.to_json().expect("json")).expect("parse");
+    assert_eq!(loaded.group.as_deref(), Some("user"));
+    assert_eq!(loaded.weight.as_deref(), Some("w"));
+    // Prediction files need neither column.
+    dir.write("predict.csv", "user,city,age\nu1,paris,35\n");
+    let p = pre
+        .encode_file(&dir.0.join("predict.csv"), Labels::Optional, None)
+        .expect("unlabelled");
+    assert_eq!((p.groups.clone(), p.weights.clone()), (None, None));
+    // A batch hands the weights over as a tensor, the groups as they are.
+    let b = d.batch(&[2, 0], &candle_core::Device::Cpu).expect("batch");
+    let w: Vec<f32> = b.weights.as_ref().expect("weights").to_vec1().expect("f32");
+    assert_eq!(w, vec![1000.0, 2.5]);
+    assert_eq!(b.groups, Some(vec![u1, u1]));
+}
+
+#[test]
+fn bad_weights_and_missing_groups_name_file_line_and_column() {
+    let dir = TempDir::new("bad-weight");
+    let (schema, tasks) = config(GROUPED);
+    for (row, what) in [
+        ("-1", "weight -1 must be finite and >= 0"),
+        ("inf", "weight: `inf` is not a finite number"),
+        ("", "the weight is missing"),
+        ("heavy", "weight: cannot read `heavy` as a number"),
+        (
+            "1e39",
+            "weight 1000000000000000000000000000000000000000 must be finite and >= 0",
+        ),
+    ] {
+        dir.write(
+            "train.csv",
+            &format!("user,city,age,w,click\nu1,paris,30,1,1\nu2,rome,40,{row},0\n"),
+        );
+        let msg = err_text(fit(&dir, &schema, &tasks, "train.csv").and_then(|p| p.load_file(&dir.0.join("train.csv"))));
+        assert!(msg.contains("train.csv: line 3, column `w`"), "{row}: {msg}");
+        assert!(msg.contains(what), "{row}: {msg}");
+    }
+    dir.write("train.csv", "user,city,age,w,click\nu1,paris,30,1,1\n?,rome,40,1,0\n");
+    let pre = fit(&dir, &schema, &tasks, "train.csv").expect("fit");
+    let msg = err_text(pre.load_file(&dir.0.join("train.csv")));
+    assert!(msg.contains("train.csv: line 3, column `user`"), "{msg}");
+    assert!(msg.contains("the group is missing"), "{msg}");
+    // Both are required where labels are.
+    dir.write("nogroup.csv", "city,age,w,click\nparis,30,1,1\n");
+    let (mut schema2, tasks2) = config(GROUPED);
+    schema2.sparse.retain(|f| f.name != "user");
+    dir.write("t2.csv", "user,city,age,w,click\nu1,paris,30,1,1\n");
+    let pre2 = fit(&dir, &schema2, &tasks2, "t2.csv").expect("fit");
+    let msg = err_text(pre2.load_file(&dir.0.join("nogroup.csv")));
+    assert!(
+        msg.contains("column `user`") && msg.contains("group column is not in the file"),
+        "{msg}"
+    );
+    // Ignoring the group or weight column is a contradiction.
+    let (mut schema3, tasks3) = config(GROUPED);
+    schema3.ignore = vec!["w".into()];
+    let msg = err_text(schema3.check(&tasks3));
+    assert!(
+        msg.contains("column `w` is the `weight` column and also in `ignore`"),
+        "{msg}"
+    );
+}

@@ -28,6 +28,10 @@ pub struct ArchSummary {
     /// domain's test rows. Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainSummary>,
+    /// For data with a group column (`[data] group`): per binary task, the
+    /// test GAUC of each seed (metric `gauc`). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gauc: Vec<TaskSummary>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,8 +89,18 @@ fn metric_of(t: &mtrec_train::TaskResult) -> (&'static str, Option<f64>) {
 
 /// Adds one seed's task results to the per-task summaries (task order).
 fn collect(summaries: &mut Vec<TaskSummary>, results: &[mtrec_train::TaskResult], kinds: &[&'static str]) {
-    for (i, t) in results.iter().enumerate() {
-        let (measured, v) = metric_of(t);
+    collect_with(summaries, results, kinds, metric_of);
+}
+
+/// [`collect`] of the metric `measure` picks.
+fn collect_with<'r>(
+    summaries: &mut Vec<TaskSummary>,
+    results: impl IntoIterator<Item = &'r mtrec_train::TaskResult>,
+    kinds: &[&'static str],
+    measure: impl Fn(&mtrec_train::TaskResult) -> (&'static str, Option<f64>),
+) {
+    for (i, t) in results.into_iter().enumerate() {
+        let (measured, v) = measure(t);
         if summaries.len() <= i {
             summaries.push(TaskSummary {
                 task: t.task.clone(),
@@ -130,6 +144,7 @@ pub fn compare(
         let mut parameters = 0;
         let mut per_task: Vec<TaskSummary> = Vec::new();
         let mut per_domain: Vec<DomainSummary> = Vec::new();
+        let mut gauc: Vec<TaskSummary> = Vec::new();
         for &seed in seeds {
             let mut c = cfg.clone();
             c.config.train.seed = seed;
@@ -152,6 +167,17 @@ pub fn compare(
                 })
                 .collect();
             collect(&mut per_task, &r.report.test.tasks, &kinds);
+            if r.report.test.tasks.iter().any(|t| t.metrics.gauc.is_some()) {
+                let binary = r
+                    .report
+                    .test
+                    .tasks
+                    .iter()
+                    .zip(&kinds)
+                    .filter(|(_, k)| **k == "auc")
+                    .map(|(t, _)| t);
+                collect_with(&mut gauc, binary, &[], |t| ("gauc", t.metrics.gauc));
+            }
             for (d, dr) in r.report.test.domains.iter().enumerate() {
                 if per_domain.len() <= d {
                     per_domain.push(DomainSummary {
@@ -177,6 +203,7 @@ pub fn compare(
             ));
         }
         finish(&mut per_task);
+        finish(&mut gauc);
         for d in &mut per_domain {
             finish(&mut d.tasks);
         }
@@ -185,6 +212,7 @@ pub fn compare(
             parameters,
             tasks: per_task,
             domains: per_domain,
+            gauc,
         });
     }
     Ok(Comparison {
@@ -310,6 +338,29 @@ impl Comparison {
         );
         if self.single_task_added {
             s.push_str("single-task was added as the reference (not in the list asked for).\n");
+        }
+        if !first.gauc.is_empty() {
+            s.push_str("\nGAUC (test rows; impression-weighted mean of per-group AUC):\n\n| model |");
+            for t in &first.gauc {
+                let _ = write!(s, " {} test gauc |", t.task);
+                if single.is_some() {
+                    let _ = write!(s, " {} gain |", t.task);
+                }
+            }
+            s.push('\n');
+            s.push_str(&"|---".repeat(1 + first.gauc.len() * if single.is_some() { 2 } else { 1 }));
+            s.push_str("|\n");
+            for a in &self.archs {
+                let _ = write!(s, "| {} |", a.arch);
+                for (i, t) in a.gauc.iter().enumerate() {
+                    let _ = write!(s, " {:.4} ± {:.4} |", t.mean, t.std);
+                    if let Some(st) = single {
+                        let base = st.gauc.get(i).map_or(f64::NAN, |b| b.mean);
+                        let _ = write!(s, " {:+.4} |", gain("gauc", t.mean, base));
+                    }
+                }
+                s.push('\n');
+            }
         }
         if !first.domains.is_empty() {
             s.push_str("\nPer domain (test rows of each domain):\n\n| model |");

@@ -193,6 +193,22 @@ pub fn prepare_fitted(
                 format!("source `{}` defines its own tasks; remove [[tasks]]", d.source),
             ));
         }
+        if d.weight.is_some() {
+            return Err(cfg.error(
+                "data",
+                Some("weight"),
+                format!(
+                    "source `{}` is generated and has no weight column; weights are for `csv` and `parquet` files",
+                    d.source
+                ),
+            ));
+        }
+        let data = match &d.group {
+            Some(field) => data
+                .with_groups_from_field(field)
+                .map_err(|e| cfg.error("data", Some("group"), e))?,
+            None => data,
+        };
         let split = split(data.rows(), d.split, d.split_seed.unwrap_or(seed))
             .map_err(|e| cfg.error("data", Some("split"), e))?;
         let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
@@ -221,6 +237,8 @@ pub fn prepare_fitted(
         }
         "csv" | "parquet" => {
             let mut schema: TabularSchema = section(cfg, None)?;
+            schema.group = d.group.clone();
+            schema.weight = d.weight.clone();
             schema.source = Some(if d.source == "csv" {
                 FileFormat::Csv
             } else {

@@ -86,6 +86,8 @@ fn cases() -> Vec<Case> {
         case("data wrong type", "[data]\nsource = \"mmoe-synthetic\"\ncorrelation = \"high\"\n[model]\narch = \"mmoe\"\n", &[], &["line 3", "[data] correlation", "expected f64", "`correlation = "]),
         case("data split length", "[data]\nsource = \"mmoe-synthetic\"\nsplit = [0.8, 0.2]\n[model]\narch = \"mmoe\"\n", &[], &["line 3", "[data] split"]),
         case("data unknown key", "[data]\nsource = \"mmoe-synthetic\"\nembedding_dim = -4\n[model]\narch = \"mmoe\"\n", &[], &["line 3", "[data] embedding_dim", "unknown field"]),
+        case("generated weight", "[data]\nsource = \"mmoe-synthetic\"\nweight = \"w\"\n[model]\narch = \"mmoe\"\n", &[], &["line 3", "[data] weight", "no weight column"]),
+        case("generated group", format!("{STAR}[features]\n"), &["data.group=\"user\""], &["--set `data.group=\"user\"`", "[data] group", "group `user` is not a sparse field", "user_id"]),
         case("multi-domain shares type", "[data]\nsource = \"multi-domain-synthetic\"\ndomain_shares = \"0.5\"\n[model]\narch = \"star\"\n", &[], &["line 3", "[data] domain_shares", "expected a sequence"]),
         // [train], [features]
         case("train lr type", format!("{MMOE}[train]\nlr = \"fast\"\n"), &[], &["line 8", "[train] lr", "expected f64"]),

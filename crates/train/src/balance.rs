@@ -198,7 +198,13 @@ pub fn task_losses(model: &Model, batch: &mtrec_data::Batch) -> Result<BatchLoss
     for (k, (task, o)) in model.tasks().iter().zip(&out.outputs).enumerate() {
         let labels = batch.labels.narrow(D::Minus1, k, 1)?.squeeze(1)?;
         let mask = batch.masks.narrow(D::Minus1, k, 1)?.squeeze(1)?;
-        losses.push(loss::task_loss(task.kind, o, &labels, &mask)?);
+        losses.push(loss::weighted_task_loss(
+            task.kind,
+            o,
+            &labels,
+            &mask,
+            batch.weights.as_ref(),
+        )?);
     }
     if losses.is_empty() {
         return Err(TrainError::Config("the model has no task".into()));

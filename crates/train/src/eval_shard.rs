@@ -1,6 +1,7 @@
 //! Evaluation split over the ranks of a distributed run: batch i of an
 //! evaluation goes to rank `i % ranks`, and at the end every rank receives
-//! every rank's kept scores and labels and puts them back in batch order,
+//! every rank's kept scores, labels, domain and group ids and puts them
+//! back in batch order,
 //! so that the metrics are computed over all rows exactly as one process
 //! would (exact AUC over all ranks' rows, not an average of the ranks' AUCs;
 //! logloss and MSE summed in the same order).
@@ -20,6 +21,8 @@ pub(crate) struct EvalPart {
     pub outputs: Vec<Vec<f32>>,
     pub labels: Vec<Vec<f32>>,
     pub domains: Vec<Vec<u32>>,
+    /// Per task the labelled rows' group ids (empty without a group column).
+    pub groups: Vec<Vec<u64>>,
     /// Gate weight sums (not yet divided by the rows).
     pub utilisation: Vec<GateUtilisation>,
     pub per_domain: Vec<(Vec<GateUtilisation>, usize)>,
@@ -33,8 +36,8 @@ struct Header {
     utilisation: Vec<GateUtilisation>,
     per_domain: Vec<(Vec<GateUtilisation>, usize)>,
     rows: usize,
-    /// Per task: outputs (= labels) and domain ids.
-    lengths: Vec<(usize, usize)>,
+    /// Per task: outputs (= labels), domain ids and group ids.
+    lengths: Vec<(usize, usize, usize)>,
 }
 
 fn bad(rank: usize, what: &str) -> TrainError {
@@ -52,16 +55,24 @@ impl EvalPart {
                 .outputs
                 .iter()
                 .zip(&self.domains)
-                .map(|(o, d)| (o.len(), d.len()))
+                .zip(&self.groups)
+                .map(|((o, d), g)| (o.len(), d.len(), g.len()))
                 .collect(),
         };
         let json = serde_json::to_vec(&header).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let mut out = (json.len() as u64).to_le_bytes().to_vec();
         out.extend(json);
-        for ((o, l), d) in self.outputs.iter().zip(&self.labels).zip(&self.domains) {
+        for (((o, l), d), g) in self
+            .outputs
+            .iter()
+            .zip(&self.labels)
+            .zip(&self.domains)
+            .zip(&self.groups)
+        {
             out.extend(o.iter().flat_map(|x| x.to_le_bytes()));
             out.extend(l.iter().flat_map(|x| x.to_le_bytes()));
             out.extend(d.iter().flat_map(|x| x.to_le_bytes()));
+            out.extend(g.iter().flat_map(|x| x.to_le_bytes()));
         }
         Ok(out)
     }
@@ -75,11 +86,18 @@ impl EvalPart {
         let json = bytes.get(8..8 + n).ok_or_else(|| bad(rank, "header"))?;
         let h: Header = serde_json::from_slice(json).map_err(|_| bad(rank, "header"))?;
         let mut at = 8 + n;
-        let mut take = |count: usize| -> Result<Vec<[u8; 4]>> {
-            let b = bytes.get(at..at + 4 * count).ok_or_else(|| bad(rank, "arrays"))?;
-            at += 4 * count;
-            Ok(b.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+        let mut take = |count: usize, width: usize| -> Result<&[u8]> {
+            let b = bytes.get(at..at + width * count).ok_or_else(|| bad(rank, "arrays"))?;
+            at += width * count;
+            Ok(b)
         };
+        fn words<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+            b.chunks_exact(N).map(|c| {
+                let mut w = [0u8; N];
+                w.copy_from_slice(c);
+                w
+            })
+        }
         let mut part = EvalPart {
             segments: h.segments,
             utilisation: h.utilisation,
@@ -87,12 +105,11 @@ impl EvalPart {
             rows: h.rows,
             ..EvalPart::default()
         };
-        for (o, d) in h.lengths {
-            part.outputs
-                .push(take(o)?.into_iter().map(f32::from_le_bytes).collect());
-            part.labels.push(take(o)?.into_iter().map(f32::from_le_bytes).collect());
-            part.domains
-                .push(take(d)?.into_iter().map(u32::from_le_bytes).collect());
+        for (o, d, g) in h.lengths {
+            part.outputs.push(words(take(o, 4)?).map(f32::from_le_bytes).collect());
+            part.labels.push(words(take(o, 4)?).map(f32::from_le_bytes).collect());
+            part.domains.push(words(take(d, 4)?).map(u32::from_le_bytes).collect());
+            part.groups.push(words(take(g, 8)?).map(u64::from_le_bytes).collect());
         }
         Ok(part)
     }
@@ -116,7 +133,7 @@ fn add_sums(into: &mut Vec<GateUtilisation>, from: &[GateUtilisation]) {
 pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
     let mut order: Vec<(u32, usize, usize)> = Vec::new();
     for (r, p) in parts.iter().enumerate() {
-        if p.outputs.len() != tasks || p.labels.len() != tasks || p.domains.len() != tasks {
+        if p.outputs.len() != tasks || p.labels.len() != tasks || p.domains.len() != tasks || p.groups.len() != tasks {
             return Err(bad(r, "task count"));
         }
         order.extend((0..p.segments.len()).map(|s| (p.segments[s].0, r, s)));
@@ -126,6 +143,7 @@ pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
         outputs: vec![Vec::new(); tasks],
         labels: vec![Vec::new(); tasks],
         domains: vec![Vec::new(); tasks],
+        groups: vec![Vec::new(); tasks],
         ..EvalPart::default()
     };
     let mut cursor = vec![vec![0usize; tasks]; parts.len()];
@@ -141,6 +159,9 @@ pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
             out.labels[t].extend(p.labels[t].get(a..b).ok_or_else(|| bad(r, "labels"))?);
             if !p.domains[t].is_empty() {
                 out.domains[t].extend(p.domains[t].get(a..b).ok_or_else(|| bad(r, "domains"))?);
+            }
+            if !p.groups[t].is_empty() {
+                out.groups[t].extend(p.groups[t].get(a..b).ok_or_else(|| bad(r, "groups"))?);
             }
             cursor[r][t] = b;
         }
@@ -183,6 +204,7 @@ mod tests {
             outputs: vec![vec![0.1, 0.2, 0.5], vec![1.0]],
             labels: vec![vec![1.0, 0.0, 1.0], vec![0.0]],
             domains: vec![vec![0, 1, 0], vec![1]],
+            groups: vec![vec![u64::MAX, 5, 7], vec![1 << 40]],
             utilisation: gate(&[1.0, 2.0]),
             per_domain: vec![(gate(&[0.5, 1.0]), 2), (gate(&[0.5, 1.0]), 1)],
             rows: 3,
@@ -192,6 +214,7 @@ mod tests {
             outputs: vec![vec![0.3], vec![2.0, 3.0]],
             labels: vec![vec![0.0], vec![1.0, 1.0]],
             domains: vec![vec![1], vec![0, 1]],
+            groups: vec![vec![9], vec![2, 3]],
             utilisation: gate(&[0.5, 0.5]),
             per_domain: vec![(gate(&[0.25, 0.25]), 1), (gate(&[0.25, 0.25]), 0)],
             rows: 1,
@@ -206,6 +229,7 @@ mod tests {
         assert_eq!(m.outputs, vec![vec![0.1, 0.2, 0.3, 0.5], vec![1.0, 2.0, 3.0]]);
         assert_eq!(m.labels, vec![vec![1.0, 0.0, 0.0, 1.0], vec![0.0, 1.0, 1.0]]);
         assert_eq!(m.domains, vec![vec![0, 1, 1, 0], vec![1, 0, 1]]);
+        assert_eq!(m.groups, vec![vec![u64::MAX, 5, 9, 7], vec![1 << 40, 2, 3]]);
         assert_eq!(m.utilisation[0].mean_weight, vec![1.5, 2.5]);
         assert_eq!(m.per_domain[0].1, 3);
         assert_eq!(m.per_domain[1].0[0].mean_weight, vec![0.75, 1.25]);

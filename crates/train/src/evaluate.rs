@@ -79,8 +79,9 @@ pub fn batch_outputs(model: &Model, batch: &Batch) -> Result<Vec<Vec<f32>>> {
 
 /// Evaluation fed batch by batch, so that the evaluated rows need not be in
 /// memory at once (streamed files): per task it keeps only the output and
-/// label of each labelled row (8 bytes per row and task, 12 with domains),
-/// which exact AUC needs; gate weights are summed as they come.
+/// label of each labelled row (8 bytes per row and task, +4 with domains,
+/// +8 with a group column: the row's group id for GAUC), which exact AUC
+/// and GAUC need; gate weights are summed as they come.
 /// [`evaluate`] is this over a dataset's rows, so the same rows in the same
 /// batches give identical metrics either way.
 ///
@@ -97,6 +98,8 @@ pub struct Evaluator<'m> {
     outputs: Vec<Vec<f32>>,
     labels: Vec<Vec<f32>>,
     domains: Vec<Vec<u32>>,
+    /// Per task, the labelled rows' group ids (batches with groups).
+    groups: Vec<Vec<u64>>,
     utilisation: Vec<GateUtilisation>,
     /// Per domain: gate weight sums like `utilisation`, and rows summed.
     per_domain: Vec<(Vec<GateUtilisation>, usize)>,
@@ -126,6 +129,7 @@ impl<'m> Evaluator<'m> {
             outputs: vec![Vec::new(); k],
             labels: vec![Vec::new(); k],
             domains: vec![Vec::new(); k],
+            groups: vec![Vec::new(); k],
             utilisation: Vec::new(),
             per_domain: Vec::new(),
             rows_run: 0,
@@ -178,6 +182,9 @@ impl<'m> Evaluator<'m> {
                     self.labels[t].push(labels[r * k + t]);
                     if let Some(ids) = ids {
                         self.domains[t].push(ids[r]);
+                    }
+                    if let Some(g) = &batch.groups {
+                        self.groups[t].push(g[r]);
                     }
                 }
             }
@@ -238,6 +245,7 @@ impl<'m> Evaluator<'m> {
             outputs: std::mem::take(&mut self.outputs),
             labels: std::mem::take(&mut self.labels),
             domains: std::mem::take(&mut self.domains),
+            groups: std::mem::take(&mut self.groups),
             utilisation: std::mem::take(&mut self.utilisation),
             per_domain: std::mem::take(&mut self.per_domain),
             rows: self.rows_run,
@@ -253,10 +261,18 @@ impl<'m> Evaluator<'m> {
         self.outputs = all.outputs;
         self.labels = all.labels;
         self.domains = all.domains;
+        self.groups = all.groups;
         self.utilisation = all.utilisation;
         self.per_domain = all.per_domain;
         self.rows_run = all.rows;
         Ok(())
+    }
+
+    /// Task `t`'s kept group ids, when every kept row has one (the batches
+    /// came with a group column).
+    fn task_groups(&self, t: usize) -> Option<&[u64]> {
+        let g = &self.groups[t];
+        (!g.is_empty() && g.len() == self.outputs[t].len()).then_some(g.as_slice())
     }
 
     /// The metrics of every task over the rows added (each task over its
@@ -276,14 +292,15 @@ impl<'m> Evaluator<'m> {
             .tasks()
             .iter()
             .enumerate()
-            .map(|(t, task)| task_metrics(task, &self.outputs[t], &self.labels[t]))
+            .map(|(t, task)| task_metrics(task, &self.outputs[t], &self.labels[t], self.task_groups(t)))
             .collect::<Result<Vec<_>>>()?;
         let mut domains = Vec::new();
         if !self.domain_names.is_empty() {
             if self.per_domain.is_empty() {
                 self.per_domain = vec![(Vec::new(), 0); self.domain_names.len()];
             }
-            for (p, (name, (mut util, n))) in self.domain_names.iter().zip(self.per_domain).enumerate() {
+            let per_domain = std::mem::take(&mut self.per_domain);
+            for (p, (name, (mut util, n))) in self.domain_names.iter().zip(per_domain).enumerate() {
                 if n == 0 {
                     util.clear();
                 }
@@ -296,14 +313,15 @@ impl<'m> Evaluator<'m> {
                     .iter()
                     .enumerate()
                     .map(|(t, task)| {
-                        let (out, labels): (Vec<f32>, Vec<f32>) = self.outputs[t]
-                            .iter()
-                            .zip(&self.labels[t])
-                            .zip(&self.domains[t])
-                            .filter(|(_, &d)| d as usize == p)
-                            .map(|((o, l), _)| (*o, *l))
-                            .unzip();
-                        task_metrics(task, &out, &labels)
+                        let here: Vec<usize> = (0..self.domains[t].len())
+                            .filter(|&i| self.domains[t][i] as usize == p)
+                            .collect();
+                        let out: Vec<f32> = here.iter().map(|&i| self.outputs[t][i]).collect();
+                        let labels: Vec<f32> = here.iter().map(|&i| self.labels[t][i]).collect();
+                        let groups = self
+                            .task_groups(t)
+                            .map(|g| here.iter().map(|&i| g[i]).collect::<Vec<u64>>());
+                        task_metrics(task, &out, &labels, groups.as_deref())
                     })
                     .collect::<Result<Vec<_>>>()?;
                 domains.push(DomainResult {
@@ -322,11 +340,13 @@ impl<'m> Evaluator<'m> {
     }
 }
 
-/// The metrics of a task from its labelled rows' outputs and labels.
-fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32]) -> Result<TaskResult> {
-    let metrics = match task.kind {
-        TaskKind::Binary => TaskMetrics::binary_from_logits(out, labels, None)?,
-        TaskKind::Regression => TaskMetrics::regression(out, labels, None)?,
+/// The metrics of a task from its labelled rows' outputs and labels (and
+/// group ids: GAUC for a binary task).
+fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32], groups: Option<&[u64]>) -> Result<TaskResult> {
+    let metrics = match (task.kind, groups) {
+        (TaskKind::Binary, Some(g)) => TaskMetrics::binary_from_logits(out, labels, None)?.with_gauc(out, labels, g)?,
+        (TaskKind::Binary, None) => TaskMetrics::binary_from_logits(out, labels, None)?,
+        (TaskKind::Regression, _) => TaskMetrics::regression(out, labels, None)?,
     };
     Ok(TaskResult {
         task: task.name.clone(),
@@ -554,6 +574,71 @@ mod tests {
         assert!(ev.domains[1].tasks[0].metrics.logloss.is_none());
         assert!(ev.domains[1].utilisation.is_empty());
         assert!(!ev.domains[0].utilisation.is_empty());
+    }
+
+    /// GAUC of one task from the model's outputs on `rows`, computed here
+    /// independently of the evaluator (labelled rows picked by the masks).
+    fn gauc_by_hand(m: &Model, data: &Dataset, rows: &[usize], task: usize) -> Option<(f64, usize)> {
+        let out = predict(m, data, rows, 7).unwrap();
+        let (k, groups) = (data.task_count(), data.groups.as_ref().unwrap());
+        let kept: Vec<usize> = (0..rows.len())
+            .filter(|&i| data.masks[rows[i] * k + task] > 0.0)
+            .collect();
+        let scores: Vec<f32> = kept.iter().map(|&i| out[task][i]).collect();
+        let labels: Vec<f32> = kept.iter().map(|&i| data.labels[rows[i] * k + task]).collect();
+        let g: Vec<u64> = kept.iter().map(|&i| groups[rows[i]]).collect();
+        crate::metrics::gauc(&scores, &labels, &g).unwrap()
+    }
+
+    #[test]
+    fn gauc_per_task_and_domain_alike_in_memory_streamed_and_on_two_ranks() {
+        // 200 users over 600 rows: about 3 rows per user, many with one class.
+        let data = multi_domain(600).with_groups_from_field("user_id").unwrap();
+        let m = model(&data);
+        let rows: Vec<usize> = (0..600).rev().collect();
+        let ev = evaluate(&m, &data, &rows, 64).unwrap();
+        for (t, r) in ev.tasks.iter().enumerate() {
+            let (g, n) = gauc_by_hand(&m, &data, &rows, t).unwrap();
+            assert_eq!(r.metrics.gauc, Some(g), "task {t}");
+            assert_eq!(r.metrics.gauc_groups, Some(n));
+            assert!(n > 20 && n < 200, "{n} groups with both classes");
+        }
+        let ids = &data.domains.as_ref().unwrap().ids;
+        for (p, d) in ev.domains.iter().enumerate() {
+            let own: Vec<usize> = rows.iter().copied().filter(|&r| ids[r] as usize == p).collect();
+            for (t, cell) in d.tasks.iter().enumerate() {
+                assert_eq!(
+                    cell.metrics.gauc,
+                    gauc_by_hand(&m, &data, &own, t).map(|x| x.0),
+                    "domain {p} task {t}"
+                );
+            }
+        }
+        // Streamed: the same rows arriving as datasets of 64 rows.
+        let names = data.domains.as_ref().map(|d| d.names.as_slice());
+        let parts = rows.chunks(64).map(|c| Ok(data.subset(c)));
+        assert_eq!(evaluate_batches(&m, parts, names).unwrap(), ev);
+        // Two ranks (threads): batches split, group ids gathered back.
+        let evs = mtrec_distributed::ThreadRank::run(2, |c| {
+            let _g = mtrec_distributed::install(Rc::new(c));
+            let data = multi_domain(600).with_groups_from_field("user_id").unwrap();
+            let rows: Vec<usize> = (0..600).rev().collect();
+            evaluate(&model(&data), &data, &rows, 64).unwrap()
+        });
+        for e in evs {
+            // Metrics come from the rows gathered in batch order: identical
+            // (gate sums are added in rank order, so only close: not compared).
+            assert_eq!(e.tasks, ev.tasks);
+            for (a, b) in e.domains.iter().zip(&ev.domains) {
+                assert_eq!(a.tasks, b.tasks);
+            }
+        }
+        // report.json carries it; data without groups has none.
+        assert!(serde_json::to_string(&ev).unwrap().contains("\"gauc\""));
+        let plain = multi_domain(600);
+        let ev = evaluate(&m, &plain, &rows, 64).unwrap();
+        assert!(ev.tasks.iter().all(|t| t.metrics.gauc.is_none()));
+        assert!(!serde_json::to_string(&ev).unwrap().contains("gauc"));
     }
 
     #[test]

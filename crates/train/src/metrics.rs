@@ -80,6 +80,22 @@ pub fn auc(scores: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<f64> 
         return err("auc: no rows (all masked out)".into());
     }
     pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    match sorted_auc(&pairs) {
+        Some(a) => Ok(a),
+        None => {
+            let only = if pairs.iter().all(|p| !p.1) {
+                "negative"
+            } else {
+                "positive"
+            };
+            err(format!("auc: undefined, all {} masked-in rows are {only}", pairs.len()))
+        }
+    }
+}
+
+/// The exact AUC of (score, is positive) pairs sorted by score (`-0.0`
+/// folded into `+0.0`); `None` without both classes.
+fn sorted_auc(pairs: &[(f32, bool)]) -> Option<f64> {
     // Walk groups of equal scores upwards: every positive of a group beats
     // all negatives below the group and ties with the negatives inside it.
     // `twice` is twice the Mann–Whitney U, an exact integer.
@@ -92,11 +108,39 @@ pub fn auc(scores: &[f32], labels: &[f32], mask: Option<&[f32]>) -> Result<f64> 
         positives += pos;
     }
     let negatives = negatives_below;
-    if positives == 0 || negatives == 0 {
-        let only = if positives == 0 { "negative" } else { "positive" };
-        return err(format!("auc: undefined, all {} masked-in rows are {only}", pairs.len()));
+    (positives > 0 && negatives > 0).then(|| twice as f64 / (2.0 * positives as f64 * negatives as f64))
+}
+
+/// GAUC as DIN defines it (Zhou et al., KDD'18, eq. 5): the mean of the
+/// per-group AUCs weighted by the groups' row counts,
+/// `sum_u n_u AUC_u / sum_u n_u`, over the groups whose rows hold both
+/// classes (a group with one class has no AUC and is left out, rows and
+/// all). Each `AUC_u` is the exact [`auc`] (ties count one half). `groups`
+/// holds one id per row (equal ids = one group). Returns the GAUC and the
+/// number of groups counted; `None` when no group has both classes.
+pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u64]) -> Result<Option<(f64, usize)>> {
+    check_lengths("gauc", scores, labels, None)?;
+    if groups.len() != scores.len() {
+        return err(format!("gauc: {} group ids for {} rows", groups.len(), scores.len()));
     }
-    Ok(twice as f64 / (2.0 * positives as f64 * negatives as f64))
+    let mut rows = Vec::with_capacity(scores.len());
+    for (i, ((&s, &y), &g)) in scores.iter().zip(labels).zip(groups).enumerate() {
+        no_nan("gauc", "score", i, s)?;
+        rows.push((g, (s + 0.0, binary_label("gauc", i, y)?)));
+    }
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1 .0.total_cmp(&b.1 .0)));
+    let (mut sum, mut n, mut counted) = (0.0f64, 0usize, 0usize);
+    let mut pairs = Vec::new();
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        pairs.clear();
+        pairs.extend(group.iter().map(|r| r.1));
+        if let Some(a) = sorted_auc(&pairs) {
+            sum += group.len() as f64 * a;
+            n += group.len();
+            counted += 1;
+        }
+    }
+    Ok((counted > 0).then(|| (sum / n as f64, counted)))
 }
 
 /// Mean binary cross-entropy of probabilities `probs` against labels in
@@ -165,6 +209,12 @@ pub struct TaskMetrics {
     pub auc: Option<f64>,
     pub logloss: Option<f64>,
     pub mse: Option<f64>,
+    /// Binary tasks of data with a group column: [`gauc`], and the groups
+    /// it averages (those with both classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gauc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gauc_groups: Option<usize>,
 }
 
 /// A task's headline metric: the one reports, comparisons, plots and early
@@ -210,7 +260,19 @@ impl TaskMetrics {
             auc: None,
             logloss: None,
             mse: None,
+            gauc: None,
+            gauc_groups: None,
         }
+    }
+
+    /// These metrics with the GAUC of the same rows (a binary task's
+    /// scores and 0/1 labels, one group id per row).
+    pub fn with_gauc(mut self, scores: &[f32], labels: &[f32], groups: &[u64]) -> Result<Self> {
+        if let Some((g, n)) = gauc(scores, labels, groups)? {
+            self.gauc = Some(g);
+            self.gauc_groups = Some(n);
+        }
+        Ok(self)
     }
 
     /// A binary task from the model's raw outputs (**logits**): AUC on the
@@ -289,6 +351,36 @@ mod tests {
         assert_eq!(auc(&scores, &labels, None).unwrap(), 0.75);
         // Rank form: sorted 0.1(1) 0.35(2) 0.4,0.4(3.5 each) 0.8(5);
         // positive ranks 2 + 3.5 + 5 = 10.5, U = 10.5 - 3*4/2 = 4.5.
+    }
+
+    #[test]
+    fn gauc_hand_case() {
+        // Group 7 (4 rows): negatives 0.1, 0.4; positives 0.4, 0.8:
+        //   pos 0.4 beats 0.1, ties 0.4 -> 1.5; pos 0.8 -> 2; AUC = 3.5 / 4.
+        // Group 3 (2 rows): positive 0.2 below negative 0.9: AUC 0.
+        // Group 5 (3 rows): all negative: no AUC, left out with its rows.
+        // Group 9 (1 row): one positive: left out.
+        // GAUC = (4 * 0.875 + 2 * 0) / (4 + 2) = 3.5 / 6.
+        let scores = [0.1, 0.9, 0.4, 0.3, 0.4, 0.2, 0.8, 0.5, 0.6, 0.7];
+        let labels = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0];
+        let groups = [7, 3, 7, 5, 7, 3, 7, 5, 9, 5];
+        let (g, n) = gauc(&scores, &labels, &groups).unwrap().unwrap();
+        assert!(close(g, 3.5 / 6.0, 1e-12), "{g}");
+        assert_eq!(n, 2);
+        // The row order does not matter.
+        let rev = |v: &[f32]| v.iter().rev().copied().collect::<Vec<_>>();
+        let rg: Vec<u64> = groups.iter().rev().copied().collect();
+        let (g2, _) = gauc(&rev(&scores), &rev(&labels), &rg).unwrap().unwrap();
+        assert_eq!(g, g2);
+        // One group: its AUC.
+        let one = [1u64; 10];
+        let (g1, n1) = gauc(&scores, &labels, &one).unwrap().unwrap();
+        assert_eq!((g1, n1), (auc(&scores, &labels, None).unwrap(), 1));
+        // No group with both classes: undefined.
+        assert_eq!(gauc(&[0.1, 0.2], &[1.0, 0.0], &[1, 2]).unwrap(), None);
+        // Bad input is an error, not a number.
+        assert!(gauc(&[0.1, 0.2], &[1.0, 0.5], &[1, 1]).is_err());
+        assert!(gauc(&[0.1, 0.2], &[1.0, 0.0], &[1]).is_err());
     }
 
     #[test]

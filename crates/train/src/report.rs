@@ -8,6 +8,7 @@ use mtrec_core::TaskInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{Evaluation, GateUtilisation};
+use crate::metrics::TaskMetrics;
 use crate::trainer::TrainOutcome;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,6 +46,34 @@ pub struct SplitRows {
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The metric columns' header: GAUC only when some result has one (data
+/// with a group column).
+fn metric_header(gauc: bool) -> String {
+    let mut s = format!("{:>8} {:>8} {:>8} {:>8}", "rows", "auc", "logloss", "mse");
+    if gauc {
+        let _ = write!(s, " {:>8}", "gauc");
+    }
+    s
+}
+
+fn metric_cells(m: &TaskMetrics, gauc: bool) -> String {
+    let mut s = format!(
+        "{:>8} {:>8} {:>8} {:>8}",
+        m.rows,
+        fmt_opt(m.auc),
+        fmt_opt(m.logloss),
+        fmt_opt(m.mse)
+    );
+    if gauc {
+        let _ = write!(s, " {:>8}", fmt_opt(m.gauc));
+    }
+    s
+}
+
+fn has_gauc<'a>(mut metrics: impl Iterator<Item = &'a TaskMetrics>) -> bool {
+    metrics.any(|m| m.gauc.is_some())
 }
 
 impl Report {
@@ -137,8 +166,8 @@ impl Report {
     }
 }
 
-/// One line per domain and task: rows, AUC, logloss, MSE (`-` where undefined).
-/// One row per split and task: rows, AUC, logloss, MSE.
+/// One row per split and task: rows, AUC, logloss, MSE (`-` where
+/// undefined), and GAUC when the data has a group column.
 pub fn metrics_table(splits: &[(&str, &Evaluation)]) -> String {
     let mut s = String::new();
     let width = splits
@@ -147,29 +176,17 @@ pub fn metrics_table(splits: &[(&str, &Evaluation)]) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
-        s,
-        "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-        "split", "task", "rows", "auc", "logloss", "mse"
-    );
+    let gauc = has_gauc(splits.iter().flat_map(|(_, ev)| ev.tasks.iter().map(|t| &t.metrics)));
+    let _ = writeln!(s, "{:<6} {:<width$} {}", "split", "task", metric_header(gauc));
     for (split, ev) in splits {
         for t in &ev.tasks {
-            let m = &t.metrics;
-            let _ = writeln!(
-                s,
-                "{:<6} {:<width$} {:>8} {:>8} {:>8} {:>8}",
-                split,
-                t.task,
-                m.rows,
-                fmt_opt(m.auc),
-                fmt_opt(m.logloss),
-                fmt_opt(m.mse)
-            );
+            let _ = writeln!(s, "{:<6} {:<width$} {}", split, t.task, metric_cells(&t.metrics, gauc));
         }
     }
     s
 }
 
+/// One line per domain and task: the columns of [`metrics_table`].
 pub fn domain_table(ev: &Evaluation) -> String {
     let mut s = String::new();
     if ev.domains.is_empty() {
@@ -183,23 +200,16 @@ pub fn domain_table(ev: &Evaluation) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
-        s,
-        "{:<dw$} {:<tw$} {:>8} {:>8} {:>8} {:>8}",
-        "domain", "task", "rows", "auc", "logloss", "mse"
-    );
+    let gauc = has_gauc(ev.domains.iter().flat_map(|d| d.tasks.iter().map(|t| &t.metrics)));
+    let _ = writeln!(s, "{:<dw$} {:<tw$} {}", "domain", "task", metric_header(gauc));
     for d in &ev.domains {
         for t in &d.tasks {
-            let m = &t.metrics;
             let _ = writeln!(
                 s,
-                "{:<dw$} {:<tw$} {:>8} {:>8} {:>8} {:>8}",
+                "{:<dw$} {:<tw$} {}",
                 d.domain,
                 t.task,
-                m.rows,
-                fmt_opt(m.auc),
-                fmt_opt(m.logloss),
-                fmt_opt(m.mse)
+                metric_cells(&t.metrics, gauc)
             );
         }
     }

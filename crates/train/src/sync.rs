@@ -11,7 +11,9 @@
 //!    each rank scales its local masked mean by `local rows / global rows`:
 //!    the sum of the ranks' scaled gradients is then the gradient of the
 //!    global mean (a plain average of the ranks' means would weigh a row of
-//!    a rank with few labelled rows more).
+//!    a rank with few labelled rows more). With sample weights the counts
+//!    are the labelled rows' weight sums (the weighted mean's denominator,
+//!    `mtrec_core::loss::weighted_task_loss`).
 //! 2. [`GradSync::merge_rows`]: one all-gather of the embedding-table row
 //!    ids each rank touched; every rank forms, per table, the sorted union
 //!    and a fresh copy of those rows ([`TouchedRows`]), so that every rank's
@@ -141,7 +143,8 @@ impl GradSync {
         Ok(next)
     }
 
-    /// From this rank's labelled-row count and masked-mean loss per task:
+    /// From this rank's labelled-row count (weight sum, with sample
+    /// weights) and masked-mean loss per task:
     /// the factor each local loss is multiplied by (so that the ranks'
     /// gradients sum to the gradient of the global batch's mean) and the
     /// global batch's loss per task.
@@ -151,20 +154,23 @@ impl GradSync {
             return Ok((vec![1.0; k], means.to_vec()));
         }
         let mut buf: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
-        // The loss sum over the labelled rows (the mean's numerator).
-        buf.extend(means.iter().zip(counts).map(|(&m, &c)| (m * c.max(1.0)) as f32));
+        // The loss sum over the labelled rows (the mean's numerator; 0 when
+        // the count is, as the mean is then 0).
+        buf.extend(means.iter().zip(counts).map(|(&m, &c)| (m * c) as f32));
         self.coll.all_reduce_sum(&mut buf).map_err(dist_error)?;
         self.dense_bytes += 4 * buf.len() as u64;
         self.steps += 1;
+        // A rank without labelled rows (or weight) has a zero loss without
+        // gradient: its factor does not matter, 0 says so.
         let scales = counts
             .iter()
             .zip(&buf[..k])
-            .map(|(&c, &g)| c.max(1.0) / f64::from(g).max(1.0))
+            .map(|(&c, &g)| if c > 0.0 { c / f64::from(g) } else { 0.0 })
             .collect();
         let global = buf[..k]
             .iter()
             .zip(&buf[k..])
-            .map(|(&g, &s)| f64::from(s) / f64::from(g).max(1.0))
+            .map(|(&g, &s)| if g > 0.0 { f64::from(s) / f64::from(g) } else { 0.0 })
             .collect();
         Ok((scales, global))
     }
@@ -335,7 +341,11 @@ fn f32s(t: &Tensor, name: &str) -> Result<Vec<f32>> {
 
 /// Each task's labelled-row count in a batch (task order).
 pub(crate) fn mask_counts(batch: &mtrec_data::Batch) -> Result<Vec<f64>> {
-    let sums: Vec<f32> = batch.masks.sum(0)?.to_dtype(DType::F32)?.to_vec1()?;
+    let masked = match &batch.weights {
+        Some(w) => batch.masks.broadcast_mul(&w.unsqueeze(1)?)?,
+        None => batch.masks.clone(),
+    };
+    let sums: Vec<f32> = masked.sum(0)?.to_dtype(DType::F32)?.to_vec1()?;
     Ok(sums.into_iter().map(f64::from).collect())
 }
 
@@ -460,8 +470,30 @@ mod tests {
         // Task 0: (3 * 1 + 5) / 4 = 2; task 1: 2 * 2 / 2 = 2.
         assert_eq!(results[0].1, vec![2.0, 2.0]);
         assert_eq!(results[1].1, vec![2.0, 2.0]);
-        // Scales: local rows over global rows (the mean's numerator split).
+        // Scales: local rows over global rows (the mean's numerator split);
+        // 0 for rank 1's task 1, which has no labelled row (no gradient).
         assert_eq!(results[0].0, vec![0.75, 1.0]);
-        assert_eq!(results[1].0, vec![0.25, 0.5]);
+        assert_eq!(results[1].0, vec![0.25, 0.0]);
+    }
+
+    #[test]
+    fn weighted_global_loss_uses_the_weight_sums() {
+        let results = ThreadRank::run(2, |c| {
+            let rank = c.rank();
+            let mut sync = GradSync::new(std::rc::Rc::new(c));
+            // Weight sums below 1 must not be rounded up to one row:
+            // rank 0 weighs 0.5 with mean 2, rank 1 weighs 1.5 with mean 4.
+            let (weights, means) = if rank == 0 {
+                (vec![0.5], vec![2.0])
+            } else {
+                (vec![1.5], vec![4.0])
+            };
+            sync.global_losses(&weights, &means).unwrap()
+        });
+        // (0.5 * 2 + 1.5 * 4) / 2 = 3.5; scales 0.5 / 2 and 1.5 / 2.
+        for (rank, want) in [(0, 0.25), (1, 0.75)] {
+            assert_eq!(results[rank].1, vec![3.5]);
+            assert_eq!(results[rank].0, vec![want]);
+        }
     }
 }

@@ -33,10 +33,21 @@ fn data() -> Dataset {
 /// Per step the global batch's losses, and per epoch its log.
 type Trace = (Vec<Vec<f64>>, Vec<EpochLog>);
 
+/// [`data`] with per-row sample weights: 0 and small fractions, so that a
+/// rank's share of a batch often weighs less than one row.
+fn weighted_data() -> Dataset {
+    let d = data();
+    let w = (0..d.rows()).map(|r| ((r * 7) % 5) as f32 * 0.003).collect();
+    d.with_weights(w).unwrap()
+}
+
 /// Trains on `train_rows` training rows with `batch` rows per rank, in the
 /// calling thread (whose installed collective decides the ranks).
 fn run(cfg: &TrainConfig, train_rows: usize) -> Trace {
-    let data = data();
+    run_on(data(), cfg, train_rows)
+}
+
+fn run_on(data: Dataset, cfg: &TrainConfig, train_rows: usize) -> Trace {
     let split = Split {
         train: (0..train_rows).collect(),
         valid: (train_rows..train_rows + 200).collect(),
@@ -65,10 +76,14 @@ fn run(cfg: &TrainConfig, train_rows: usize) -> Trace {
 }
 
 fn on_ranks(ranks: usize, cfg: &TrainConfig, train_rows: usize) -> Vec<Trace> {
+    on_ranks_with(ranks, cfg, train_rows, data)
+}
+
+fn on_ranks_with(ranks: usize, cfg: &TrainConfig, train_rows: usize, make: fn() -> Dataset) -> Vec<Trace> {
     let cfg = cfg.clone();
     ThreadRank::run(ranks, move |c| {
         let _g = install(Rc::new(c));
-        run(&cfg, train_rows)
+        run_on(make(), &cfg, train_rows)
     })
 }
 
@@ -131,6 +146,24 @@ fn two_ranks_train_like_one_process_with_twice_the_batch_under_every_balancer() 
         let one = run(&config(balancer.clone(), 64), 500);
         let two = on_ranks(2, &config(balancer, 32), 500);
         assert_same_training(&one, &two, name);
+    }
+}
+
+#[test]
+fn two_ranks_train_like_one_process_with_sample_weights() {
+    for balancer in [BalancerConfig::Fixed, BalancerConfig::Pcgrad] {
+        let name = balancer.name();
+        let one = run_on(weighted_data(), &config(balancer.clone(), 64), 500);
+        let two = on_ranks_with(2, &config(balancer.clone(), 32), 500, weighted_data);
+        assert_same_training(&one, &two, name);
+        // The weights change the losses (else this would test nothing new).
+        let plain = run(&config(balancer, 64), 500);
+        assert!(
+            (plain.0[0][0] - one.0[0][0]).abs() > 1e-3,
+            "{name}: weighted {:?} vs unweighted {:?}",
+            one.0[0],
+            plain.0[0]
+        );
     }
 }
 

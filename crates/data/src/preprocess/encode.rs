@@ -11,6 +11,7 @@ use crate::dataset::{Dataset, DenseColumns, DomainColumn, SequenceColumn, Sparse
 use crate::error::{DataError, Place, Result};
 use crate::read::RowSource;
 
+use super::vocab::stable_hash;
 use super::{
     parse_number, Cond, EncodeChunks, Encoding, FittedSequence, Labels, Pass, PreRef, Preprocessor, Progress,
     ProgressFn,
@@ -48,6 +49,9 @@ pub(super) struct Binding {
     pub(super) dense: Vec<usize>,
     pub(super) sequences: Vec<usize>,
     pub(super) domain: Option<usize>,
+    /// Present when the labels are read (training, evaluation).
+    pub(super) group: Option<usize>,
+    pub(super) weight: Option<usize>,
     /// Per task; `None` when absent and labels are optional.
     pub(super) labels: Vec<Option<usize>>,
     pub(super) masks: Vec<Option<Option<usize>>>,
@@ -73,6 +77,8 @@ pub(super) struct Builder {
     pub(super) labels: Vec<f32>,
     pub(super) masks: Vec<f32>,
     pub(super) domains: Vec<u32>,
+    pub(super) groups: Vec<u64>,
+    pub(super) weights: Vec<f32>,
     pub(super) seq_ids: Vec<Vec<u32>>,
     pub(super) seq_lengths: Vec<Vec<u32>>,
 }
@@ -86,6 +92,8 @@ impl Builder {
             labels: Vec::new(),
             masks: Vec::new(),
             domains: Vec::new(),
+            groups: Vec::new(),
+            weights: Vec::new(),
             seq_ids: vec![Vec::new(); pre.sequences.len()],
             seq_lengths: vec![Vec::new(); pre.sequences.len()],
         }
@@ -118,7 +126,16 @@ impl Builder {
                 share_with: q.share_with.clone(),
             })
             .collect();
-        Dataset::new(pre.task_infos(), sparse, dense, self.labels, self.masks, domains)?.with_sequences(sequences)
+        let mut data = Dataset::new(pre.task_infos(), sparse, dense, self.labels, self.masks, domains)?
+            .with_sequences(sequences)?;
+        // Without labels (prediction) neither column is read.
+        if pre.group.is_some() && self.groups.len() == self.rows {
+            data = data.with_groups(self.groups)?;
+        }
+        if pre.weight.is_some() && self.weights.len() == self.rows {
+            data = data.with_weights(self.weights)?;
+        }
+        Ok(data)
     }
 }
 
@@ -226,6 +243,12 @@ impl Preprocessor {
             None => None,
         };
         let required = labels == Labels::Required;
+        let mut extra = |column: &Option<String>, role: &str| match column {
+            Some(c) if required => find(c, role, true),
+            _ => Ok(None),
+        };
+        let group = extra(&self.group, "group")?;
+        let weight = extra(&self.weight, "weight")?;
         let mut label_cols = Vec::new();
         let mut mask_cols = Vec::new();
         for t in &self.tasks {
@@ -271,6 +294,8 @@ impl Preprocessor {
             dense,
             sequences,
             domain,
+            group,
+            weight,
             labels: label_cols,
             masks: mask_cols,
         })
@@ -373,6 +398,23 @@ impl Preprocessor {
                     ))
                 }
             }
+        }
+        if let (Some(name), Some(col)) = (&self.group, bind.group) {
+            let v = get(col);
+            if self.is_missing(v) {
+                return Err(self.err(file, place, name, "the group is missing (GAUC needs every row's group)"));
+            }
+            out.groups.push(stable_hash(v));
+        }
+        if let (Some(name), Some(col)) = (&self.weight, bind.weight) {
+            let v = get(col);
+            let w = match self.dense_raw(v) {
+                Ok(Some(w)) if w >= 0.0 && (w as f32).is_finite() => w as f32,
+                Ok(Some(w)) => return Err(self.err(file, place, name, format!("weight {w} must be finite and >= 0"))),
+                Ok(None) => return Err(self.err(file, place, name, "the weight is missing")),
+                Err(m) => return Err(self.err(file, place, name, format!("weight: {m}"))),
+            };
+            out.weights.push(w);
         }
         for (k, t) in self.tasks.iter().enumerate() {
             let (label_cond, mask_cond) = &conds[k];

@@ -125,6 +125,8 @@ impl Preprocessor {
                 column: c.clone(),
                 names: Vec::new(),
             }),
+            group: schema.group.clone(),
+            weight: schema.weight.clone(),
             tasks: tasks.to_vec(),
             ignore: schema.ignore.clone(),
             ignore_rest: schema.ignore_rest,

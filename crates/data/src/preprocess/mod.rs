@@ -21,6 +21,11 @@
 //!   shared field's), truncated to `max_len`, padded with 0;
 //! - domain: the index of the value in the sorted training domain names;
 //!   a missing or unseen domain is an error (domains have no OOV id);
+//! - group (GAUC): `FNV-1a-64(value)`, no vocabulary (a user unseen in
+//!   training is still its own group); a missing value is an error. Read
+//!   (and required) only with the labels ([`Labels::Required`]);
+//! - weight: the number as is, finite and >= 0, else an error naming file,
+//!   row and column; read only with the labels;
 //! - tasks: see [`TaskSpec`].
 
 use std::path::Path;
@@ -180,6 +185,12 @@ pub struct Preprocessor {
     pub dense: Vec<FittedDense>,
     pub sequences: Vec<FittedSequence>,
     pub domain: Option<FittedDomain>,
+    /// The group column (GAUC), read as text and hashed (`stable_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The per-row loss weight column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
     pub tasks: Vec<TaskSpec>,
     pub ignore: Vec<String>,
     pub ignore_rest: bool,

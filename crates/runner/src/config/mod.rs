@@ -59,6 +59,15 @@ pub struct DataSection {
     /// files wherever it is started and whatever `MTREC_DATA_DIR` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The column naming each row's group (usually the user): binary tasks
+    /// then also report GAUC (`mtrec_train::metrics::gauc`). For generated
+    /// data, a sparse field (e.g. `user_id` of `multi-domain-synthetic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Tabular sources: a numeric column weighing each row's loss in every
+    /// task (`mtrec_core::loss::weighted_task_loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
     #[serde(flatten)]
     pub params: toml::Table,
 }
