@@ -648,6 +648,32 @@ impl Dataset {
         }
     }
 
+    /// Sets the labels of `rows` to those rows of `labels`, a row-major
+    /// `[rows, K]` label matrix of the whole dataset (e.g. labels without a
+    /// logging bias for the test rows). Errors on a row out of range, a
+    /// matrix of another size, or a label that is not finite.
+    pub fn replace_labels(&mut self, rows: &[usize], labels: &[f32]) -> Result<()> {
+        self.check_rows(rows)?;
+        if labels.len() != self.labels.len() {
+            return Err(DataError::InvalidDataset(format!(
+                "replacement labels hold {} values, the dataset's {}",
+                labels.len(),
+                self.labels.len()
+            )));
+        }
+        let k = self.task_count();
+        for &r in rows {
+            let new = &labels[r * k..(r + 1) * k];
+            if new.iter().any(|v| !v.is_finite()) {
+                return Err(DataError::InvalidDataset(format!(
+                    "replacement labels of row {r} are not finite: {new:?}"
+                )));
+            }
+            self.labels[r * k..(r + 1) * k].copy_from_slice(new);
+        }
+        Ok(())
+    }
+
     /// A new dataset holding the listed rows, in the listed order (a row may
     /// be listed more than once).
     ///

@@ -34,7 +34,7 @@ pub mod tabular;
 
 pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, LabelCount, SequenceColumn, SparseColumns};
 pub use error::{DataError, Place, Result};
-pub use multidomain::{MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
+pub use multidomain::{Logged, MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
 pub use preprocess::{Fitting, Labels, Pass, Preprocessor, Progress, ProgressFn};
 pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
 pub use split::{shuffled, split, Split};

@@ -65,6 +65,23 @@ use crate::error::{DataError, Result};
 /// `domain`'s vocabulary), padded with 0. The logs come from their own random
 /// stream (seeded from `seed`), so `history` changes no other column.
 ///
+/// Logged exposure bias (with `exposure_bias > 0`; off by default): a
+/// promotion boosts some items' exposure, and the logged clicks of a boosted
+/// row are inflated whatever the user's preference. A fraction
+/// `promoted_items` of the items is on promotion and each row of such an
+/// item is boosted with probability `promotion_rate`; the sparse field
+/// `promoted` (after the others; id 1: not boosted, 2: boosted) says which
+/// rows were. A boosted row's logged labels (every task) are drawn with the
+/// logit `signal * f_t + exposure_bias` instead of `signal * f_t`, from the
+/// same uniform as its unbiased label, so a boost only adds positives.
+/// [`MultiDomainSynthetic::generate_logged`] returns both label sets; a run
+/// trains and validates on the logged labels and tests against the unbiased
+/// ones (`Logged::with_unbiased_rows`), the users' preference alone. Within
+/// a promoted item the flag varies from row to row, so the boost can be told
+/// apart from the item's own appeal. Its draws come from their own random
+/// stream (seeded from `seed`): with it on, every other column and every
+/// unbiased label equal those generated with it off.
+///
 /// Random numbers: one `StdRng` seeded from `seed`, drawn in this order: user
 /// latents, category latents, item categories and latents, the functions
 /// `G_0..G_K`, the domain order, then per row user, item, `x`, and one uniform
@@ -103,7 +120,35 @@ pub struct MultiDomainSynthetic {
     pub history: usize,
     /// Labels of a conversion funnel: task `t` is 1 only where task `t - 1` is.
     pub funnel: bool,
+    /// Logit added to a boosted row's logged labels, finite and >= 0
+    /// (0: no exposure bias and no `promoted` column).
+    pub exposure_bias: f64,
+    /// Fraction of the items on promotion, in (0, 1].
+    pub promoted_items: f64,
+    /// Chance that a row of a promoted item is boosted, in (0, 1].
+    pub promotion_rate: f64,
     pub seed: u64,
+}
+
+/// A data set generated with exposure bias: its labels are the logged ones,
+/// `unbiased` the same rows' labels without the boost (row-major `[rows, K]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logged {
+    pub data: Dataset,
+    /// `None` without exposure bias (the logged labels are unbiased).
+    pub unbiased: Option<Vec<f32>>,
+}
+
+impl Logged {
+    /// The data set with the unbiased labels on `rows` (e.g. a split's test
+    /// rows) and the logged ones elsewhere. Errors if a row is out of range.
+    pub fn with_unbiased_rows(self, rows: &[usize]) -> Result<Dataset> {
+        let mut data = self.data;
+        if let Some(unbiased) = &self.unbiased {
+            data.replace_labels(rows, unbiased)?;
+        }
+        Ok(data)
+    }
 }
 
 impl Default for MultiDomainSynthetic {
@@ -124,6 +169,9 @@ impl Default for MultiDomainSynthetic {
             domain_feature: true,
             history: 10,
             funnel: false,
+            exposure_bias: 0.0,
+            promoted_items: 0.3,
+            promotion_rate: 0.5,
             seed: 1,
         }
     }
@@ -351,6 +399,21 @@ impl MultiDomainSynthetic {
         if !(self.signal.is_finite() && self.signal >= 0.0) {
             return Err(DataError::setting("signal", self.signal, "a finite number >= 0"));
         }
+        if !(self.exposure_bias.is_finite() && self.exposure_bias >= 0.0) {
+            return Err(DataError::setting(
+                "exposure_bias",
+                self.exposure_bias,
+                "a finite number >= 0 (0: off)",
+            ));
+        }
+        for (name, v) in [
+            ("promoted_items", self.promoted_items),
+            ("promotion_rate", self.promotion_rate),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(DataError::setting(name, v, "a number in (0, 1]"));
+            }
+        }
         Ok(())
     }
 
@@ -365,13 +428,41 @@ impl MultiDomainSynthetic {
             .collect()
     }
 
-    /// Generates the data set. Deterministic given the settings.
+    /// Generates the data set (with exposure bias: its logged labels).
+    /// Deterministic given the settings.
     pub fn generate(&self) -> Result<Dataset> {
         Ok(self.generate_with_truth()?.0)
     }
 
     /// [`MultiDomainSynthetic::generate`], also returning the constants drawn.
     pub fn generate_with_truth(&self) -> Result<(Dataset, MultiDomainTruth)> {
+        let (logged, truth) = self.generate_logged_with_truth()?;
+        Ok((logged.data, truth))
+    }
+
+    /// The data set with logged labels, and the unbiased ones when
+    /// `exposure_bias > 0`.
+    pub fn generate_logged(&self) -> Result<Logged> {
+        Ok(self.generate_logged_with_truth()?.0)
+    }
+
+    /// Which items are on promotion, then per row whether it is boosted:
+    /// from their own stream, so that the other columns do not change.
+    fn promotions(&self, items_of_rows: impl Iterator<Item = usize>) -> Vec<bool> {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x6A09_E667_F3BC_C908);
+        let promoted: Vec<bool> = (0..self.items)
+            .map(|_| rng.random::<f64>() < self.promoted_items)
+            .collect();
+        items_of_rows
+            .map(|i| {
+                let draw: f64 = rng.random();
+                promoted[i] && draw < self.promotion_rate
+            })
+            .collect()
+    }
+
+    /// [`MultiDomainSynthetic::generate_logged`], also returning the constants drawn.
+    pub fn generate_logged_with_truth(&self) -> Result<(Logged, MultiDomainTruth)> {
         self.validate()?;
         let (k, m, d) = (self.latent_dim, self.dense, self.domains);
         let mut rng = StdRng::seed_from_u64(self.seed);
@@ -412,10 +503,14 @@ impl MultiDomainSynthetic {
             .collect();
         domain_ids.shuffle(&mut rng);
 
-        let fields = 3 + usize::from(self.domain_feature);
+        let biased = self.exposure_bias > 0.0;
+        let fields = 3 + usize::from(self.domain_feature) + usize::from(biased);
         let mut ids = Vec::with_capacity(self.rows * fields);
         let mut values = Vec::with_capacity(self.rows * m);
         let mut labels = Vec::with_capacity(self.rows * self.tasks);
+        let mut logits = Vec::with_capacity(self.rows * self.tasks);
+        let mut draws = Vec::with_capacity(self.rows * self.tasks);
+        let mut items_of_rows = Vec::with_capacity(self.rows);
         for &p in &domain_ids {
             let user = rng.random_range(0..self.users);
             let item = rng.random_range(0..self.items);
@@ -425,13 +520,34 @@ impl MultiDomainSynthetic {
             if self.domain_feature {
                 ids.push(p + 1);
             }
+            if biased {
+                ids.push(0); // `promoted`, set below
+            }
             values.extend(x.iter().map(|&v| v as f32));
+            items_of_rows.push(item);
             for t in 0..self.tasks {
                 let draw: f64 = rng.random();
-                let prob = sigmoid(truth.logit(t, user, item, &x, p as usize));
+                let logit = truth.logit(t, user, item, &x, p as usize);
                 // The uniform is drawn either way: `funnel` changes no other draw.
                 let reached = !self.funnel || t == 0 || labels.last() == Some(&1.0);
-                labels.push(f32::from(u8::from(reached && draw < prob)));
+                labels.push(f32::from(u8::from(reached && draw < sigmoid(logit))));
+                logits.push(logit);
+                draws.push(draw);
+            }
+        }
+        let unbiased = biased.then(|| labels.clone());
+        if biased {
+            let boosted = self.promotions(items_of_rows.into_iter());
+            let k = self.tasks;
+            for (r, &b) in boosted.iter().enumerate() {
+                ids[r * fields + fields - 1] = 1 + u32::from(b);
+                if b {
+                    for j in r * k..(r + 1) * k {
+                        // A funnel step is reached where the previous logged step is 1.
+                        let reached = !self.funnel || j == r * k || labels[j - 1] == 1.0;
+                        labels[j] = f32::from(u8::from(reached && draws[j] < sigmoid(logits[j] + self.exposure_bias)));
+                    }
+                }
             }
         }
 
@@ -440,6 +556,10 @@ impl MultiDomainSynthetic {
         if self.domain_feature {
             field_names.push("domain".into());
             vocab.push(d + 1);
+        }
+        if biased {
+            field_names.push("promoted".into());
+            vocab.push(3);
         }
         let sparse = SparseColumns {
             fields: field_names,
@@ -468,7 +588,7 @@ impl MultiDomainSynthetic {
         if self.history > 0 {
             data = data.with_sequences(self.sequences(&truth, &users_of_rows))?;
         }
-        Ok((data, truth))
+        Ok((Logged { data, unbiased }, truth))
     }
 
     /// The behaviour-log columns `hist_item_id` and `hist_domain` of rows
@@ -929,6 +1049,154 @@ mod tests {
         for (g, setting, allowed) in cases {
             let msg = g.generate().unwrap_err().to_string();
             assert!(msg.contains(setting) && msg.contains(allowed), "{msg}");
+        }
+    }
+
+    #[test]
+    fn exposure_bias_is_off_by_default_and_changes_only_the_logged_labels() {
+        let off = small(3000, 4).generate_logged().unwrap();
+        assert_eq!(off.unbiased, None);
+        assert_eq!(off.data, small(3000, 4).generate().unwrap());
+        assert_eq!(off.data.sparse.as_ref().unwrap().fields.len(), 4);
+
+        let on = MultiDomainSynthetic {
+            exposure_bias: 2.0,
+            ..small(3000, 4)
+        }
+        .generate_logged()
+        .unwrap();
+        // The unbiased labels are exactly those generated without the bias,
+        // and so is every other column but the added `promoted` field.
+        assert_eq!(on.unbiased.as_deref(), Some(&off.data.labels[..]));
+        let (a, b) = (on.data.sparse.as_ref().unwrap(), off.data.sparse.as_ref().unwrap());
+        assert_eq!(a.fields, ["user_id", "item_id", "item_category", "domain", "promoted"]);
+        assert_eq!(a.vocab[4], 3);
+        let without: Vec<u32> = a.ids.chunks(5).flat_map(|r| r[..4].to_vec()).collect();
+        assert_eq!(without, b.ids);
+        assert_eq!(on.data.dense, off.data.dense);
+        assert_eq!(on.data.sequences, off.data.sequences);
+        assert_eq!(on.data.domains, off.data.domains);
+        // A boost only adds positives, and some.
+        let logged = &on.data.labels;
+        assert!(logged.iter().zip(&off.data.labels).all(|(l, u)| l >= u));
+        assert!(logged.iter().sum::<f32>() > off.data.labels.iter().sum::<f32>() + 50.0);
+
+        // The test rows of a split get the unbiased labels, the others keep the logged ones.
+        let test = [3usize, 10, 2999];
+        let data = on.clone().with_unbiased_rows(&test).unwrap();
+        for r in 0..3000 {
+            let want = if test.contains(&r) { &off.data.labels } else { logged };
+            assert_eq!(data.labels[r * 2..r * 2 + 2], want[r * 2..r * 2 + 2], "row {r}");
+        }
+        assert!(on.with_unbiased_rows(&[3000]).is_err());
+    }
+
+    /// Rows binned by their noise-free logit (10 bins); in each bin the
+    /// boosted rows' logged positive rate is that of `sigmoid(logit + bias)`,
+    /// while the unbiased labels of boosted and other rows both follow
+    /// `sigmoid(logit)`: the unbiased labels do not depend on the flag.
+    #[test]
+    fn exposure_bias_inflates_the_logged_clicks_of_boosted_rows_as_set() {
+        let bias = 1.5;
+        let g = MultiDomainSynthetic {
+            exposure_bias: bias,
+            promoted_items: 0.4,
+            promotion_rate: 0.5,
+            ..small(40_000, 9)
+        };
+        let (logged, t) = g.generate_logged_with_truth().unwrap();
+        let d = &logged.data;
+        let unbiased = logged.unbiased.as_ref().unwrap();
+        let ids = &d.sparse.as_ref().unwrap().ids;
+        let xs = &d.dense.as_ref().unwrap().values;
+        let flags: Vec<u32> = ids.chunks(5).map(|r| r[4]).collect();
+        assert!(flags.iter().all(|&f| f == 1 || f == 2));
+        let boosted: Vec<bool> = flags.iter().map(|&f| f == 2).collect();
+        // About promoted_items * promotion_rate = 0.2 of the rows; the flag
+        // varies within a promoted item and never marks another item.
+        let share = boosted.iter().filter(|&&b| b).count() as f64 / 40_000.0;
+        assert!((share - 0.2).abs() < 0.05, "boosted share {share}");
+        let mut per_item = vec![[0usize; 2]; 200];
+        for (r, &b) in boosted.iter().enumerate() {
+            per_item[ids[r * 5 + 1] as usize - 1][usize::from(b)] += 1;
+        }
+        let promoted = per_item.iter().filter(|c| c[1] > 0).count();
+        assert!((50..=110).contains(&promoted), "{promoted} promoted items");
+        for c in per_item.iter().filter(|c| c[1] > 0) {
+            let rate = c[1] as f64 / (c[0] + c[1]) as f64;
+            assert!((0.2..0.8).contains(&rate), "an item's boosted rows: {c:?}");
+        }
+
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        for task in 0..2 {
+            let mut rows: Vec<(f64, usize)> = (0..d.rows())
+                .map(|r| {
+                    let (u, i) = (ids[r * 5] as usize - 1, ids[r * 5 + 1] as usize - 1);
+                    let x: Vec<f64> = xs[r * 4..r * 4 + 4].iter().map(|&v| f64::from(v)).collect();
+                    let p = domain_ids(d)[r] as usize;
+                    (t.logit(task, u, i, &x, p), r)
+                })
+                .collect();
+            rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut lift = 0.0;
+            for bin in rows.chunks(4000) {
+                // (labels, shift of the logit) for: boosted logged, boosted
+                // unbiased, other unbiased, other logged.
+                let cases: [(&[f32], bool, f64); 4] = [
+                    (&d.labels, true, bias),
+                    (unbiased, true, 0.0),
+                    (unbiased, false, 0.0),
+                    (&d.labels, false, 0.0),
+                ];
+                let mut observed_rates = [0.0; 4];
+                for (c, (labels, flag, shift)) in cases.iter().enumerate() {
+                    let sel: Vec<&(f64, usize)> = bin.iter().filter(|(_, r)| boosted[*r] == *flag).collect();
+                    let n = sel.len() as f64;
+                    assert!(n > 300.0, "bin of {n} rows");
+                    let expected = sel.iter().map(|(z, _)| sig(z + shift)).sum::<f64>() / n;
+                    let observed = sel.iter().map(|(_, r)| f64::from(labels[r * 2 + task])).sum::<f64>() / n;
+                    let se = (expected * (1.0 - expected) / n).sqrt();
+                    assert!(
+                        (observed - expected).abs() < 4.0 * se + 1e-3,
+                        "task {task}, case {c}: rate {observed} vs {expected}"
+                    );
+                    observed_rates[c] = observed;
+                }
+                lift += observed_rates[0] - observed_rates[1];
+            }
+            // Not vacuous: the boost lifts the boosted rows' logged click rate
+            // (by 0.17 on average for a logit shift of 1.5 at these rates).
+            assert!(lift / 10.0 > 0.1, "task {task}: mean lift {}", lift / 10.0);
+        }
+    }
+
+    #[test]
+    fn exposure_settings_out_of_range_are_errors_naming_them() {
+        for (g, setting) in [
+            (
+                MultiDomainSynthetic {
+                    exposure_bias: -1.0,
+                    ..Default::default()
+                },
+                "`exposure_bias` = -1",
+            ),
+            (
+                MultiDomainSynthetic {
+                    promoted_items: 0.0,
+                    ..Default::default()
+                },
+                "`promoted_items` = 0",
+            ),
+            (
+                MultiDomainSynthetic {
+                    promotion_rate: 1.5,
+                    ..Default::default()
+                },
+                "`promotion_rate` = 1.5",
+            ),
+        ] {
+            let msg = g.generate().unwrap_err().to_string();
+            assert!(msg.contains(setting), "{msg}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `[data]` sources: from a config section to a dataset and its split.
 //!
 //! Generated sources (`mmoe-synthetic`, `multi-domain-synthetic`) need no
-//! file and define their own tasks. Tabular sources (`csv`, `parquet`) read
+//! file and define their own tasks; with a logging bias
+//! (`multi-domain-synthetic`'s `exposure_bias`) the test rows carry the
+//! unbiased labels, training and validation the logged ones. Tabular sources (`csv`, `parquet`) read
 //! files described by a `TabularSchema`, with tasks from `[[tasks]]`; paths
 //! are relative to `--data-dir`, else `[data] data_dir` (itself relative to
 //! the config file's folder), else `MTREC_DATA_DIR`, else the config file's
@@ -175,7 +177,9 @@ pub fn prepare_fitted(
 ) -> Result<Prepared> {
     let d = &cfg.config.data;
     let streaming = stream_options(cfg)?;
-    let generated = |data: Dataset, table: toml::Table, seed: u64| -> Result<Prepared> {
+    // `unbiased`: labels without the generator's logging bias, which the test
+    // rows get (training and validation keep the logged ones).
+    let generated = |data: Dataset, unbiased: Option<Vec<f32>>, table: toml::Table, seed: u64| -> Result<Prepared> {
         if d.data_dir.is_some() {
             return Err(cfg.error(
                 "data",
@@ -211,6 +215,9 @@ pub fn prepare_fitted(
         };
         let split = split(data.rows(), d.split, d.split_seed.unwrap_or(seed))
             .map_err(|e| cfg.error("data", Some("split"), e))?;
+        let data = mtrec_data::Logged { data, unbiased }
+            .with_unbiased_rows(&split.test)
+            .map_err(|e| cfg.error("data", None, e))?;
         let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
         let features = model_features(cfg, features_of(&data), domains)?;
         Ok(Prepared {
@@ -228,12 +235,12 @@ pub fn prepare_fitted(
         "mmoe-synthetic" => {
             let gen: MmoeSynthetic = section(cfg, Some(to_table(&MmoeSynthetic::default())))?;
             let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            generated(data, to_table(&gen), gen.seed)
+            generated(data, None, to_table(&gen), gen.seed)
         }
         "multi-domain-synthetic" => {
             let gen: MultiDomainSynthetic = section(cfg, Some(to_table(&MultiDomainSynthetic::default())))?;
-            let data = gen.generate().map_err(|e| cfg.error("data", None, e))?;
-            generated(data, to_table(&gen), gen.seed)
+            let logged = gen.generate_logged().map_err(|e| cfg.error("data", None, e))?;
+            generated(logged.data, logged.unbiased, to_table(&gen), gen.seed)
         }
         "csv" | "parquet" => {
             let mut schema: TabularSchema = section(cfg, None)?;

@@ -2,12 +2,23 @@
 //! or scenario-specific.
 //!
 //! Each expert is a main network over the node's input plus a bias network
-//! over the debias features (read through `ForwardCtx::features`, never part
-//! of the model input). In training the expert's output is
-//! `main(x) + bias(z)`; in evaluation (serving) the bias network is dropped
-//! and the output is `main(x)`: the bias network soaks up what the debias
-//! features explain (exposure, position...) so the main network does not
-//! learn it. Without debias features an expert is its main network only.
+//! over the debias features `z` (read through `ForwardCtx::features`, never
+//! part of the model input), and the bank has one Fairness Coefficient
+//! network `FC(z)`, a per-sample weight in `(0, 1)` learned from the debias
+//! features. In training expert `k`'s output is
+//!
+//! ```text
+//! e_k = main_k(x) + FC(z) * bias_k(z),   FC(z) = sigmoid(MLP_fc(z))  (one scalar per row)
+//! ```
+//!
+//! and in evaluation (serving) the bias networks and FC are dropped:
+//! `e_k = main_k(x)`. The bias networks soak up what the debias features
+//! explain (a promotion's exposure boost, a position...) so the main networks
+//! do not learn it; FC decides per sample how much of the bias networks'
+//! prediction enters the expert's output (the paper: FC "measures the
+//! importance of individual sample" and reweighs "the prediction in the debias
+//! expert networks"). Without debias features an expert is its main network
+//! only; `fairness_coefficient = false` is the ablation `main + bias`.
 //!
 //! - shared (`scenario_specific = false`): `count` experts every row uses, one
 //!   batched matmul per layer over `[count, in, out]` weights;
@@ -21,7 +32,13 @@
 //! Main network: `units` layers, activation after every layer (as
 //! `mlp-experts`). Bias network: `bias_units` hidden layers with the
 //! activation, then a linear layer to the expert's width (the bias is added
-//! to the expert output, so it must be free in sign).
+//! to the expert output, so it must be free in sign). FC network: `fc_units`
+//! hidden layers with the activation, then a linear layer to one unit and a
+//! sigmoid; one per bank, shared by its experts and (scenario-specific bank)
+//! its scenarios, because it weighs a sample, not an expert.
+//! Parameter names: `main.*` and `bias.*` per set (`scenario<s>.` prefixed
+//! when scenario-specific), `fc.<layer>.weight` `[1, in, out]` and
+//! `fc.<layer>.bias` `[1, 1, out]`.
 
 use candle_core::Tensor;
 use mtrec_core::components::dense::Activation;
@@ -45,6 +62,17 @@ pub struct DebiasExpertsParams {
     pub debias: Vec<String>,
     #[serde(default)]
     pub bias_units: Vec<usize>,
+    /// Weigh the bias networks' output per sample with the Fairness
+    /// Coefficient `FC(z)` (off: `main + bias`, the ablation).
+    #[serde(default = "default_fc")]
+    pub fairness_coefficient: bool,
+    /// Hidden layers of the FC network (then a linear layer to 1 and a sigmoid).
+    #[serde(default)]
+    pub fc_units: Vec<usize>,
+}
+
+fn default_fc() -> bool {
+    true
 }
 
 impl Default for DebiasExpertsParams {
@@ -56,8 +84,27 @@ impl Default for DebiasExpertsParams {
             scenario_specific: false,
             debias: Vec::new(),
             bias_units: Vec::new(),
+            fairness_coefficient: default_fc(),
+            fc_units: Vec::new(),
         }
     }
+}
+
+/// `count` MLPs over `d_in`: `hidden` layers followed by `act`, then a layer
+/// of `head.0` units followed by `head.1`.
+fn mlp_head(
+    pb: &ParamBuilder,
+    count: usize,
+    d_in: usize,
+    hidden: &[usize],
+    act: Activation,
+    head: (usize, Activation),
+) -> Result<MlpExperts> {
+    let mut units = hidden.to_vec();
+    units.push(head.0);
+    let mut acts = vec![act; hidden.len()];
+    acts.push(head.1);
+    MlpExperts::with_acts(pb, count, d_in, &units, &acts)
 }
 
 /// One set of experts: main networks and (with debias features) bias networks.
@@ -74,21 +121,45 @@ impl ExpertSet {
             None
         } else {
             let out = *p.units.last().unwrap_or(&d_in);
-            let mut units = p.bias_units.clone();
-            units.push(out);
-            let mut acts = vec![act; p.bias_units.len()];
-            acts.push(Activation::Identity);
-            Some(MlpExperts::with_acts(&pb.pp("bias"), p.count, d_bias, &units, &acts)?)
+            let head = (out, Activation::Identity);
+            Some(mlp_head(&pb.pp("bias"), p.count, d_bias, &p.bias_units, act, head)?)
         };
         Ok(Self { main, bias })
     }
 
-    fn forward(&self, x: &Tensor, z: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    /// `[count, n, out]`; the bias networks run only when `debias` is given
+    /// (training).
+    fn forward(&self, x: &Tensor, debias: Option<&DebiasInput>) -> Result<Tensor> {
         let h = self.main.forward_bank(x)?;
-        match (&self.bias, z, train) {
-            (Some(bias), Some(z), true) => Ok((h + bias.forward_bank(z)?)?),
-            _ => Ok(h),
-        }
+        let (Some(bias), Some(d)) = (&self.bias, debias) else {
+            return Ok(h);
+        };
+        let b = bias.forward_bank(&d.z)?;
+        let b = match &d.fc {
+            // `[n, 1]` -> `[1, n, 1]`: one weight per row, for every expert and unit.
+            Some(fc) => b.broadcast_mul(&fc.unsqueeze(0)?)?,
+            None => b,
+        };
+        Ok((h + b)?)
+    }
+}
+
+/// What the bias networks read for some rows in training: the debias
+/// features `[n, d_z]` and the rows' Fairness Coefficients `[n, 1]`.
+#[derive(Clone)]
+struct DebiasInput {
+    z: Tensor,
+    fc: Option<Tensor>,
+}
+
+impl DebiasInput {
+    fn rows_of(&self, groups: &DomainGroups) -> Result<Vec<DebiasInput>> {
+        let zs = groups.split(&self.z)?;
+        let fcs = match &self.fc {
+            Some(fc) => groups.split(fc)?.into_iter().map(Some).collect(),
+            None => vec![None; zs.len()],
+        };
+        Ok(zs.into_iter().zip(fcs).map(|(z, fc)| DebiasInput { z, fc }).collect())
     }
 }
 
@@ -97,37 +168,46 @@ pub struct DebiasExperts {
     debias: Vec<String>,
     /// One set (shared) or one per scenario.
     sets: Vec<ExpertSet>,
+    /// The Fairness Coefficient network: `[n, d_z]` -> `[1, n, 1]` in `(0, 1)`.
+    fc: Option<MlpExperts>,
     specific: bool,
+}
+
+impl DebiasExperts {
+    /// The debias input of the whole batch; `None` in evaluation (serving
+    /// never reads the debias features) and without debias features.
+    fn debias_input(&self, ctx: &ForwardCtx) -> Result<Option<DebiasInput>> {
+        if !ctx.train || self.debias.is_empty() {
+            return Ok(None);
+        }
+        let z = ctx.views("sar-experts")?.features(&self.debias)?;
+        let fc = match &self.fc {
+            Some(net) => Some(net.forward_bank(&z)?.squeeze(0)?),
+            None => None,
+        };
+        Ok(Some(DebiasInput { z, fc }))
+    }
 }
 
 impl Expert for DebiasExperts {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        // The debias features are read in training only: serving never needs them.
-        let z = if ctx.train && !self.debias.is_empty() {
-            Some(ctx.views("sar-experts")?.features(&self.debias)?)
-        } else {
-            None
-        };
+        let debias = self.debias_input(ctx)?;
         if !self.specific {
-            return self.sets[0].forward(x, z.as_ref(), ctx.train);
+            return self.sets[0].forward(x, debias.as_ref());
         }
         let domains = domains_of(ctx, "sar-experts", self.domains)?;
         let groups = DomainGroups::new(domains)?;
         let xs = groups.split(x)?;
-        let zs = match &z {
-            Some(z) => groups.split(z)?.into_iter().map(Some).collect(),
+        let ds = match &debias {
+            Some(d) => d.rows_of(&groups)?.into_iter().map(Some).collect(),
             None => vec![None; xs.len()],
         };
         // Each group: `[count, n_p, out]`; rows first for the merge, then back.
         let parts = groups
             .groups
             .iter()
-            .zip(xs.iter().zip(&zs))
-            .map(|(g, (xp, zp))| {
-                Ok(self.sets[g.domain]
-                    .forward(xp, zp.as_ref(), ctx.train)?
-                    .transpose(0, 1)?)
-            })
+            .zip(xs.iter().zip(&ds))
+            .map(|(g, (xp, dp))| Ok(self.sets[g.domain].forward(xp, dp.as_ref())?.transpose(0, 1)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(groups.merge(&parts)?.transpose(0, 1)?.contiguous()?)
     }
@@ -155,7 +235,7 @@ impl Kind for DebiasExpertsKind {
         Role::Expert
     }
     fn summary(&self) -> &'static str {
-        "SAR-Net debias experts: main MLP + bias net over debias features (training only), shared or per scenario"
+        "SAR-Net debias experts: main MLP + FC(z) * bias net over debias features z (training only), shared or per scenario"
     }
     fn check(&self, p: &DebiasExpertsParams, _io: &NodeIo, env: &GraphEnv) -> std::result::Result<Port, String> {
         if p.count == 0 {
@@ -164,6 +244,9 @@ impl Kind for DebiasExpertsKind {
         check_units(&p.units, false)?;
         if p.bias_units.contains(&0) {
             return Err(format!("`bias_units` = {:?} has a zero width", p.bias_units));
+        }
+        if p.fc_units.contains(&0) {
+            return Err(format!("`fc_units` = {:?} has a zero width", p.fc_units));
         }
         if p.scenario_specific && env.domains == 0 {
             return Err("scenario-specific experts need data with domains".into());
@@ -184,10 +267,18 @@ impl Kind for DebiasExpertsKind {
         } else {
             vec![ExpertSet::new(pb, p, d_in, d_bias)?]
         };
+        // Drawn after the experts, so that they start as without FC.
+        let fc = if p.debias.is_empty() || !p.fairness_coefficient {
+            None
+        } else {
+            let head = (1, Activation::Sigmoid);
+            Some(mlp_head(&pb.pp("fc"), 1, d_bias, &p.fc_units, p.activation, head)?)
+        };
         Ok(Component::Expert(Box::new(DebiasExperts {
             domains: env.domains,
             debias: p.debias.clone(),
             sets,
+            fc,
             specific: p.scenario_specific,
         })))
     }

@@ -18,7 +18,10 @@
 //!   scale (init ones) and shift (init zeros), gathered per row.
 //! - [`sar-experts`](experts): scenario-shared experts and scenario-specific
 //!   experts (one set per scenario, rows grouped by domain), each a main MLP
-//!   plus a bias network over the debias features, added in training only.
+//!   plus a bias network over the debias features `z`, whose output is
+//!   weighed per sample by the Fairness Coefficient `FC(z)` and added in
+//!   training only: `e_k = main_k(x) + FC(z) * bias_k(z)`; serving uses
+//!   `main_k(x)`.
 //! - [`sar-gate`](gate): per task, a softmax gate over all experts usable
 //!   for the row, conditioned on the input and a scenario embedding.
 //! - one `mlp-tower` per task.
@@ -48,6 +51,21 @@
 //!   to the expert's width, its output added to the expert output (training
 //!   only). Debias features are side features: never in the main input, not
 //!   read at evaluation.
+//! - **Fairness Coefficient (FC)**: the paper defines FC as a per-sample
+//!   importance, learned, that reweighs the prediction of the debias expert
+//!   networks, used in training only. Its section's equations were not
+//!   available to us (only the abstract and secondary descriptions: see
+//!   `docs/results/sar-net-debias.md`), so the form is our reading:
+//!   `FC(z) = sigmoid(MLP_fc(z))`, one scalar in `(0, 1)` per row, from the
+//!   debias features only, multiplying the bias network's output inside
+//!   every expert: `e_k = main_k(x) + FC(z) * bias_k(z)`. Rejected readings:
+//!   FC scaling the main network's output or the whole expert output, since
+//!   the towers would then see outputs of another scale in training than at
+//!   serving (where FC is dropped). One FC network per expert bank
+//!   (`fc_units` hidden layers, default `[8]`), shared by the bank's experts
+//!   and scenarios: it weighs a sample, not an expert. No extra loss on FC:
+//!   it is learned end to end through the task losses. `fairness_coefficient
+//!   = false` is the ablation `main_k(x) + bias_k(z)`.
 //! - **Gate**: one gate per task (the paper is single-task CTR; for several
 //!   tasks this is MMoE's per-task gating), `softmax([x'; e_s] W + b)` over
 //!   `shared_experts + scenario_experts` experts, `e_s` the gate's own
@@ -99,6 +117,12 @@ pub struct SarNetParams {
     pub expert_units: Vec<usize>,
     /// Hidden layers of each expert's bias network (then a linear layer).
     pub bias_units: Vec<usize>,
+    /// Weigh the bias networks' output per sample with the Fairness
+    /// Coefficient `FC(z)` learned from the debias features (off: the
+    /// ablation `main + bias`). No effect without debias features.
+    pub fairness_coefficient: bool,
+    /// Hidden layers of each bank's FC network (then one unit and a sigmoid).
+    pub fc_units: Vec<usize>,
     /// Width of the gates' scenario embedding.
     pub gate_embedding_dim: usize,
     pub tower_units: Vec<usize>,
@@ -120,6 +144,8 @@ impl Default for SarNetParams {
             scenario_experts: 1,
             expert_units: vec![32],
             bias_units: vec![8],
+            fairness_coefficient: true,
+            fc_units: vec![8],
             gate_embedding_dim: 4,
             tower_units: vec![8],
             activation: Activation::Relu,
@@ -258,6 +284,8 @@ pub fn expand_sar_net(p: &SarNetParams, env: &GraphEnv) -> Result<Vec<NodeSpec>>
             scenario_specific,
             debias: p.debias.clone(),
             bias_units: p.bias_units.clone(),
+            fairness_coefficient: p.fairness_coefficient,
+            fc_units: p.fc_units.clone(),
         };
         NodeSpec::of(id, &DebiasExpertsKind, &bank).input(&last)
     };

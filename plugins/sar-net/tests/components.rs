@@ -1,6 +1,6 @@
 //! SAR-Net's components against values computed by hand in the test: the
-//! behaviour attention, the scenario transform, the scenario-expert routing
-//! and the scenario gate. Small widths, 3 rows, 2 scenarios, every weight set
+//! behaviour attention, the scenario transform, the scenario-expert routing,
+//! the debias experts with their Fairness Coefficient and the scenario gate. Small widths, 3 rows, 2 scenarios, every weight set
 //! to a known value; the expected outputs are written out here (f64), not
 //! taken from the code under test.
 #![allow(clippy::unwrap_used)]
@@ -190,6 +190,122 @@ fn scenario_expert_routing_by_hand() {
     // to scenario 1 would give other values.
     let other: f64 = (0..3).map(|i| f64::from(x[1][i]) * f64::from(w[1][i * 2])).sum::<f64>() + f64::from(b[1][0]);
     assert!((other.max(0.0) - f64::from(out[0][1][0])).abs() > 0.1);
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// The debias experts' training output
+/// `e_k = relu(x W_k + b_k) + FC(z) * (z V_k + c_k)`,
+/// `FC(z) = sigmoid(z u + a)` (one scalar per row), with one dense debias
+/// feature `z`; evaluation gives `relu(x W_k + b_k)` only, and without FC
+/// (`fairness_coefficient = false`) training gives `main + bias`. For the
+/// scenario-specific bank the main and bias networks are the row's
+/// scenario's and the FC network the bank's one, rows in scenario order
+/// 1, 0, 1 (a row's FC applied to another row would show).
+#[test]
+fn debias_experts_with_fairness_coefficient_by_hand() {
+    // `other` only because the input layer needs one input feature.
+    let spec = FeatureSpec {
+        dense: vec!["other".into(), "pos".into()],
+        side: vec!["pos".into()],
+        ..FeatureSpec::default()
+    };
+    let x = [[1.0f32, 2.0, -3.0], [4.0, -0.5, 0.0], [-2.0, 1.0, 0.5]];
+    let z = [0.5f32, -1.5, 2.0];
+    let ids = [1usize, 0, 1];
+    // Per scenario (one set only for the shared bank): main W [2, 3, 2],
+    // b [2, 1, 2]; bias V [2, 1, 2], c [2, 1, 2]. FC u [1, 1, 1], a [1, 1, 1].
+    let w: [[f32; 12]; 2] = [
+        [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8, -0.9, 0.15, 0.25, -0.35],
+        [-0.3, 0.2, 0.5, -0.1, 0.4, 0.9, -0.6, 0.35, 0.05, -0.45, 0.65, 0.2],
+    ];
+    let b: [[f32; 4]; 2] = [[0.5, 1.0, -0.25, 2.0], [0.0, 0.75, 1.5, -0.5]];
+    let v: [[f32; 4]; 2] = [[2.0, -1.0, 0.5, 3.0], [-1.5, 0.25, 1.0, -2.0]];
+    let c: [[f32; 4]; 2] = [[0.3, -0.4, 1.2, 0.0], [0.6, 0.1, -0.8, 0.9]];
+    let (u, a) = (1.7f32, -0.4f32);
+    for specific in [false, true] {
+        for with_fc in [true, false] {
+            let store = ParamStore::new();
+            let pb = ParamBuilder::new(&store, 1, &dev());
+            let input = FeatureInput::new(&spec, &pb.pp("features")).unwrap();
+            let p = DebiasExpertsParams {
+                count: 2,
+                units: vec![2],
+                scenario_specific: specific,
+                debias: vec!["pos".into()],
+                fairness_coefficient: with_fc,
+                ..Default::default()
+            };
+            let Component::Expert(bank) = DebiasExpertsKind
+                .build(&p, &dense_io(3), &env(spec.clone()), &pb.pp("e"))
+                .unwrap()
+            else {
+                panic!("not an expert bank")
+            };
+            let sets: Vec<(usize, String)> = if specific {
+                (0..2).map(|s| (s, format!("e.scenario{s}."))).collect()
+            } else {
+                vec![(0, "e.".into())]
+            };
+            for (s, prefix) in &sets {
+                set(&store, &format!("{prefix}main.0.weight"), &w[*s]);
+                set(&store, &format!("{prefix}main.0.bias"), &b[*s]);
+                set(&store, &format!("{prefix}bias.0.weight"), &v[*s]);
+                set(&store, &format!("{prefix}bias.0.bias"), &c[*s]);
+            }
+            if with_fc {
+                set(&store, "e.fc.0.weight", &[u]);
+                set(&store, "e.fc.0.bias", &[a]);
+            } else {
+                assert!(!names(&store).iter().any(|n| n.contains("fc")), "{:?}", names(&store));
+            }
+            let inputs = Inputs::new(
+                None,
+                Some(Tensor::from_vec(z.iter().flat_map(|&zr| [9.0, zr]).collect(), (3, 2), &dev()).unwrap()),
+                Some(Domains::new(ids.iter().map(|&s| s as u32).collect(), 2, &dev()).unwrap()),
+            )
+            .unwrap();
+            let (_, views) = input.forward_with_views(&inputs, true).unwrap();
+            let run = |ctx: ForwardCtx| {
+                let ctx = ctx.with_domains(inputs.domains.as_ref()).with_features(Some(&views));
+                let out = bank.forward(&rows(&x), &ctx).unwrap();
+                assert_eq!(out.dims(), &[2, 3, 2]);
+                out.to_vec3::<f32>().unwrap()
+            };
+            let (train, eval) = (run(ForwardCtx::train()), run(ForwardCtx::eval()));
+            for (r, xr) in x.iter().enumerate() {
+                let s = if specific { ids[r] } else { 0 };
+                let zr = f64::from(z[r]);
+                let fc = if with_fc {
+                    sigmoid(f64::from(u) * zr + f64::from(a))
+                } else {
+                    1.0
+                };
+                for k in 0..2 {
+                    let main: Vec<f64> = (0..2)
+                        .map(|o| {
+                            let h: f64 = (0..3)
+                                .map(|i| f64::from(xr[i]) * f64::from(w[s][k * 6 + i * 2 + o]))
+                                .sum::<f64>()
+                                + f64::from(b[s][k * 2 + o]);
+                            h.max(0.0)
+                        })
+                        .collect();
+                    let with_bias: Vec<f64> = (0..2)
+                        .map(|o| main[o] + fc * (zr * f64::from(v[s][k * 2 + o]) + f64::from(c[s][k * 2 + o])))
+                        .collect();
+                    let what = format!("specific {specific}, FC {with_fc}, row {r} slot {k}");
+                    assert_close(&train[k][r], &with_bias, &format!("train, {what}"));
+                    assert_close(&eval[k][r], &main, &format!("eval, {what}"));
+                }
+            }
+        }
+    }
+    // Not vacuous: the three rows' coefficients are far apart.
+    let fcs: Vec<f64> = z.iter().map(|&zr| sigmoid(f64::from(u * zr + a))).collect();
+    assert!(fcs.windows(2).all(|p| (p[0] - p[1]).abs() > 0.3), "{fcs:?}");
 }
 
 /// The gate: `softmax([x; e_s] W + b)` over the shared bank's 2 experts and
