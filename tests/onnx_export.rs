@@ -19,8 +19,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use mtrec_core::{Inputs, TaskKind};
-use mtrec_data::Labels;
+use mtrec_core::{registry, GraphEnv, Inputs, Model, TaskKind};
+use mtrec_data::{split, Labels, MultiDomainSynthetic};
 use mtrec_runner::config;
 use mtrec_runner::run::{load_trained, run_with, RunOptions, PREPROCESS_FILE};
 use mtrec_tests::{data_dir, root};
@@ -145,7 +145,7 @@ fn feed(t: &str, shape: &[usize], data: Vec<Value>) -> Value {
 }
 
 /// The batch's inputs under the exported graph's input names.
-fn feeds(inputs: &Inputs) -> Value {
+fn feeds(inputs: &Inputs, model_sequences: &[String]) -> Value {
     let mut m = Map::new();
     let ids = |v: Vec<u32>| v.into_iter().map(Value::from).collect::<Vec<_>>();
     if let Some(s) = &inputs.sparse {
@@ -163,7 +163,13 @@ fn feeds(inputs: &Inputs) -> Value {
         let v = d.ids().to_vec();
         m.insert(mtrec_export::DOMAIN.into(), feed("int64", &[v.len()], ids(v)));
     }
-    assert!(inputs.sequences.is_empty(), "these data sets have no sequences");
+    for (q, s) in model_sequences.iter().zip(&inputs.sequences) {
+        let (b, l) = s.ids.dims2().unwrap();
+        let v = s.ids.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        m.insert(mtrec_export::sequence_ids(q), feed("int64", &[b, l], ids(v)));
+        let n = s.lengths.clone();
+        m.insert(mtrec_export::sequence_lengths(q), feed("int64", &[b], ids(n)));
+    }
     Value::Object(m)
 }
 
@@ -190,11 +196,21 @@ fn trained_export_matches(name: &str, cfg: &config::LoadedConfig, rows_file: &Pa
     let data = t.preprocessor.encode_file(rows_file, Labels::Optional, None).unwrap();
     let rows: Vec<usize> = (0..data.rows().min(1000)).collect();
     let batch = data.batch(&rows, &Device::Cpu).unwrap();
-    let expected = t.model.forward(&batch.inputs, false).unwrap();
-    std::fs::write(dir.join("feeds.json"), feeds(&batch.inputs).to_string()).unwrap();
+    let diffs = onnxruntime_matches(name, &t.model, &out.join("model.onnx"), &batch.inputs, python, &dir);
+    std::fs::remove_dir_all(&dir).ok();
+    diffs
+}
+
+/// Runs `onnx` with ONNX Runtime on `inputs` and compares every task's
+/// output with `model`'s (evaluation mode); returns the largest difference
+/// per task.
+fn onnxruntime_matches(name: &str, model: &Model, onnx: &Path, inputs: &Inputs, python: &Path, dir: &Path) -> Vec<f32> {
+    let expected = model.forward(inputs, false).unwrap();
+    let sequences: Vec<String> = model.features().sequences.iter().map(|q| q.name.clone()).collect();
+    std::fs::write(dir.join("feeds.json"), feeds(inputs, &sequences).to_string()).unwrap();
     let status = Command::new(python)
         .arg(root().join("tests/onnx_run.py"))
-        .arg(out.join("model.onnx"))
+        .arg(onnx)
         .arg(dir.join("feeds.json"))
         .arg(dir.join("out.json"))
         .output()
@@ -206,7 +222,7 @@ fn trained_export_matches(name: &str, cfg: &config::LoadedConfig, rows_file: &Pa
     );
     let got: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out.json")).unwrap()).unwrap();
     let mut diffs = Vec::new();
-    for (task, out) in t.model.tasks().iter().zip(&expected.outputs) {
+    for (task, out) in model.tasks().iter().zip(&expected.outputs) {
         let want: Vec<f32> = out.to_vec1().unwrap();
         let want: Vec<f32> = match task.kind {
             TaskKind::Binary => want.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
@@ -218,17 +234,16 @@ fn trained_export_matches(name: &str, cfg: &config::LoadedConfig, rows_file: &Pa
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(got.len(), rows.len(), "{name}/{}", task.name);
+        assert_eq!(got.len(), inputs.rows(), "{name}/{}", task.name);
         let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         eprintln!(
             "{name}: task `{}`: {} rows, max |onnxruntime - mtrec| = {max:e}",
             task.name,
-            rows.len()
+            inputs.rows()
         );
         assert!(max <= TOLERANCE, "{name}/{}: max abs difference {max}", task.name);
         diffs.push(max);
     }
-    std::fs::remove_dir_all(&dir).ok();
     diffs
 }
 
@@ -270,4 +285,62 @@ fn douban_star_matches_onnxruntime() {
 #[test]
 fn douban_mmoe_with_domain_embedding_matches_onnxruntime() {
     check("douban-mmoe", douban("mmoe", "douban-mmoe.toml"));
+}
+
+/// Every built-in architecture (default parameters; SAR-Net reading the
+/// `domain` field as its scenario context, with a training-only debias
+/// network over `x0`) trained one epoch on multi-domain synthetic data with
+/// behaviour sequences (mean-pooled into the input of the architectures
+/// that do not attend over them): ONNX Runtime equals `Model::forward`.
+#[test]
+fn every_builtin_architecture_matches_onnxruntime_on_synthetic_data() {
+    mtrec_runner::link_builtin_plugins();
+    let Some(python) = onnxruntime("synthetic architectures") else {
+        return;
+    };
+    let data = MultiDomainSynthetic {
+        rows: 900,
+        history: 6,
+        domain_shares: vec![0.5, 0.3, 0.2],
+        seed: 5,
+        ..MultiDomainSynthetic::default()
+    }
+    .generate()
+    .unwrap();
+    let sp = split(data.rows(), [0.7, 0.1, 0.2], 1).unwrap();
+    let domains = data.domains.as_ref().unwrap().names.len();
+    let cfg = mtrec_train::TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..mtrec_train::TrainConfig::default()
+    };
+    let test = data.batch(&sp.test, &Device::Cpu).unwrap();
+    let mut seen = 0;
+    for arch in mtrec_plugins::BUILTIN.iter().flat_map(|p| p.architectures) {
+        let mut params = toml::Table::new();
+        if *arch == "sar-net" {
+            params.insert("scenario_field".into(), "domain".into());
+            params.insert("debias".into(), toml::Value::Array(vec!["x0".into()]));
+        }
+        let template = registry::architecture(arch).unwrap();
+        let mut features = data.features(4);
+        features.side = template.side_features(&params).unwrap();
+        let env = GraphEnv {
+            input_width: features.width(),
+            tasks: data.tasks.clone(),
+            domains,
+            features: features.clone(),
+        };
+        let graph = template.expand(&params, &env).unwrap();
+        let model = Model::build(&graph, &features, &data.tasks, domains, 1, &Device::Cpu).unwrap();
+        mtrec_train::train_with(&model, &data, &sp, &cfg, Default::default(), |_| {}).unwrap();
+        let dir = scratch(&format!("synthetic-{arch}"));
+        let onnx = dir.join("model.onnx");
+        std::fs::write(&onnx, mtrec_export::to_bytes(&model, domains).unwrap()).unwrap();
+        let diffs = onnxruntime_matches(arch, &model, &onnx, &test.inputs, &python, &dir);
+        assert_eq!(diffs.len(), data.tasks.len(), "{arch}");
+        std::fs::remove_dir_all(&dir).ok();
+        seen += 1;
+    }
+    assert!(seen >= 8, "only {seen} architectures");
 }

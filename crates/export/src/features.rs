@@ -132,6 +132,10 @@ impl Features {
         v
     }
 
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
     fn in_input(&self, name: &str) -> bool {
         !self.spec.side.iter().any(|s| s == name)
     }

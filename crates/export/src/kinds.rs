@@ -27,6 +27,8 @@ pub struct Ctx {
     pub features: Features,
     /// The domain-id graph input, where the model's data has domains.
     pub domain: Option<String>,
+    /// The number of domains of the model's data (0: none).
+    pub domains: usize,
 }
 
 /// A node's inputs as ONNX values.
@@ -144,6 +146,7 @@ impl Ctx {
                 Ok(self.concat(&parts))
             }
             "partitioned-norm" | "star-fcn" | "star-tower" => crate::star::node(self, node, x),
+            "sar-behaviour" | "scenario-transform" | "sar-experts" | "sar-gate" => crate::sar_net::node(self, node, io),
             other => Err(ExportError::Unsupported {
                 node: id.to_string(),
                 kind: other.to_string(),

@@ -5,7 +5,7 @@
 //! typed parameters and evaluation order as `Model::build`) and the model's
 //! weights: the input layer ([`features`]), then every node in evaluation
 //! order, each component kind mapped to ONNX ops ([`kinds`], STAR's in
-//! [`star`]), the weights as initializers under their mtrec names.
+//! [`star`], SAR-Net's in [`sar_net`]), the weights as initializers under their mtrec names.
 //!
 //! **Inputs** are the encoded tensors the fitted preprocessing produces
 //! (`preprocess.json`, written beside the model as it is), each with a
@@ -29,6 +29,7 @@ pub mod builder;
 pub mod error;
 pub mod features;
 pub mod kinds;
+pub mod sar_net;
 pub mod star;
 pub mod weights;
 
@@ -72,10 +73,9 @@ pub fn to_onnx(model: &Model, domains: usize) -> Result<ModelProto> {
         w: Weights::new(model.params().tensors()),
         features,
         domain: (domains > 0).then(|| DOMAIN.to_string()),
+        domains,
     };
-    let features = std::mem::replace(&mut ctx.features, Features::new(&Default::default(), 0)?);
-    let x = features.input(&mut ctx.b, &mut ctx.w)?;
-    ctx.features = features;
+    let x = ctx.features.input(&mut ctx.b, &mut ctx.w)?;
     let mut values: HashMap<&str, String> = HashMap::from([(INPUT, x)]);
     for &i in &checked.order {
         let node = &checked.spec.nodes[i];
