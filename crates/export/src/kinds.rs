@@ -58,6 +58,15 @@ impl Ctx {
         })
     }
 
+    /// `x * scale[d] + shift[d]`: rows of the `[D, w]` initializers `scale`
+    /// and `shift` gathered by each row's domain `d`.
+    pub fn domain_affine(&mut self, x: &str, scale: &str, shift: &str, domain: &str) -> String {
+        let scale = self.b.gather_rows(scale, domain);
+        let shift = self.b.gather_rows(shift, domain);
+        let scaled = self.b.op("Mul", &[x, &scale], vec![], "scaled");
+        self.b.op("Add", &[&scaled, &shift], vec![], "shifted")
+    }
+
     /// `act(x)`.
     pub fn activation(&mut self, x: &str, act: Activation) -> String {
         let op = match act {

@@ -33,10 +33,7 @@ pub fn node(ctx: &mut Ctx, node: &NodeSpec, io: &NodeInputs) -> Result<String> {
             let domain = ctx.domain(node)?;
             let scale = ctx.w.use_weight(&mut ctx.b, &format!("{id}.scale"))?;
             let shift = ctx.w.use_weight(&mut ctx.b, &format!("{id}.shift"))?;
-            let scale = ctx.b.gather_rows(&scale, &domain);
-            let shift = ctx.b.gather_rows(&shift, &domain);
-            let scaled = ctx.b.op("Mul", &[x, &scale], vec![], "scaled");
-            Ok(ctx.b.op("Add", &[&scaled, &shift], vec![], "transformed"))
+            Ok(ctx.domain_affine(x, &scale, &shift, &domain))
         }
         "sar-experts" => {
             let p: DebiasExpertsParams = params(node)?;

@@ -25,10 +25,7 @@ pub fn node(ctx: &mut Ctx, node: &NodeSpec, x: &str) -> Result<String> {
             let (a, c) = norm_affine(ctx, id, p.eps)?;
             let a = ctx.w.derived(&mut ctx.b, &format!("{id}.eval_scale"), &a)?;
             let c = ctx.w.derived(&mut ctx.b, &format!("{id}.eval_shift"), &c)?;
-            let a = ctx.b.gather_rows(&a, &domain);
-            let c = ctx.b.gather_rows(&c, &domain);
-            let scaled = ctx.b.op("Mul", &[x, &a], vec![], "pn_scaled");
-            Ok(ctx.b.op("Add", &[&scaled, &c], vec![], "pn"))
+            Ok(ctx.domain_affine(x, &a, &c, &domain))
         }
         "star-fcn" => {
             let p: StarFcnParams = params(node)?;

@@ -77,12 +77,14 @@ fn export(run: &Path, out: &Path) -> Output {
         .unwrap()
 }
 
-const CLICK: &str = "[[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = { column = \"click\" }\n";
+/// Two tasks on the CSV's labels (ESMM's click and click-and-buy).
+const TASKS: &str = "[[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = { column = \"click\" }\n\n\
+                     [[tasks]]\nname = \"buy\"\nkind = \"binary\"\nlabel = { column = \"buy\" }\n";
 
 #[test]
 fn export_writes_the_model_and_the_preprocessing() {
     let dir = scratch("mmoe");
-    let run = run(&dir, "[model]\narch = \"mmoe\"\nexperts = 2\n", CLICK);
+    let run = run(&dir, "[model]\narch = \"mmoe\"\nexperts = 2\n", TASKS);
     let out = dir.join("onnx");
     let o = export(&run, &out);
     assert!(o.status.success(), "mtrec export failed: {}", text(&o));
@@ -103,11 +105,10 @@ fn export_writes_the_model_and_the_preprocessing() {
 #[test]
 fn a_kind_without_onnx_form_exits_non_zero_naming_it() {
     let dir = scratch("esmm");
-    let tasks = format!("{CLICK}\n[[tasks]]\nname = \"buy\"\nkind = \"binary\"\nlabel = {{ column = \"buy\" }}\n");
     let run = run(
         &dir,
         "[model]\narch = \"esmm\"\nctr_units = [8]\ncvr_units = [8]\nctr_task = \"click\"\nctcvr_task = \"buy\"\n",
-        &tasks,
+        TASKS,
     );
     let out = dir.join("onnx");
     let o = export(&run, &out);
