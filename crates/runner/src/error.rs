@@ -12,6 +12,8 @@ pub enum RunError {
     Train(#[from] mtrec_train::TrainError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Export(#[from] mtrec_export::ExportError),
     /// A config that does not parse or does not fit: the file, the place
     /// (line or key) and what to change.
     #[error("{}: {message}", file.display())]

@@ -46,6 +46,11 @@ struct ConfigArgs {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Onnx,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train and evaluate one config; print per-task metrics; write a run folder.
@@ -144,6 +149,19 @@ enum Command {
     Graph {
         #[command(flatten)]
         cfg: ConfigArgs,
+    },
+    /// Export a trained model: `OUT/model.onnx` (inputs: the encoded
+    /// tensors the preprocessing produces; one output per task) and the
+    /// fitted preprocessing beside it, `OUT/preprocess.json` (crates/export).
+    Export {
+        /// A finished run folder.
+        #[arg(long, value_name = "RUN_DIR")]
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: ExportFormat,
+        /// The folder to write.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Serve trained models over HTTP (TF-Serving / KServe v1 JSON), raw rows
     /// preprocessed as in training, with dynamic batching (crates/serve).
@@ -323,6 +341,30 @@ fn real_main() -> Result<()> {
         Command::Graph { cfg } => {
             let loaded = load(&cfg)?;
             print!("{}", graph_config_text(&loaded)?);
+        }
+        Command::Export {
+            model,
+            format: ExportFormat::Onnx,
+            out,
+        } => {
+            let t = mtrec_runner::run::load_trained(&model)?;
+            let domains = t.preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
+            let pre = model.join(mtrec_runner::run::PREPROCESS_FILE);
+            let [single] = t.models.as_slice() else {
+                return Err(mtrec_runner::RunError::RunFolder {
+                    dir: model.clone(),
+                    problem: format!(
+                        "is a single-task run of {} models (one per task): export each from its folder `tasks/<task>/`",
+                        t.models.len()
+                    ),
+                });
+            };
+            let path = mtrec_export::export(single, domains, &pre, &out)?;
+            println!(
+                "written: {} and {}",
+                path.display(),
+                out.join(mtrec_export::PREPROCESS_FILE).display()
+            );
         }
         Command::Serve(args) => mtrec_serve::cli::serve(args, &|dir| {
             let t = mtrec_runner::run::load_trained(dir).map_err(|e| e.to_string())?;
