@@ -704,6 +704,7 @@ fn star_learns_and_reports_a_domain_by_task_grid() {
         valid: ev.clone(),
         test: ev,
         outcome: out,
+        task_outcomes: Vec::new(),
     };
     let text = report.render();
     assert!(
