@@ -167,8 +167,9 @@ fn folded(name: &str, inits: &BTreeMap<String, &TensorProto>, graph: &GraphSpec)
             let prefix = name.rsplit_once('.').unwrap().0;
             has(format!("{prefix}.domain_effective_weight"))
         }
-        // Training-only debias networks, and scenario experts stacked by scenario.
-        Some("sar-experts") if rest.starts_with("bias.") || rest.contains(".bias.") => true,
+        // Training-only debias networks and their Fairness Coefficient, and
+        // scenario experts stacked by scenario.
+        Some("sar-experts") if rest.starts_with("bias.") || rest.contains(".bias.") || rest.starts_with("fc.") => true,
         Some("sar-experts") => {
             let (_, main) = rest.split_once('.').unwrap();
             has(format!("{node}.{main}_by_scenario"))
