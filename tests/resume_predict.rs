@@ -24,7 +24,7 @@ fn checkpointed(dir: &Path, resume: bool) -> TrainOptions<'static> {
     TrainOptions {
         checkpoint: Some(Checkpointer::new(dir)),
         resume,
-        on_batch: None,
+        ..TrainOptions::default()
     }
 }
 
@@ -457,6 +457,17 @@ label = { column = "click" }
 /// Runs `text` (with `--set`s) on the files of `data` into `out`, warm
 /// started from `from`.
 fn warm_run(data: &Path, out: &Path, from: &Path, grow: bool, sets: &[&str]) -> mtrec_runner::Result<()> {
+    warm_run_with(data, out, from, (grow, false), sets)
+}
+
+/// [`warm_run`] with `(grow_vocabularies, optimizer)`.
+fn warm_run_with(
+    data: &Path,
+    out: &Path,
+    from: &Path,
+    (grow, optimizer): (bool, bool),
+    sets: &[&str],
+) -> mtrec_runner::Result<()> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let mut cfg = parse(CSV_CONFIG, &data.join("config.toml"), &sets)?;
     cfg.data_dir = Some(data.to_path_buf());
@@ -465,6 +476,7 @@ fn warm_run(data: &Path, out: &Path, from: &Path, grow: bool, sets: &[&str]) -> 
         init_from: Some(mtrec_runner::run::InitFrom {
             dir: from.to_path_buf(),
             grow_vocabularies: grow,
+            optimizer,
         }),
         ..RunOptions::default()
     };
@@ -529,6 +541,25 @@ fn warm_start_continues_a_trained_model_on_new_files() {
         "moved, not changed"
     );
 
+    // --init-optimizer: the optimizer continues the trained run's (its step
+    // count goes on from there); fresh, it starts from 0.
+    let steps = |run: &Path, model: &Model| -> u64 {
+        let mut opt = mtrec_train::optimizer(model, &TrainConfig::default()).unwrap();
+        let ckpt = mtrec_train::Checkpointer::new(run.join("checkpoint"));
+        opt.load(ckpt.last_optimizer().unwrap().unwrap()).unwrap();
+        opt.dense().step_count()
+    };
+    let trained_steps = steps(&trained, &a.models[0]);
+    assert!(trained_steps > 0);
+    let continued = temp("warm-opt");
+    warm_run_with(&day2, &continued, &trained, (false, true), &["train.epochs=1"]).unwrap();
+    let one_epoch = steps(&kept, &b.models[0]);
+    assert_eq!(steps(&continued, &b.models[0]), trained_steps + one_epoch);
+    let err = warm_run_with(&day2, &temp("warm-opt-grow"), &trained, (true, true), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--grow-vocabularies"), "{err}");
+
     // Another [model] cannot continue this one; nor can generated data.
     let err = warm_run(&day2, &temp("warm-bad"), &trained, false, &["model.experts=2"])
         .unwrap_err()
@@ -541,7 +572,7 @@ fn warm_start_continues_a_trained_model_on_new_files() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("trained run's") && err.contains("dense"), "{err}");
-    for d in [day1, day2, trained, kept, grown] {
+    for d in [day1, day2, trained, kept, grown, continued] {
         std::fs::remove_dir_all(d).ok();
     }
 }

@@ -268,7 +268,7 @@ fn streamed_resume_equals_uninterrupted() {
     let opts = |ckpt: &Path, resume| TrainOptions {
         checkpoint: Some(Checkpointer::new(ckpt)),
         resume,
-        on_batch: None,
+        ..TrainOptions::default()
     };
     let train = &cfg.config.train;
     let a = model_for(&cfg, &prepared, 1);

@@ -75,6 +75,11 @@ enum Command {
         /// are kept); without it they are out-of-vocabulary, as in serving.
         #[arg(long, requires = "init_from")]
         grow_vocabularies: bool,
+        /// With --init-from: continue the run's optimizer state (Adam
+        /// moments and step counts of its last epoch) instead of a fresh
+        /// optimizer. Not with --grow-vocabularies.
+        #[arg(long, requires = "init_from", conflicts_with = "grow_vocabularies")]
+        init_optimizer: bool,
         /// Print only the final report.
         #[arg(long)]
         quiet: bool,
@@ -236,6 +241,7 @@ fn real_main() -> Result<()> {
             resume,
             init_from,
             grow_vocabularies,
+            init_optimizer,
             quiet,
         } => {
             let resuming = resume.is_some();
@@ -266,7 +272,11 @@ fn real_main() -> Result<()> {
                 on_read: Some(&mut on_read),
                 on_batch: Some(&mut on_batch),
                 on_test: None,
-                init_from: init_from.map(|dir| mtrec_runner::run::InitFrom { dir, grow_vocabularies }),
+                init_from: init_from.map(|dir| mtrec_runner::run::InitFrom {
+                    dir,
+                    grow_vocabularies,
+                    optimizer: init_optimizer,
+                }),
             };
             let result = run_with(&loaded, opts, |log| progress.borrow_mut().on_epoch(log));
             progress.borrow().finish();

@@ -125,6 +125,22 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// The optimizer state of the last complete epoch (warm start: a
+    /// trained run's moments and step counts), or `None` without a
+    /// checkpoint here.
+    pub fn last_optimizer(&self) -> Result<Option<PathBuf>> {
+        let path = self.state_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read(&path).map_err(io(&path))?;
+        let state: TrainState = serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
+            path: path.clone(),
+            message: format!("unreadable: {e}"),
+        })?;
+        Ok(Some(self.file(state.epoch, "optimizer")))
+    }
+
     /// Whether a checkpoint exists here.
     pub fn exists(&self) -> bool {
         self.state_path().exists()

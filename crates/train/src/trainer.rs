@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -231,6 +232,10 @@ pub struct TrainOptions<'a> {
     pub resume: bool,
     /// Called after every training batch.
     pub on_batch: Option<&'a mut dyn FnMut(&BatchProgress)>,
+    /// Start the optimizer from this saved state (warm start: a trained
+    /// run's last checkpoint, [`Checkpointer::last_optimizer`]) instead of
+    /// a fresh one; a resumed run loads its own checkpoint's instead.
+    pub init_optimizer: Option<PathBuf>,
 }
 
 /// Where an epoch's training batches and the validation metrics come from:
@@ -530,6 +535,9 @@ pub fn train_on(
     )?;
     let mut balancer = Balancer::new(model, cfg)?;
     let mut opt = optimizer(model, cfg)?;
+    if let (Some(path), false) = (&opts.init_optimizer, opts.resume) {
+        opt.load(path)?;
+    }
     let started = Instant::now();
     let mut history = Vec::new();
     let mut best: Option<Best> = None;

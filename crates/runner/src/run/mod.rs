@@ -107,6 +107,11 @@ pub struct InitFrom {
     /// vocabularies (their embedding rows start fresh; trained rows keep
     /// their values); else unseen values are out-of-vocabulary as in serving.
     pub grow_vocabularies: bool,
+    /// Start the optimizer from the run's last checkpoint (Adam moments and
+    /// step counts, the tables' row states) instead of a fresh one. Not
+    /// with `grow_vocabularies` (the saved table states have the trained
+    /// rows only).
+    pub optimizer: bool,
 }
 
 /// The trained run a warm start begins from: its model, weights and
@@ -120,6 +125,24 @@ fn warm_source(cfg: &LoadedConfig, from: &InitFrom) -> Result<layout::Trained> {
         ));
     }
     layout::load_trained(&from.dir)
+}
+
+/// The optimizer state a warm start continues: the trained run's last
+/// checkpoint's.
+fn warm_optimizer(from: &InitFrom) -> Result<PathBuf> {
+    if from.grow_vocabularies {
+        return Err(RunError::RunFolder {
+            dir: from.dir.clone(),
+            problem: "its optimizer state covers the trained vocabularies only: \
+                      --init-optimizer cannot be used with --grow-vocabularies"
+                .into(),
+        });
+    }
+    let ckpt = mtrec_train::Checkpointer::new(from.dir.join(layout::CHECKPOINT_DIR));
+    ckpt.last_optimizer()?.ok_or_else(|| RunError::RunFolder {
+        dir: from.dir.clone(),
+        problem: "has no checkpoint to take the optimizer state from (drop --init-optimizer for a fresh one)".into(),
+    })
 }
 
 /// Expands the config's architecture into a graph for the given data;
@@ -449,10 +472,15 @@ fn run_prepared(
         }
         None => None,
     };
+    let init_optimizer = match &opts.init_from {
+        Some(from) if from.optimizer => Some(warm_optimizer(from)?),
+        _ => None,
+    };
     let train_opts = TrainOptions {
         checkpoint,
         resume: opts.resume,
         on_batch: opts.on_batch,
+        init_optimizer,
     };
     // history.jsonl: truncated at the start (a resumed run replays its
     // earlier epochs first), then one line appended per epoch.
