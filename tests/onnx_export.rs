@@ -316,13 +316,7 @@ fn every_builtin_architecture_matches_onnxruntime_on_synthetic_data() {
     };
     let test = data.batch(&sp.test, &Device::Cpu).unwrap();
     let mut seen = 0;
-    // (crates/export/tests/onnx_graph.rs checks the clear error of those
-    // whose kinds have no ONNX form yet.)
-    let not_exported = ["adasparse", "aitm", "pepnet"];
     for arch in mtrec_plugins::BUILTIN.iter().flat_map(|p| p.architectures) {
-        if not_exported.contains(arch) {
-            continue;
-        }
         let mut params = toml::Table::new();
         if *arch == "sar-net" {
             params.insert("scenario_field".into(), "domain".into());
@@ -348,5 +342,5 @@ fn every_builtin_architecture_matches_onnxruntime_on_synthetic_data() {
         std::fs::remove_dir_all(&dir).ok();
         seen += 1;
     }
-    assert!(seen >= 8, "only {seen} architectures");
+    assert!(seen >= 11, "only {seen} architectures");
 }
