@@ -185,9 +185,12 @@ fn trained_export_matches(name: &str, cfg: &config::LoadedConfig, rows_file: &Pa
     };
     run_with(cfg, opts, |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
     let t = load_trained(&run).unwrap();
+    let [model] = t.models.as_slice() else {
+        panic!("{name}: a multi-task run holds one model, got {}", t.models.len())
+    };
     let domains = t.preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
     let out = dir.join("onnx");
-    mtrec_export::export(&t.models[0], domains, &run.join(PREPROCESS_FILE), &out).unwrap();
+    mtrec_export::export(model, domains, &run.join(PREPROCESS_FILE), &out).unwrap();
     assert_eq!(
         std::fs::read(out.join("preprocess.json")).unwrap(),
         std::fs::read(run.join(PREPROCESS_FILE)).unwrap(),
@@ -196,7 +199,7 @@ fn trained_export_matches(name: &str, cfg: &config::LoadedConfig, rows_file: &Pa
     let data = t.preprocessor.encode_file(rows_file, Labels::Optional, None).unwrap();
     let rows: Vec<usize> = (0..data.rows().min(1000)).collect();
     let batch = data.batch(&rows, &Device::Cpu).unwrap();
-    let diffs = onnxruntime_matches(name, &t.models[0], &out.join("model.onnx"), &batch.inputs, python, &dir);
+    let diffs = onnxruntime_matches(name, model, &out.join("model.onnx"), &batch.inputs, python, &dir);
     std::fs::remove_dir_all(&dir).ok();
     diffs
 }
@@ -316,13 +319,7 @@ fn every_builtin_architecture_matches_onnxruntime_on_synthetic_data() {
     };
     let test = data.batch(&sp.test, &Device::Cpu).unwrap();
     let mut seen = 0;
-    // (crates/export/tests/onnx_graph.rs checks the clear error of those
-    // whose kinds have no ONNX form yet.)
-    let not_exported = ["adasparse", "aitm", "pepnet"];
     for arch in mtrec_plugins::BUILTIN.iter().flat_map(|p| p.architectures) {
-        if not_exported.contains(arch) {
-            continue;
-        }
         let mut params = toml::Table::new();
         if *arch == "sar-net" {
             params.insert("scenario_field".into(), "domain".into());
@@ -348,5 +345,5 @@ fn every_builtin_architecture_matches_onnxruntime_on_synthetic_data() {
         std::fs::remove_dir_all(&dir).ok();
         seen += 1;
     }
-    assert!(seen >= 8, "only {seen} architectures");
+    assert!(seen >= 11, "only {seen} architectures");
 }

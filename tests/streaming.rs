@@ -226,10 +226,13 @@ fn groups_and_weights_stream_like_in_memory() {
     let test_path = dir.join("test.csv");
     let streamed_eval = eval_file(&out, &test_path).unwrap();
     let trained = load_trained(&out).unwrap();
+    let [model] = trained.models.as_slice() else {
+        panic!("a multi-task run holds one model, got {}", trained.models.len())
+    };
     let whole = trained.preprocessor.load_file(&test_path).unwrap();
     assert!(whole.groups.is_some() && whole.weights.is_some());
     let rows: Vec<usize> = (0..whole.rows()).collect();
-    let in_memory = evaluate(&trained.models[0], &whole, &rows, 100).unwrap();
+    let in_memory = evaluate(model, &whole, &rows, 100).unwrap();
     assert_eq!(
         streamed_eval, in_memory,
         "streamed eval = in-memory eval, GAUC included"
@@ -237,7 +240,7 @@ fn groups_and_weights_stream_like_in_memory() {
     assert_eq!(result.report.test, in_memory);
     let click = &in_memory.tasks[0].metrics;
     // Every test row is labelled for `click`: GAUC over the model's outputs.
-    let scores = &predict(&trained.models[0], &whole, &rows, 100).unwrap()[0];
+    let scores = &predict(model, &whole, &rows, 100).unwrap()[0];
     let labels: Vec<f32> = (0..whole.rows()).map(|r| whole.labels[r * 2]).collect();
     let by_hand = mtrec_train::metrics::gauc(scores, &labels, whole.groups.as_ref().unwrap()).unwrap();
     assert_eq!(

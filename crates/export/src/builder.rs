@@ -152,6 +152,14 @@ impl Builder {
         self.op("ReduceSum", &[x, &axes], vec![Attr::Int("keepdims", 0)], "sum")
     }
 
+    /// `len` entries of `x` along `axis` from `offset` (candle's `narrow`).
+    pub fn narrow(&mut self, x: &str, axis: i64, offset: usize, len: usize) -> String {
+        let starts = self.ints("starts", &[1], vec![offset as i64]);
+        let ends = self.ints("ends", &[1], vec![(offset + len) as i64]);
+        let axes = self.ints("axes", &[1], vec![axis]);
+        self.op("Slice", &[x, &starts, &ends, &axes], vec![], "narrow")
+    }
+
     /// Rows `index` (`[B]` int64) of `table` (`[D, ...]`): `[B, ...]`.
     pub fn gather_rows(&mut self, table: &str, index: &str) -> String {
         self.op("Gather", &[table, index], vec![Attr::Int("axis", 0)], "rows")

@@ -156,6 +156,9 @@ impl Ctx {
             }
             "partitioned-norm" | "star-fcn" | "star-tower" => crate::star::node(self, node, x),
             "sar-behaviour" | "scenario-transform" | "sar-experts" | "sar-gate" => crate::sar_net::node(self, node, io),
+            "epnet" | "ppnet-gates" | "ppnet-tower" => crate::pepnet::node(self, node, x),
+            "adasparse-mlp" => crate::adasparse::node(self, node, x),
+            "ait" => crate::aitm::ait(self, node, &io.inputs),
             other => Err(ExportError::Unsupported {
                 node: id.to_string(),
                 kind: other.to_string(),
@@ -164,7 +167,8 @@ impl Ctx {
         }
     }
 
-    fn concat(&mut self, xs: &[String]) -> String {
+    /// `xs` side by side (axis 1); one value as it is.
+    pub fn concat(&mut self, xs: &[String]) -> String {
         if let [one] = xs {
             return one.clone();
         }

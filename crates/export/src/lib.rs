@@ -5,7 +5,11 @@
 //! typed parameters and evaluation order as `Model::build`) and the model's
 //! weights: the input layer ([`features`]), then every node in evaluation
 //! order, each component kind mapped to ONNX ops ([`kinds`], STAR's in
-//! [`star`], SAR-Net's in [`sar_net`]), the weights as initializers under their mtrec names.
+//! [`star`], SAR-Net's in [`sar_net`], PEPNet's in [`pepnet`], AdaSparse's
+//! in [`adasparse`], AITM's in [`aitm`]), the weights as initializers under
+//! their mtrec names. Objective-term nodes (AITM's `funnel-calibrator`:
+//! training penalties that feed no tower) have nothing to export and are
+//! skipped.
 //!
 //! **Inputs** are the encoded tensors the fitted preprocessing produces
 //! (`preprocess.json`, written beside the model as it is), each with a
@@ -19,16 +23,20 @@
 //! predict` writes), the value for regression tasks.
 //!
 //! The graph is the evaluation-mode model: STAR's partitioned norm uses its
-//! moving statistics, SAR-Net-style training-only parts are absent.
+//! moving statistics, AdaSparse's pruners the sharpness saved in their
+//! `alpha` buffer, SAR-Net-style training-only parts are absent.
 //! Per-domain weights are stacked by domain and gathered per row (see
 //! [`star`]). A kind without an ONNX form is an
 //! [`ExportError::Unsupported`] naming the node and kind, and nothing is
 //! written. ONNX IR version 8, opset 17 (ONNX Runtime 1.13 and later).
 
+pub mod adasparse;
+pub mod aitm;
 pub mod builder;
 pub mod error;
 pub mod features;
 pub mod kinds;
+pub mod pepnet;
 pub mod sar_net;
 pub mod star;
 pub mod weights;
@@ -36,7 +44,7 @@ pub mod weights;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use mtrec_core::{graph, GraphEnv, Model, TaskKind, INPUT};
+use mtrec_core::{graph, registry, GraphEnv, Model, TaskKind, INPUT};
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{GraphProto, Message, ModelProto, OperatorSetIdProto};
 
@@ -79,6 +87,9 @@ pub fn to_onnx(model: &Model, domains: usize) -> Result<ModelProto> {
     let mut values: HashMap<&str, String> = HashMap::from([(INPUT, x)]);
     for &i in &checked.order {
         let node = &checked.spec.nodes[i];
+        if registry::component(&node.kind)?.objective_term() {
+            continue;
+        }
         let get = |names: &[String]| -> Result<Vec<String>> {
             names
                 .iter()
