@@ -117,6 +117,7 @@ impl Service {
             .route("/v1/models/{spec}", get(model_status).post(predict))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(self.body_limit))
+            .layer(axum::middleware::from_fn_with_state(self.body_limit, refuse_oversized))
             .with_state(self.state.clone())
     }
 
@@ -145,6 +146,50 @@ impl Service {
         }
         served
     }
+}
+
+/// The most of an oversized body read (and dropped) before its 413 answer.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Answers 413 to a request whose declared length is over `limit`, after
+/// reading its body (up to [`DRAIN_LIMIT`]): a connection closed with
+/// unread bytes is reset, and a reset can destroy the answer before the
+/// client reads it. The connection is then closed. Bodies of unknown length
+/// meet the extractor's own limit (`DefaultBodyLimit`).
+async fn refuse_oversized(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(length) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(request).await;
+    };
+    let mut body = request.into_body();
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+    let e = ServeError::Request {
+        status: 413,
+        instance: None,
+        column: None,
+        message: format!(
+            "the request body of {length} bytes is over the length limit of {limit} bytes (--max-body-bytes)"
+        ),
+    };
+    let mut response = error_response(&e);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 fn valid_name(name: &str) -> bool {

@@ -161,6 +161,8 @@ impl Running {
 pub struct Client {
     addr: SocketAddr,
     sender: SendRequest<Full<Bytes>>,
+    /// The last answer closes the connection (413, `Connection: close`).
+    closing: bool,
 }
 
 impl Client {
@@ -172,7 +174,11 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Client { addr, sender }
+        Client {
+            addr,
+            sender,
+            closing: false,
+        }
     }
 
     pub async fn send(&mut self, method: &str, path: &str, body: impl Into<Bytes>) -> (u16, Value) {
@@ -184,13 +190,20 @@ impl Client {
             .body(Full::new(body.into()))
             .unwrap();
         // A server closes the connection after answering a body it did not
-        // read (413): the next request goes on a new one.
-        if self.sender.ready().await.is_err() {
+        // read (413), maybe only after this client saw the answer: the
+        // request after such an answer goes on a new connection, whether or
+        // not the close was seen yet.
+        if self.closing || self.sender.ready().await.is_err() {
             *self = Client::connect(self.addr).await;
             self.sender.ready().await.unwrap();
         }
         let response = self.sender.send_request(request).await.unwrap();
         let status = response.status().as_u16();
+        self.closing = status == 413
+            || response
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("answer {status} is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
