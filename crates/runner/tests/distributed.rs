@@ -48,9 +48,18 @@ fn mtrec_args(args: &[&str]) -> Vec<String> {
 /// Runs `mpirun` with `ranks` (one `mtrec` command line per group, MPMD
 /// style: `-np n cmd : -np m cmd2`) and `env`; kills it after `limit`.
 fn mpirun(groups: &[(usize, Vec<String>)], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
+    // A session folder of its own for each job: Open MPI creates it under
+    // $TMPDIR, and jobs started at once by parallel tests raced on one
+    // (`mkdir /tmp/ompi.<host>.0: File exists`). Short: it holds sockets.
+    static JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let job = JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let session = PathBuf::from(format!("/tmp/mtrec-ompi-{}-{job}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&session);
+    std::fs::create_dir_all(&session).unwrap();
     let mut c = Command::new("mpirun");
     // Loopback on one machine; root (CI containers) needs explicit consent.
     c.args(["--oversubscribe", "--mca", "btl", "self,tcp,vader"])
+        .env("TMPDIR", &session)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("RAYON_NUM_THREADS", "1");
@@ -78,7 +87,9 @@ fn mpirun(groups: &[(usize, Vec<String>)], env: &[(&str, &str)], limit: Duration
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed();
-    (child.wait_with_output().unwrap(), elapsed)
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&session);
+    (out, elapsed)
 }
 
 fn text(o: &Output) -> String {
