@@ -836,55 +836,34 @@ impl Balancer {
                         .collect::<Result<Vec<f64>>>()?;
                     g.update(&values, &norms);
                 }
-                let mut store = combined.0;
-                add_penalty_grads(
-                    &mut store,
-                    penalty.as_ref(),
-                    &vars,
-                    sync,
-                    &dense,
-                    &local_touched,
-                    &merged,
-                )?;
-                store
+                combined.0
             }
             State::PcGrad => {
                 let stores = stores.ok_or_else(|| TrainError::Invalid("internal: no per-task gradients".into()))?;
                 let (mut store, _) = combine(stores, &vars, &self.fixed)?;
-                add_penalty_grads(
-                    &mut store,
-                    penalty.as_ref(),
-                    &vars,
-                    sync,
-                    &dense,
-                    &local_touched,
-                    &merged,
-                )?;
-                let Some(flat) = flat else {
+                match flat {
                     // Nothing shared: PCGrad is the plain weighted sum.
-                    finish(store, opt, &vars, touched, clip)?;
-                    sync.average_buffers(model)?;
-                    return Ok(values);
-                };
-                let weighted = flat
-                    .iter()
-                    .zip(&self.fixed)
-                    .map(|(g, w)| Ok((g * *w)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let projected = pcgrad_project(&weighted, &mut self.rng)?;
-                let mut sum = projected[0].clone();
-                for p in &projected[1..] {
-                    sum = (sum + p)?;
+                    None => store,
+                    Some(flat) => {
+                        pcgrad_sum_into(&mut store, &flat, &shared, &self.fixed, &mut self.rng)?;
+                        store
+                    }
                 }
-                let mut offset = 0;
-                for (_, v) in &shared {
-                    let n = v.as_tensor().elem_count();
-                    store.insert(v.as_tensor(), sum.narrow(0, offset, n)?.reshape(v.as_tensor().shape())?);
-                    offset += n;
-                }
-                store
             }
         };
+        if matches!(self.state, State::GradNorm(_) | State::PcGrad) {
+            // The penalty belongs to no task: its gradient joins the update
+            // these balancers formed, neither reweighted nor projected.
+            add_penalty_grads(
+                &mut grads,
+                penalty.as_ref(),
+                &vars,
+                sync,
+                &dense,
+                &local_touched,
+                &merged,
+            )?;
+        }
         if !matches!(self.state, State::GradNorm(_) | State::PcGrad) {
             // (GradNorm's and PCGrad's come from per-task gradients that
             // were summed over the ranks already.)
@@ -902,17 +881,32 @@ impl Balancer {
     }
 }
 
-fn finish(
-    mut grads: GradStore,
-    opt: &mut Optimizer,
-    vars: &[(String, Var)],
-    touched: &[TouchedRows],
-    clip: Option<f64>,
+/// PCGrad's update of the shared parameters: the tasks' weighted flat
+/// gradients (`flat`, one `[P]` each over `shared`) projected and summed,
+/// written over `store`'s entries of `shared`.
+fn pcgrad_sum_into(
+    store: &mut GradStore,
+    flat: &[Tensor],
+    shared: &[(String, Var)],
+    weights: &[f64],
+    rng: &mut StdRng,
 ) -> Result<()> {
-    if let Some(max) = clip {
-        clip_grad_norm(&mut grads, vars, max)?;
+    let weighted = flat
+        .iter()
+        .zip(weights)
+        .map(|(g, w)| Ok((g * *w)?))
+        .collect::<Result<Vec<_>>>()?;
+    let projected = pcgrad_project(&weighted, rng)?;
+    let mut sum = projected[0].clone();
+    for p in &projected[1..] {
+        sum = (sum + p)?;
     }
-    opt.step(&grads, touched)?;
+    let mut offset = 0;
+    for (_, v) in shared {
+        let n = v.as_tensor().elem_count();
+        store.insert(v.as_tensor(), sum.narrow(0, offset, n)?.reshape(v.as_tensor().shape())?);
+        offset += n;
+    }
     Ok(())
 }
 
