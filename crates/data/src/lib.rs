@@ -8,6 +8,8 @@
 //!   correlation is a setting;
 //! - [`multidomain`]: a multi-domain generator (skewed domain sizes, a shared
 //!   preference function plus a domain shift of controllable strength);
+//! - [`shard`]: which rows each reader of several (a data-parallel run's
+//!   ranks) keeps;
 //! - [`schema`]: the description of a CSV/Parquet data set (`[data]` with
 //!   `source = "csv"` or `"parquet"`, and `[[tasks]]`);
 //! - [`read`]: streaming CSV (plain or gzip) and Parquet row readers;
@@ -27,6 +29,7 @@ pub mod multidomain;
 pub mod preprocess;
 pub mod read;
 pub mod schema;
+pub mod shard;
 pub mod split;
 pub mod stream;
 pub mod synthetic;
@@ -35,13 +38,15 @@ pub mod tabular;
 pub use dataset::{Batch, Dataset, DenseColumns, DomainColumn, LabelCount, SequenceColumn, SparseColumns};
 pub use error::{DataError, Place, Result};
 pub use multidomain::{Logged, MultiDomainSynthetic, MultiDomainTruth, PreferenceFunction};
-pub use preprocess::{Fitting, Labels, Pass, Preprocessor, Progress, ProgressFn};
+pub use preprocess::{FitCounts, Fitting, Labels, MergeCounts, Pass, Preprocessor, Progress, ProgressFn};
 pub use schema::{DataFiles, FileFormat, TabularSchema, TaskSpec};
+pub use shard::Stripe;
 pub use split::{shuffled, split, Split};
 pub use stream::{
     Batches, HashSplit, Part, Prefetch, Shuffle, StreamFiles, StreamOptions, StreamedData, PREFETCH_BATCHES,
 };
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
 pub use tabular::{
-    count_rows, load_single, load_split, load_split_fitted, load_tabular, load_tabular_fitted, Loaded, LoadedSingle,
+    count_rows, load_single, load_split, load_split_fitted, load_split_sharded, load_tabular, load_tabular_fitted,
+    Loaded, LoadedSingle, ShardRead,
 };

@@ -44,6 +44,8 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::preprocess::{Fitting, Labels, Preprocessor, ProgressFn, Reporter};
 use crate::schema::{DataFiles, TabularSchema, TaskSpec};
+use crate::shard::Stripe;
+use crate::tabular::ShardRead;
 
 /// Default rows per chunk read from a file.
 pub const DEFAULT_CHUNK_ROWS: usize = 65_536;
@@ -416,6 +418,11 @@ pub struct StreamedData {
     pub preprocessor: Arc<Preprocessor>,
     pub files: StreamFiles,
     pub options: StreamOptions,
+    /// The training rows this reader reads ([`Stripe::WHOLE`] but for a
+    /// rank of a data-parallel run reading its own part,
+    /// [`StreamedData::open_sharded`]); validation and test rows are read
+    /// whole.
+    pub train_stripe: Stripe,
     peak: PeakRows,
 }
 
@@ -426,6 +433,7 @@ impl StreamedData {
             preprocessor: Arc::new(preprocessor),
             files,
             options,
+            train_stripe: Stripe::WHOLE,
             peak: PeakRows::default(),
         })
     }
@@ -459,21 +467,48 @@ impl StreamedData {
         fitting: Fitting<'_>,
         progress: ProgressFn<'_>,
     ) -> Result<Self> {
+        Self::open_sharded(schema, tasks, base, fractions, seed, options, fitting, None, progress)
+    }
+
+    /// [`StreamedData::open_fitted`] by one reader of several
+    /// ([`ShardRead`]: a rank of a data-parallel run) when `shard` is
+    /// given: the preprocessing is fitted on every reader's training rows
+    /// (this reader counts its stripe, `merge` adds the others'), and the
+    /// training passes read only this reader's stripe of the training rows
+    /// (file row i, counted in the train file or in the one `path`, is in
+    /// part i mod parts).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_sharded(
+        schema: &TabularSchema,
+        tasks: &[TaskSpec],
+        base: Option<&Path>,
+        fractions: [f64; 3],
+        seed: u64,
+        options: StreamOptions,
+        fitting: Fitting<'_>,
+        shard: Option<ShardRead<'_>>,
+        progress: ProgressFn<'_>,
+    ) -> Result<Self> {
         options.validate()?;
         let mut reporter = Reporter::new(progress);
+        let stripe = shard.map_or(Stripe::WHOLE, |s| s.stripe);
+        let merge = shard.map(|s| s.merge);
         let (preprocessor, files) = match schema.resolve(base)? {
             DataFiles::Separate { train, valid, test } => {
-                let pre = fitting.fit(schema, tasks, &train, None, &mut reporter)?;
+                let select = |i: u64| stripe.holds(i);
+                let pre = fitting.fit_merged(schema, tasks, &train, Some(&select), merge, &mut reporter)?;
                 (pre, StreamFiles::Separate { train, valid, test })
             }
             DataFiles::Single { path } => {
                 let split = HashSplit::new(fractions, seed)?;
-                let select = |i: u64| split.part(i) == Part::Train;
-                let pre = fitting.fit(schema, tasks, &path, Some(&select), &mut reporter)?;
+                let select = |i: u64| split.part(i) == Part::Train && stripe.holds(i);
+                let pre = fitting.fit_merged(schema, tasks, &path, Some(&select), merge, &mut reporter)?;
                 (pre, StreamFiles::Single { path, split })
             }
         };
-        Self::new(preprocessor, files, options)
+        let mut data = Self::new(preprocessor, files, options)?;
+        data.train_stripe = stripe;
+        Ok(data)
     }
 
     /// The file `part` is read from.
@@ -488,10 +523,24 @@ impl StreamedData {
         }
     }
 
-    /// The encoded chunks of `part`, in file order (labels required).
+    /// The encoded chunks of `part` this reader reads (its
+    /// [`StreamedData::train_stripe`] of the training rows), in file order
+    /// (labels required).
     pub fn chunks(&self, part: Part) -> crate::preprocess::EncodeChunks<'static> {
+        self.chunks_in(part, self.stripe_of(part))
+    }
+
+    fn stripe_of(&self, part: Part) -> Stripe {
+        match part {
+            Part::Train => self.train_stripe,
+            Part::Valid | Part::Test => Stripe::WHOLE,
+        }
+    }
+
+    /// The encoded chunks of the rows of `part` in `stripe`, in file order.
+    pub fn chunks_in(&self, part: Part, stripe: Stripe) -> crate::preprocess::EncodeChunks<'static> {
         let rows = self.options.chunk_rows;
-        match &self.files {
+        let chunks = match &self.files {
             StreamFiles::Separate { .. } => {
                 self.preprocessor
                     .encode_chunks_shared(self.file_of(part), rows, Labels::Required)
@@ -500,6 +549,11 @@ impl StreamedData {
                 .preprocessor
                 .encode_chunks_shared(path, rows, Labels::Required)
                 .only(*split, part),
+        };
+        if stripe == Stripe::WHOLE {
+            chunks
+        } else {
+            chunks.filter(Arc::new(move |i| stripe.holds(i)))
         }
     }
 
@@ -511,19 +565,41 @@ impl StreamedData {
         batch_size: usize,
         shuffle_seed: Option<u64>,
     ) -> Batches<crate::preprocess::EncodeChunks<'static>> {
+        self.batches_in(part, self.stripe_of(part), batch_size, shuffle_seed)
+    }
+
+    /// [`StreamedData::batches`] of the rows of `part` in `stripe`.
+    pub fn batches_in(
+        &self,
+        part: Part,
+        stripe: Stripe,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Batches<crate::preprocess::EncodeChunks<'static>> {
         let shuffle = shuffle_seed.map(|seed| Shuffle {
             capacity: self.options.shuffle_buffer,
             seed,
         });
-        Batches::new(self.chunks(part), batch_size, shuffle).with_peak(self.peak.clone())
+        Batches::new(self.chunks_in(part, stripe), batch_size, shuffle).with_peak(self.peak.clone())
     }
 
     /// [`StreamedData::batches`] formed on a reading thread,
     /// [`PREFETCH_BATCHES`] ahead of the caller; the same batches in the
     /// same order.
     pub fn prefetched_batches(&self, part: Part, batch_size: usize, shuffle_seed: Option<u64>) -> Result<Prefetch> {
+        self.prefetched_batches_in(part, self.stripe_of(part), batch_size, shuffle_seed)
+    }
+
+    /// [`StreamedData::prefetched_batches`] of the rows of `part` in `stripe`.
+    pub fn prefetched_batches_in(
+        &self,
+        part: Part,
+        stripe: Stripe,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Result<Prefetch> {
         Prefetch::spawn(
-            self.batches(part, batch_size, shuffle_seed),
+            self.batches_in(part, stripe, batch_size, shuffle_seed),
             PREFETCH_BATCHES,
             self.file_of(part),
         )

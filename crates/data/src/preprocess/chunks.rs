@@ -56,6 +56,10 @@ impl std::ops::Deref for PreRef<'_> {
     }
 }
 
+/// Which rows of a file (0-based index in file order) to encode; the others
+/// are read and skipped. Shared with reading threads.
+pub type RowFilter = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
 /// The datasets of [`Preprocessor::encode_chunks`].
 pub struct EncodeChunks<'p> {
     pub(super) pre: PreRef<'p>,
@@ -70,6 +74,8 @@ pub struct EncodeChunks<'p> {
     pub(super) read: u64,
     /// Only the rows of this part of this split are encoded.
     pub(super) keep: Option<(HashSplit, Part)>,
+    /// And of those, only the rows this filter holds (a rank's stripe).
+    pub(super) filter: Option<RowFilter>,
 }
 
 impl std::fmt::Debug for EncodeChunks<'_> {
@@ -87,6 +93,13 @@ impl<'p> EncodeChunks<'p> {
     /// of other parts are read, not encoded; labels required).
     pub fn only(mut self, split: HashSplit, part: Part) -> Self {
         self.keep = Some((split, part));
+        self
+    }
+
+    /// Only the rows `filter` holds (besides [`EncodeChunks::only`]'s
+    /// part), e.g. one rank's [`Stripe`](crate::shard::Stripe).
+    pub fn filter(mut self, filter: RowFilter) -> Self {
+        self.filter = Some(filter);
         self
     }
 
@@ -113,6 +126,7 @@ impl<'p> EncodeChunks<'p> {
             rows: 0,
             read: 0,
             keep: None,
+            filter: None,
         }
     }
 
@@ -146,6 +160,7 @@ impl<'p> EncodeChunks<'p> {
                 .keep
                 .as_ref()
                 .is_some_and(|(split, part)| split.part(index) != *part)
+                || self.filter.as_ref().is_some_and(|f| !f(index))
             {
                 continue;
             }
@@ -156,6 +171,11 @@ impl<'p> EncodeChunks<'p> {
         if out.rows == 0 {
             if self.rows == 0 {
                 let message = match &self.keep {
+                    _ if self.read > 0 && self.filter.is_some() => format!(
+                        "none of the file's {} rows falls in this rank's part: \
+                         give at least as many rows as ranks (row i goes to rank i mod ranks)",
+                        self.read
+                    ),
                     Some((split, part)) if self.read > 0 => format!(
                         "none of the file's {} rows falls in the {part} part of the split {:?}; \
                          give more rows or larger fractions",

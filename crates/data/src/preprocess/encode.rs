@@ -14,7 +14,7 @@ use crate::read::RowSource;
 use super::vocab::stable_hash;
 use super::{
     parse_number, Cond, EncodeChunks, Encoding, FittedSequence, Labels, Pass, PreRef, Preprocessor, Progress,
-    ProgressFn,
+    ProgressFn, RowFilter,
 };
 
 /// Calls the user's callback, if any.
@@ -464,10 +464,25 @@ impl Preprocessor {
     }
 
     pub(crate) fn encode_with(&self, path: &Path, labels: Labels, reporter: &mut Reporter<'_>) -> Result<Dataset> {
+        self.encode_filtered(path, labels, None, reporter).map(|(data, _)| data)
+    }
+
+    /// The rows of `path` that `filter` holds (all without one) as one
+    /// dataset, and the number of rows the file has.
+    pub(crate) fn encode_filtered(
+        &self,
+        path: &Path,
+        labels: Labels,
+        filter: Option<RowFilter>,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<(Dataset, u64)> {
         let mut chunks = EncodeChunks::new(PreRef::Borrowed(self), path, usize::MAX, labels);
+        if let Some(f) = filter {
+            chunks = chunks.filter(f);
+        }
         chunks.take_error()?;
         match chunks.read_chunk(reporter)? {
-            Some(data) => Ok(data),
+            Some(data) => Ok((data, chunks.read)),
             None => Err(DataError::input(path, Place::File, None, "no data rows")),
         }
     }

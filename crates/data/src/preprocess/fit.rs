@@ -6,8 +6,9 @@ use std::path::Path;
 
 use csv::StringRecord;
 use fnv::FnvHashMap;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{DataError, Result};
+use crate::error::{DataError, Place, Result};
 use crate::read::{self, ReadOptions};
 use crate::schema::{TabularSchema, TaskSpec};
 
@@ -17,7 +18,7 @@ use super::{
 };
 
 /// Welford's running mean and variance, with min and max.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Stats {
     pub(super) n: u64,
     pub(super) mean: f64,
@@ -40,10 +41,29 @@ impl Stats {
         self.mean += d / self.n as f64;
         self.m2 += d * (x - self.mean);
     }
+
+    /// Adds the statistics of other rows (Chan et al.'s pairwise update):
+    /// the same mean and variance as one pass over both, up to rounding.
+    fn merge(&mut self, o: &Stats) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = o.clone();
+            return;
+        }
+        let n = self.n + o.n;
+        let d = o.mean - self.mean;
+        self.mean += d * o.n as f64 / n as f64;
+        self.m2 += o.m2 + d * d * self.n as f64 * o.n as f64 / n as f64;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.n = n;
+    }
 }
 
 /// Counts of a categorical field's training values.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Counts {
     pub(super) counts: FnvHashMap<String, u64>,
     pub(super) missing: u64,
@@ -58,7 +78,77 @@ impl Counts {
             }
         }
     }
+
+    fn merge(&mut self, o: Counts) {
+        self.missing += o.missing;
+        for (v, c) in o.counts {
+            *self.counts.entry(v).or_insert(0) += c;
+        }
+    }
 }
+
+/// What one pass over (some of) the training rows counted, before the
+/// vocabularies and statistics are formed from it: the part of a fit that
+/// the ranks of a data-parallel run, each reading its own rows, exchange
+/// and add ([`FitCounts::merge`], [`FitCounts::to_bytes`]) so that every
+/// rank forms the preprocessing of all rows. Vocabularies are ordered by
+/// count then value and domains by name, so they do not depend on which
+/// reader saw a row; dense statistics are merged pairwise (equal to one
+/// pass up to rounding).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitCounts {
+    sparse: Vec<Counts>,
+    sequences: Vec<Counts>,
+    dense: Vec<Stats>,
+    domains: BTreeSet<String>,
+    /// Rows counted.
+    rows: u64,
+}
+
+impl FitCounts {
+    /// Adds another reader's counts (of the same schema).
+    pub fn merge(&mut self, other: FitCounts) -> Result<()> {
+        let shape = |c: &FitCounts| (c.sparse.len(), c.sequences.len(), c.dense.len());
+        if shape(self) != shape(&other) {
+            return Err(DataError::schema(format!(
+                "fit counts of different schemas cannot be added: (sparse, sequences, dense) fields {:?} and {:?}",
+                shape(self),
+                shape(&other)
+            )));
+        }
+        for (a, b) in self.sparse.iter_mut().zip(other.sparse) {
+            a.merge(b);
+        }
+        for (a, b) in self.sequences.iter_mut().zip(other.sequences) {
+            a.merge(b);
+        }
+        for (a, b) in self.dense.iter_mut().zip(&other.dense) {
+            a.merge(b);
+        }
+        self.domains.extend(other.domains);
+        self.rows += other.rows;
+        Ok(())
+    }
+
+    /// The counts as bytes (JSON), to send to the other ranks.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| DataError::schema(format!("cannot encode fit counts: {e}")))
+    }
+
+    /// Counts sent by [`FitCounts::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| DataError::schema(format!("malformed fit counts: {e}")))
+    }
+
+    /// Rows counted.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// Adds the counts of every reader (a data-parallel run's ranks) to one
+/// reader's own: given this reader's counts, returns all readers'.
+pub type MergeCounts<'a> = &'a dyn Fn(FitCounts) -> Result<FitCounts>;
 
 impl Preprocessor {
     /// The unfitted state the schema describes (empty vocabularies and
@@ -149,7 +239,41 @@ impl Preprocessor {
         select: Option<&dyn Fn(u64) -> bool>,
         reporter: &mut Reporter<'_>,
     ) -> Result<Self> {
-        let mut pre = Self::plan(schema, tasks)?;
+        Self::fit_merged(schema, tasks, file, select, None, reporter)
+    }
+
+    /// [`Preprocessor::fit_selected`] on this reader's rows, with `merge`
+    /// adding the other readers' counts before the vocabularies and
+    /// statistics are formed (`None`: this reader's rows are all).
+    pub(crate) fn fit_merged(
+        schema: &TabularSchema,
+        tasks: &[TaskSpec],
+        file: &Path,
+        select: Option<&dyn Fn(u64) -> bool>,
+        merge: Option<MergeCounts<'_>>,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<Self> {
+        let (pre, counts, end) = Self::count_selected(schema, tasks, file, select, reporter)?;
+        let counts = match merge {
+            Some(merge) => merge(counts)?,
+            None => counts,
+        };
+        if counts.rows == 0 {
+            return Err(DataError::input(file, end, None, "no training rows selected"));
+        }
+        pre.finish_fit(schema, counts)
+    }
+
+    /// One pass over `file` counting the selected rows' values: the
+    /// unfitted preprocessing, the counts, and the place the file ends.
+    fn count_selected(
+        schema: &TabularSchema,
+        tasks: &[TaskSpec],
+        file: &Path,
+        select: Option<&dyn Fn(u64) -> bool>,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<(Self, FitCounts, Place)> {
+        let pre = Self::plan(schema, tasks)?;
         let mut src = read::open(file, &pre.read)?;
         let bind = pre.bind(src.as_ref(), Labels::Required)?;
         let total = src.known_rows();
@@ -214,26 +338,32 @@ impl Preprocessor {
             }
         }
         reporter.report(Pass::Fit, file, read_rows, total);
-        if fitted == 0 {
-            let message = if read_rows == 0 {
-                "no data rows"
-            } else {
-                "no training rows selected"
-            };
-            return Err(DataError::input(file, src.end_place(), None, message));
+        if read_rows == 0 {
+            return Err(DataError::input(file, src.end_place(), None, "no data rows"));
         }
+        let counts = FitCounts {
+            sparse: sparse_counts,
+            sequences: seq_counts,
+            dense: stats,
+            domains,
+            rows: fitted,
+        };
+        Ok((pre, counts, src.end_place()))
+    }
 
-        for (f, counts) in pre.sparse.iter_mut().zip(sparse_counts) {
+    /// The vocabularies, fills, scaling and domains formed from `counts`.
+    fn finish_fit(mut self, schema: &TabularSchema, counts: FitCounts) -> Result<Self> {
+        for (f, c) in self.sparse.iter_mut().zip(counts.sparse) {
             if let Encoding::Vocab { vocab } = &mut f.encoding {
-                *vocab = Vocab::fit(counts.counts, counts.missing, vocab.min_count)?;
+                *vocab = Vocab::fit(c.counts, c.missing, vocab.min_count)?;
             }
         }
-        for (q, counts) in pre.sequences.iter_mut().zip(seq_counts) {
+        for (q, c) in self.sequences.iter_mut().zip(counts.sequences) {
             if let Some(Encoding::Vocab { vocab }) = &mut q.encoding {
-                *vocab = Vocab::fit(counts.counts, counts.missing, vocab.min_count)?;
+                *vocab = Vocab::fit(c.counts, c.missing, vocab.min_count)?;
             }
         }
-        for ((f, st), spec) in pre.dense.iter_mut().zip(stats).zip(&schema.dense) {
+        for ((f, st), spec) in self.dense.iter_mut().zip(counts.dense).zip(&schema.dense) {
             f.count = st.n;
             if st.n > 0 {
                 f.mean = st.mean;
@@ -243,10 +373,10 @@ impl Preprocessor {
             }
             f.fill = spec.fill.unwrap_or(f.mean);
         }
-        if let Some(d) = &mut pre.domain {
-            d.names = domains.into_iter().collect();
+        if let Some(d) = &mut self.domain {
+            d.names = counts.domains.into_iter().collect();
         }
-        pre.train_rows = fitted;
-        Ok(pre)
+        self.train_rows = counts.rows;
+        Ok(self)
     }
 }

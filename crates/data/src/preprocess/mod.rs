@@ -85,10 +85,11 @@ mod rules;
 mod vocab;
 mod warm;
 
-pub use chunks::EncodeChunks;
 use chunks::PreRef;
+pub use chunks::{EncodeChunks, RowFilter};
 pub(crate) use encode::Reporter;
 use encode::{Binding, Builder};
+pub use fit::{FitCounts, MergeCounts};
 use rules::{parse_number, Cond};
 pub use vocab::{stable_hash, Encoding, Vocab};
 pub use warm::Fitting;

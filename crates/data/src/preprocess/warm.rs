@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use super::fit::MergeCounts;
 use super::vocab::{Encoding, Vocab};
 use super::{Preprocessor, Reporter};
 use crate::error::{DataError, Result};
@@ -40,14 +41,28 @@ impl Fitting<'_> {
         select: Option<&dyn Fn(u64) -> bool>,
         reporter: &mut Reporter<'_>,
     ) -> Result<Preprocessor> {
+        self.fit_merged(schema, tasks, file, select, None, reporter)
+    }
+
+    /// [`Fitting::fit`] on this reader's rows of several readers' (a
+    /// data-parallel run's ranks): `merge` adds the others' counts.
+    pub(crate) fn fit_merged(
+        &self,
+        schema: &TabularSchema,
+        tasks: &[TaskSpec],
+        file: &Path,
+        select: Option<&dyn Fn(u64) -> bool>,
+        merge: Option<MergeCounts<'_>>,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<Preprocessor> {
         match self {
-            Fitting::Fresh => Preprocessor::fit_selected(schema, tasks, file, select, reporter),
+            Fitting::Fresh => Preprocessor::fit_merged(schema, tasks, file, select, merge, reporter),
             Fitting::Keep(trained) => {
                 trained.check_plan(&Preprocessor::plan(schema, tasks)?)?;
                 Ok((*trained).clone())
             }
             Fitting::Grow(trained) => {
-                let fresh = Preprocessor::fit_selected(schema, tasks, file, select, reporter)?;
+                let fresh = Preprocessor::fit_merged(schema, tasks, file, select, merge, reporter)?;
                 trained.check_plan(&fresh)?;
                 Ok(trained.grown(&fresh))
             }
