@@ -111,6 +111,9 @@ pub struct Evaluator<'m> {
     rows: usize,
     /// Per batch run here: its index and labelled rows per task.
     segments: Vec<(u32, Vec<u32>)>,
+    /// Every rank evaluates its own rows (each rank holds other rows:
+    /// its part of the training rows) instead of a share of the same rows.
+    own_rows: bool,
 }
 
 impl std::fmt::Debug for Evaluator<'_> {
@@ -137,6 +140,18 @@ impl<'m> Evaluator<'m> {
             batches_seen: 0,
             rows: 0,
             segments: Vec::new(),
+            own_rows: false,
+        }
+    }
+
+    /// An evaluator to which every rank hands its own rows (its part of the
+    /// training rows, `[data] shards`): each rank runs every batch it is
+    /// given, and [`Evaluator::finish`] gathers all ranks' rows (rank r's
+    /// batch j counted as the evaluation's batch `j * ranks + r`).
+    pub fn of_own_rows(model: &'m Model, domain_names: Option<&[String]>) -> Self {
+        Self {
+            own_rows: true,
+            ..Self::new(model, domain_names)
         }
     }
 
@@ -149,7 +164,7 @@ impl<'m> Evaluator<'m> {
     /// callers that form batches can skip forming the others' and hand
     /// their row counts to [`Evaluator::skip`].
     pub fn takes_next(&self) -> bool {
-        self.batches_seen % self.collective.size() == self.collective.rank()
+        self.own_rows || self.batches_seen % self.collective.size() == self.collective.rank()
     }
 
     /// Counts another rank's batch of `rows` rows without running it.
@@ -165,7 +180,11 @@ impl<'m> Evaluator<'m> {
             self.skip(batch.rows());
             return Ok(());
         }
-        let index = self.batches_seen as u32;
+        let index = if self.own_rows {
+            (self.batches_seen * self.collective.size() + self.collective.rank()) as u32
+        } else {
+            self.batches_seen as u32
+        };
         self.skip(batch.rows());
         let before: Vec<usize> = self.outputs.iter().map(Vec::len).collect();
         let out = self.model.forward(&batch.inputs, false)?;
@@ -265,6 +284,9 @@ impl<'m> Evaluator<'m> {
         self.utilisation = all.utilisation;
         self.per_domain = all.per_domain;
         self.rows_run = all.rows;
+        if self.own_rows {
+            self.rows = all.rows;
+        }
         Ok(())
     }
 
@@ -367,6 +389,17 @@ pub fn evaluate(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize
             // Another rank's batch: not formed here.
             ev.skip(chunk.len());
         }
+    }
+    ev.finish()
+}
+
+/// [`evaluate`] where every rank passes its own `rows` (its part of the
+/// training rows, `[data] shards`): the metrics of all ranks' rows.
+pub fn evaluate_own_rows(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Evaluation> {
+    let names = data.domains.as_ref().map(|d| d.names.as_slice());
+    let mut ev = Evaluator::of_own_rows(model, names);
+    for chunk in rows.chunks(batch_size.max(1)) {
+        ev.add(&data.batch(chunk, model.device())?)?;
     }
     ev.finish()
 }

@@ -11,6 +11,7 @@ mod eval_shard;
 pub mod evaluate;
 pub mod metrics;
 pub mod optim;
+pub mod parts;
 pub mod report;
 pub mod sync;
 pub mod trainer;
@@ -20,13 +21,14 @@ pub use checkpoint::{Checkpointer, TrainState};
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};
 pub use evaluate::{
-    batch_outputs, evaluate, evaluate_batches, predict, DomainResult, Evaluation, Evaluator, GateUtilisation,
-    TaskResult,
+    batch_outputs, evaluate, evaluate_batches, evaluate_own_rows, predict, DomainResult, Evaluation, Evaluator,
+    GateUtilisation, TaskResult,
 };
 pub use metrics::{auc, logloss, mse, Headline, TaskMetrics};
 pub use optim::{Adam, AdamConfig, Optimizer, TableOptimizer, TableOptimizerConfig};
+pub use parts::{part_seed, TrainParts};
 pub use report::{domain_table, metrics_table, Report, SplitRows, TaskOutcome};
 pub use trainer::{
-    epoch_seed, optimizer, train, train_on, train_step, train_with, BatchProgress, EpochLog, InMemory, Streamed,
+    epoch_seed, optimizer, train, train_on, train_step, train_with, BatchProgress, EpochLog, InMemory, Shard, Streamed,
     TrainConfig, TrainOptions, TrainOutcome, TrainSource,
 };

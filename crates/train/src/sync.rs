@@ -33,10 +33,12 @@ use std::rc::Rc;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use mtrec_core::{Model, TouchedRows};
+use mtrec_data::Batch;
 use mtrec_distributed::{Collective, Local};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::trainer::Shard;
 
 /// Bytes a rank sent per training step, on average over an epoch (the
 /// payloads handed to the collectives; the transport's own overhead and the
@@ -141,6 +143,38 @@ impl GradSync {
             )));
         }
         Ok(next)
+    }
+
+    /// [`GradSync::next_step`] for ranks that each train on their own part
+    /// of the rows (they may run out at different steps): the step happens
+    /// while any rank has rows (a rank without takes an empty part), and
+    /// the shard's `global_rows` becomes the sum of the ranks' rows.
+    pub fn next_part_step(&mut self, next: Option<Shard>) -> Result<Option<Shard>> {
+        if self.size() == 1 {
+            return Ok(next);
+        }
+        let rows = next.as_ref().and_then(|s| s.batch.as_ref()).map_or(0, Batch::rows) as u64;
+        let mut message = vec![u8::from(next.is_some())];
+        message.extend(rows.to_le_bytes());
+        let votes = self.coll.all_gather(&message).map_err(dist_error)?;
+        self.dense_bytes += message.len() as u64;
+        let mut any = false;
+        let mut global_rows = 0u64;
+        for (r, v) in votes.iter().enumerate() {
+            let (&more, n) = v
+                .split_first()
+                .filter(|(_, n)| n.len() == 8)
+                .ok_or_else(|| TrainError::Distributed(format!("rank {r} sent a malformed step vote")))?;
+            any |= more == 1;
+            global_rows += u64::from_le_bytes(
+                n.try_into()
+                    .map_err(|_| TrainError::Distributed(format!("rank {r} sent a malformed step vote")))?,
+            );
+        }
+        Ok(any.then(|| Shard {
+            batch: next.and_then(|s| s.batch),
+            global_rows: global_rows as usize,
+        }))
     }
 
     /// From this rank's labelled-row count (weight sum, with sample

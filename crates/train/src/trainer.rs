@@ -18,6 +18,7 @@ use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate, evaluate_batches, Evaluation};
 use crate::optim::{AdamConfig, Optimizer, TableOptimizerConfig};
+use crate::parts::{memory_shards, streamed_shards, TrainParts};
 use crate::sync::{dist_error, Exchange, GradSync};
 
 /// The `[train]` section of a config.
@@ -273,6 +274,17 @@ pub trait TrainSource {
     /// Training rows per epoch, when known before the epoch is read.
     fn epoch_rows(&self) -> Option<usize>;
 
+    /// Whether each rank trains on its own part of the training rows
+    /// ([`TrainParts`], `[data] shards`): ranks may then run out of rows
+    /// at different steps, and the step loop goes on while any rank has
+    /// rows, summing the global batch's rows over the ranks.
+    fn own_parts(&self) -> bool {
+        false
+    }
+
+    /// Told the rows of all ranks that an epoch trained on.
+    fn epoch_done(&self, _rows: usize) {}
+
     /// The model's metrics on the validation rows.
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation>;
 }
@@ -301,11 +313,32 @@ pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 }
 
 /// Rows in memory: a dataset and its split; each epoch a seeded permutation
-/// of the train rows.
+/// of the train rows, or of each part's ([`TrainParts`]).
 #[derive(Clone, Copy, Debug)]
 pub struct InMemory<'a> {
     pub data: &'a Dataset,
     pub split: &'a Split,
+    /// The training rows divided into parts (`[data] shards`); `None`: one
+    /// permutation of `split.train`.
+    pub parts: Option<&'a TrainParts>,
+}
+
+impl<'a> InMemory<'a> {
+    pub fn new(data: &'a Dataset, split: &'a Split) -> Self {
+        Self {
+            data,
+            split,
+            parts: None,
+        }
+    }
+
+    /// The same rows, trained in the order of these parts.
+    pub fn with_parts(self, parts: &'a TrainParts) -> Self {
+        Self {
+            parts: Some(parts),
+            ..self
+        }
+    }
 }
 
 impl TrainSource for InMemory<'_> {
@@ -317,6 +350,9 @@ impl TrainSource for InMemory<'_> {
         rank: usize,
         ranks: usize,
     ) -> Result<Box<dyn Iterator<Item = Result<Shard>> + 's>> {
+        if let Some(parts) = self.parts {
+            return memory_shards(self.data, parts, epoch, cfg, device, rank, ranks);
+        }
         let train = &self.split.train;
         let perm = shuffled(train.len(), epoch_seed(cfg.seed, epoch));
         let order: Vec<usize> = perm.iter().map(|&i| train[i]).collect();
@@ -338,7 +374,11 @@ impl TrainSource for InMemory<'_> {
     }
 
     fn epoch_rows(&self) -> Option<usize> {
-        Some(self.split.train.len())
+        Some(self.parts.map_or(self.split.train.len(), |p| p.sizes.iter().sum()))
+    }
+
+    fn own_parts(&self) -> bool {
+        self.parts.is_some()
     }
 
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
@@ -352,6 +392,9 @@ impl TrainSource for InMemory<'_> {
 #[derive(Debug)]
 pub struct Streamed<'a> {
     pub data: &'a StreamedData,
+    /// The training rows' parts (`[data] shards`; 1: one stream of them
+    /// all); see [`crate::parts`].
+    parts: usize,
     /// Training rows handed out in the current (or last) epoch.
     read: Cell<usize>,
     /// Training rows of the last whole epoch, once one was read.
@@ -362,8 +405,18 @@ impl<'a> Streamed<'a> {
     pub fn new(data: &'a StreamedData) -> Self {
         Self {
             data,
+            parts: 1,
             read: Cell::new(0),
             last: Cell::new(None),
+        }
+    }
+
+    /// The same files, trained in the order of `parts` parts (each rank of
+    /// a run on `parts` ranks reading its own, [`StreamedData::train_stripe`]).
+    pub fn with_parts(self, parts: usize) -> Self {
+        Self {
+            parts: parts.max(1),
+            ..self
         }
     }
 
@@ -387,6 +440,10 @@ impl TrainSource for Streamed<'_> {
             self.last.set(Some(self.read.get()));
         }
         self.read.set(0);
+        if self.parts > 1 {
+            // Rows counted over all ranks by the step loop (epoch_done).
+            return streamed_shards(self.data, self.parts, epoch, cfg, device, rank, ranks);
+        }
         let device = device.clone();
         // Read and encoded on a thread of its own, overlapping training.
         // Every rank reads the whole stream through the same seeded shuffle
@@ -415,6 +472,16 @@ impl TrainSource for Streamed<'_> {
 
     fn epoch_rows(&self) -> Option<usize> {
         self.last.get()
+    }
+
+    fn own_parts(&self) -> bool {
+        self.parts > 1
+    }
+
+    fn epoch_done(&self, rows: usize) {
+        if self.parts > 1 {
+            self.last.set(Some(rows));
+        }
     }
 
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
@@ -505,7 +572,7 @@ pub fn train_with(
     opts: TrainOptions<'_>,
     on_epoch: impl FnMut(&EpochLog),
 ) -> Result<TrainOutcome> {
-    train_on(model, &InMemory { data, split }, cfg, opts, on_epoch)
+    train_on(model, &InMemory::new(data, split), cfg, opts, on_epoch)
 }
 
 /// The training loop over any [`TrainSource`]: per epoch, every batch goes
@@ -581,7 +648,16 @@ pub fn train_on(
         let rows_total = source.epoch_rows().or(rows_seen).unwrap_or(0);
         balancer.begin_epoch(epoch, &history);
         let mut shards = source.epoch_shards(epoch, cfg, model.device(), rank, ranks)?;
-        while let Some(shard) = sync.next_step(shards.next().transpose()?, epoch)? {
+        loop {
+            let next = shards.next().transpose()?;
+            let step = if source.own_parts() {
+                sync.next_part_step(next)?
+            } else {
+                sync.next_step(next, epoch)?
+            };
+            let Some(shard) = step else {
+                break;
+            };
             model.set_step(opt.dense().step_count());
             let losses = balancer.step_shard(model, &mut opt, shard.batch.as_ref(), cfg.clip_norm, &mut sync)?;
             if let Some(bad) = losses.iter().position(|l| !l.is_finite()) {
@@ -605,6 +681,7 @@ pub fn train_on(
             batches += 1;
         }
         rows_seen = Some(done);
+        source.epoch_done(done);
         let exchange = sync.take_exchange();
         // Every rank applied the same sums: a difference means a bug or a
         // rank that ran something else, caught here rather than in results.

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use mtrec_data::{Dataset, MultiDomainSynthetic, Split};
 use mtrec_distributed::{install, Collective, ThreadRank};
 use mtrec_train::check::small_mmoe;
-use mtrec_train::{train_on, BalancerConfig, EpochLog, InMemory, TrainConfig, TrainOptions};
+use mtrec_train::{train_on, BalancerConfig, EpochLog, InMemory, TrainConfig, TrainOptions, TrainParts};
 
 /// Multi-domain data with sparse ids (embedding tables) where the second
 /// task is labelled on two rows of three only (per-task sample spaces).
@@ -61,17 +61,7 @@ fn run_on(data: Dataset, cfg: &TrainConfig, train_rows: usize) -> Trace {
         ..TrainOptions::default()
     };
     let mut logs = Vec::new();
-    train_on(
-        &m,
-        &InMemory {
-            data: &data,
-            split: &split,
-        },
-        cfg,
-        opts,
-        |l| logs.push(l.clone()),
-    )
-    .unwrap();
+    train_on(&m, &InMemory::new(&data, &split), cfg, opts, |l| logs.push(l.clone())).unwrap();
     (steps, logs)
 }
 
@@ -184,7 +174,7 @@ fn shard_rows(data: &Dataset, split: &Split, batch: usize, ranks: usize) -> Vec<
         batch_size: batch,
         ..TrainConfig::default()
     };
-    let source = InMemory { data, split };
+    let source = InMemory::new(data, split);
     let per_rank: Vec<Vec<Vec<usize>>> = (0..ranks)
         .map(|rank| {
             source
@@ -255,18 +245,9 @@ fn a_rank_whose_data_runs_out_early_is_an_error_naming_it_not_a_hang() {
         };
         let m = small_mmoe(&data, 4, 3).unwrap();
         let cfg = config(BalancerConfig::Fixed, 32);
-        train_on(
-            &m,
-            &InMemory {
-                data: &data,
-                split: &split,
-            },
-            &cfg,
-            TrainOptions::default(),
-            |_| {},
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        train_on(&m, &InMemory::new(&data, &split), &cfg, TrainOptions::default(), |_| {})
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     for r in results {
         let e = r.unwrap_err();
@@ -274,5 +255,131 @@ fn a_rank_whose_data_runs_out_early_is_an_error_naming_it_not_a_hang() {
             e.contains("rank 1 has no more training batches while rank 0 has"),
             "{e}"
         );
+    }
+}
+
+/// Trains on `parts` (every part held, or only the calling rank's), each
+/// rank holding all of `data`.
+fn run_parts(data: &Dataset, split: &Split, parts: &TrainParts, cfg: &TrainConfig) -> Trace {
+    let m = small_mmoe(data, 4, 3).unwrap();
+    let mut steps = Vec::new();
+    let mut on_batch = |b: &mtrec_train::BatchProgress| steps.push(b.losses.clone());
+    let opts = TrainOptions {
+        on_batch: Some(&mut on_batch),
+        ..TrainOptions::default()
+    };
+    let mut logs = Vec::new();
+    train_on(&m, &InMemory::new(data, split).with_parts(parts), cfg, opts, |l| {
+        logs.push(l.clone())
+    })
+    .unwrap();
+    (steps, logs)
+}
+
+/// Training rows in two parts of different lengths: part 0 (even rows
+/// below 200) has 100 rows, 4 local batches of 32 (the last of 4 rows),
+/// part 1 (odd rows below 130) 65 rows, 3 local batches (the last of 1).
+fn uneven_split() -> Split {
+    Split {
+        train: (0..200).filter(|i| i % 2 == 0 || *i < 130).collect(),
+        valid: (600..800).collect(),
+        test: Vec::new(),
+    }
+}
+
+#[test]
+fn ranks_reading_their_own_parts_train_like_one_process_holding_every_part() {
+    let d = data();
+    let split = uneven_split();
+    let all = TrainParts::striped(&split.train, 2);
+    assert_eq!(all.sizes, vec![100, 65]);
+    for balancer in [BalancerConfig::Fixed, BalancerConfig::Pcgrad] {
+        let name = balancer.name();
+        let one = run_parts(&d, &split, &all, &config(balancer.clone(), 64));
+        // Four steps per epoch: the last one has rows of part 0 only.
+        assert_eq!(one.0.len(), 3 * 4, "{name}");
+        let (cfg, split2, all2) = (config(balancer, 32), split.clone(), all.clone());
+        let two = ThreadRank::run(2, move |c| {
+            let rank = c.rank();
+            let _g = install(Rc::new(c));
+            let own = TrainParts::own(rank, &all2.rows[rank], all2.sizes.clone());
+            run_parts(&data(), &split2, &own, &cfg)
+        });
+        assert_same_training(&one, &two, name);
+    }
+}
+
+#[test]
+fn parts_give_every_training_row_once_per_epoch_and_another_order_than_one_part() {
+    use mtrec_train::TrainSource;
+    let d = data();
+    // One dense feature: the row's own index.
+    let dense = mtrec_data::DenseColumns {
+        names: vec!["row".into()],
+        values: (0..d.rows()).map(|r| r as f32).collect(),
+    };
+    let d = Dataset::new(d.tasks, d.sparse, Some(dense), d.labels, d.masks, d.domains).unwrap();
+    let split = uneven_split();
+    let parts = TrainParts::striped(&split.train, 2);
+    let cfg = TrainConfig {
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    let rows_of = |source: &dyn TrainSource, epoch: usize| -> Vec<Vec<usize>> {
+        source
+            .epoch_shards(epoch, &cfg, &candle_core::Device::Cpu, 0, 1)
+            .unwrap()
+            .map(|s| {
+                let b = s.unwrap().batch.unwrap();
+                let v: Vec<f32> = b.inputs.dense.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                v.iter().map(|&x| x as usize).collect()
+            })
+            .collect()
+    };
+    let with_parts = InMemory::new(&d, &split).with_parts(&parts);
+    let batches = rows_of(&with_parts, 1);
+    // Global batch b: part 0's b-th local batch of 32 rows, then part 1's.
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![64, 64, 33, 4]);
+    for (b, rows) in batches.iter().enumerate() {
+        let n0 = [32, 32, 32, 4][b];
+        assert!(rows[..n0].iter().all(|r| r % 2 == 0), "batch {b}: part 0 first");
+        assert!(rows[n0..].iter().all(|r| r % 2 == 1), "batch {b}: then part 1");
+    }
+    let mut all: Vec<usize> = batches.concat();
+    all.sort_unstable();
+    assert_eq!(all, split.train, "every training row once");
+    assert_ne!(rows_of(&with_parts, 2), batches, "a new order every epoch");
+    let plain = InMemory::new(&d, &split);
+    assert_ne!(rows_of(&plain, 1), batches, "two parts are not one permutation");
+    // One part is the order without parts.
+    let one_part = TrainParts::striped(&split.train, 1);
+    assert_eq!(
+        rows_of(&InMemory::new(&d, &split).with_parts(&one_part), 3),
+        rows_of(&plain, 3)
+    );
+}
+
+#[test]
+fn own_rows_evaluated_on_each_rank_give_the_metrics_of_all_rows() {
+    let d = data();
+    let m = small_mmoe(&d, 4, 3).unwrap();
+    let rows: Vec<usize> = (0..301).collect();
+    let one = mtrec_train::evaluate(&m, &d, &rows, 64).unwrap();
+    let parts = TrainParts::striped(&rows, 2);
+    let two = ThreadRank::run(2, move |c| {
+        let rank = c.rank();
+        let _g = install(Rc::new(c));
+        let d = data();
+        let m = small_mmoe(&d, 4, 3).unwrap();
+        mtrec_train::evaluate_own_rows(&m, &d, &parts.rows[rank], 64).unwrap()
+    });
+    for ev in two {
+        for (a, b) in one.tasks.iter().zip(&ev.tasks) {
+            assert_eq!(a.metrics.rows, b.metrics.rows, "every row once");
+            assert_eq!(a.metrics.auc, b.metrics.auc, "AUC over all rows");
+            let (x, y) = (a.metrics.logloss.unwrap(), b.metrics.logloss.unwrap());
+            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+        }
     }
 }

@@ -69,10 +69,7 @@ fn run(batch: usize, sparsity_weight: f64) -> Trace {
     };
     train_on(
         &m,
-        &InMemory {
-            data: &d,
-            split: &split,
-        },
+        &InMemory::new(&d, &split),
         &cfg,
         opts,
         |_| {},

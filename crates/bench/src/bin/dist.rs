@@ -91,10 +91,7 @@ fn run(cli: Cli) -> Result<(), BenchError> {
     let mut logs = Vec::new();
     train_on(
         &model,
-        &InMemory {
-            data: &data,
-            split: &split,
-        },
+        &InMemory::new(&data, &split),
         &cfg,
         TrainOptions::default(),
         |l| logs.push(l.clone()),
