@@ -34,6 +34,10 @@ pub enum DataError {
     /// `[[tasks]]` entry) that cannot work, whatever the files hold.
     #[error("invalid data schema: {0}")]
     Schema(String),
+    /// Readers of one data set (a data-parallel run's ranks) could not
+    /// exchange what they read (`FitCounts`).
+    #[error("exchanging the fitted counts between ranks: {0}")]
+    Exchange(String),
 
     /// A `[[tasks]]` name that cannot name the task's tower node and
     /// parameters (empty, or with a character other than an ASCII letter, a

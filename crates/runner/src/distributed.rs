@@ -196,3 +196,21 @@ pub fn batch_hook() -> Result<impl FnMut(&mtrec_train::BatchProgress)> {
         }
     })
 }
+
+/// `own` summed over the ranks (itself in a one-process run).
+pub fn sum_over_ranks(own: usize) -> Result<usize> {
+    let c = current();
+    if c.size() == 1 {
+        return Ok(own);
+    }
+    let all = c
+        .all_gather(&(own as u64).to_le_bytes())
+        .map_err(|e| RunError::Train(TrainError::Distributed(e.to_string())))?;
+    all.iter()
+        .map(|b| {
+            <[u8; 8]>::try_from(b.as_slice())
+                .map(|b| u64::from_le_bytes(b) as usize)
+                .map_err(|_| RunError::Train(TrainError::Distributed("a rank sent a malformed row count".into())))
+        })
+        .sum()
+}

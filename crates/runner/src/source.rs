@@ -15,11 +15,11 @@ use mtrec_core::protocol::{parse_value, to_table};
 use mtrec_core::{DomainEmbedding, FeatureSpec, TaskInfo};
 use mtrec_data::preprocess::{Fitting, Progress};
 use mtrec_data::schema::FileFormat;
-use mtrec_data::tabular::load_split_fitted;
 use mtrec_data::{
-    split, Dataset, MmoeSynthetic, MultiDomainSynthetic, Preprocessor, Split, StreamOptions, StreamedData,
-    TabularSchema,
+    load_split_sharded, split, Dataset, FitCounts, MergeCounts, MmoeSynthetic, MultiDomainSynthetic, Preprocessor,
+    ShardRead, Split, StreamOptions, StreamedData, Stripe, TabularSchema,
 };
+use mtrec_train::TrainParts;
 use serde::de::DeserializeOwned;
 
 use crate::config::{key_path, LoadedConfig};
@@ -63,6 +63,11 @@ pub struct Prepared {
     /// Tabular sources: the absolute folder relative paths were read from
     /// (written to a run folder's config as `[data] data_dir`).
     pub base: Option<PathBuf>,
+    /// `[data] shards`: the training rows' parts (1: no parts).
+    pub shards: usize,
+    /// Rows in memory in parts: which rows of each part this process holds
+    /// (all, or with `shards` = ranks only its own).
+    pub parts: Option<TrainParts>,
 }
 
 impl Prepared {
@@ -70,6 +75,72 @@ impl Prepared {
     pub fn domain_count(&self) -> usize {
         self.domains.as_ref().map_or(0, Vec::len)
     }
+
+    /// Whether this process holds only its own part of the training rows
+    /// (a rank of a run with `shards` = ranks reading tabular files), so
+    /// that metrics over the training rows gather every rank's.
+    pub fn holds_own_part_only(&self) -> bool {
+        let streamed_own = matches!(&self.rows, Rows::Streamed(d) if d.train_stripe.count() > 1);
+        let memory_own = self
+            .parts
+            .as_ref()
+            .is_some_and(|p| p.rows.iter().zip(&p.sizes).any(|(r, &n)| r.len() != n));
+        streamed_own || memory_own
+    }
+}
+
+/// `[data] shards`, checked against the run's ranks and batch size.
+fn shards(cfg: &LoadedConfig) -> Result<usize> {
+    let Some(k) = cfg.config.data.shards else {
+        return Ok(1);
+    };
+    let ranks = mtrec_distributed::current().size();
+    if k == 0 {
+        return Err(cfg.error(
+            "data",
+            Some("shards"),
+            "must be at least 1: the parts the training rows are read in (1: one order of all rows)",
+        ));
+    }
+    if ranks > 1 && k != 1 && k != ranks {
+        return Err(cfg.error(
+            "data",
+            Some("shards"),
+            format!(
+                "is {k} but the run has {ranks} ranks: give shards = {ranks} (each rank reads its own part of the \
+                 training rows) or 1 (every rank reads all rows)"
+            ),
+        ));
+    }
+    let batch = cfg.config.train.batch_size;
+    if ranks == 1 && !batch.is_multiple_of(k) {
+        return Err(cfg.error(
+            "train",
+            Some("batch_size"),
+            format!(
+                "{batch} cannot be divided among [data] shards = {k}: in one process each shard gives batch_size / \
+                 shards rows to every batch; give a multiple of {k}"
+            ),
+        ));
+    }
+    Ok(k)
+}
+
+/// A rank's fit counts added to every rank's, in rank order (so every rank
+/// forms the same preprocessing).
+fn merge_over_ranks(own: FitCounts) -> mtrec_data::Result<FitCounts> {
+    let c = mtrec_distributed::current();
+    let all = c
+        .all_gather(&own.to_bytes()?)
+        .map_err(|e| mtrec_data::DataError::Exchange(e.to_string()))?;
+    let mut parts = all.iter().map(|b| FitCounts::from_bytes(b));
+    let mut sum = parts
+        .next()
+        .ok_or_else(|| mtrec_data::DataError::Exchange("no rank sent its counts".into()))??;
+    for p in parts {
+        sum.merge(p?)?;
+    }
+    Ok(sum)
 }
 
 /// The `[data]` streaming settings, checked: `None` when not streaming.
@@ -177,6 +248,15 @@ pub fn prepare_fitted(
 ) -> Result<Prepared> {
     let d = &cfg.config.data;
     let streaming = stream_options(cfg)?;
+    let shards = shards(cfg)?;
+    let collective = mtrec_distributed::current();
+    // With `shards` = ranks, each rank reads only its own part.
+    let own_part = (shards > 1 && collective.size() > 1)
+        .then(|| Stripe::new(collective.rank(), collective.size()))
+        .transpose()
+        .map_err(|e| cfg.error("data", Some("shards"), e))?;
+    let merge: MergeCounts<'_> = &merge_over_ranks;
+    let shard_read = own_part.map(|stripe| ShardRead { stripe, merge });
     // `unbiased`: labels without the generator's logging bias, which the test
     // rows get (training and validation keep the logged ones).
     let generated = |data: Dataset, unbiased: Option<Vec<f32>>, table: toml::Table, seed: u64| -> Result<Prepared> {
@@ -220,6 +300,8 @@ pub fn prepare_fitted(
             .map_err(|e| cfg.error("data", None, e))?;
         let domains = data.domains.as_ref().map_or(0, |d| d.names.len());
         let features = model_features(cfg, features_of(&data), domains)?;
+        // Generated on every rank whole: each rank trains on its part.
+        let parts = (shards > 1).then(|| TrainParts::striped(&split.train, shards));
         Ok(Prepared {
             tasks: data.tasks.clone(),
             domains: data.domains.as_ref().map(|d| d.names.clone()),
@@ -229,6 +311,8 @@ pub fn prepare_fitted(
             generated: true,
             preprocessor: None,
             base: None,
+            shards,
+            parts,
         })
     };
     match d.source.as_str() {
@@ -289,9 +373,9 @@ pub fn prepare_fitted(
             // Keep the schema as written (paths relative): it must run again
             // from another data folder.
             resolved.remove("source");
-            let (rows, preprocessor) = match streaming {
+            let (rows, preprocessor, parts) = match streaming {
                 Some(options) => {
-                    let streamed = StreamedData::open_fitted(
+                    let streamed = StreamedData::open_sharded(
                         &schema,
                         &cfg.config.tasks,
                         Some(base.as_path()),
@@ -299,28 +383,36 @@ pub fn prepare_fitted(
                         seed,
                         options,
                         fitting,
+                        shard_read,
                         progress,
                     )
                     .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;
                     let pre = Preprocessor::clone(&streamed.preprocessor);
-                    (Rows::Streamed(streamed), pre)
+                    (Rows::Streamed(streamed), pre, None)
                 }
                 None => {
-                    let loaded = load_split_fitted(
+                    let loaded = load_split_sharded(
                         &schema,
                         &cfg.config.tasks,
                         Some(base.as_path()),
                         d.split,
                         seed,
                         fitting,
+                        shard_read,
                         progress,
                     )
                     .map_err(|e| cfg.error("data", None, format!("{e}{}", hint(&e))))?;
+                    let parts = match (&loaded.train_parts, own_part) {
+                        (Some(sizes), Some(stripe)) => {
+                            Some(TrainParts::own(stripe.part(), &loaded.split.train, sizes.clone()))
+                        }
+                        _ => (shards > 1).then(|| TrainParts::striped(&loaded.split.train, shards)),
+                    };
                     let rows = Rows::Memory {
                         data: loaded.data,
                         split: loaded.split,
                     };
-                    (rows, loaded.preprocessor)
+                    (rows, loaded.preprocessor, parts)
                 }
             };
             let domains = preprocessor.domain.as_ref().map_or(0, |d| d.names.len());
@@ -333,6 +425,8 @@ pub fn prepare_fitted(
                 generated: false,
                 preprocessor: Some(preprocessor),
                 base: Some(base),
+                shards,
+                parts,
             })
         }
         other => Err(cfg.error(

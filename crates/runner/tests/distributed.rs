@@ -327,3 +327,155 @@ fn streamed_census_on_two_ranks_matches_one_process() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A CSV data set written by the test: two id fields (one with more ids
+/// than rows of a part, so the ranks' vocabularies differ before they are
+/// merged), a dense column, a binary label from an inline formula.
+fn write_csv_data(dir: &Path, rows: usize) -> PathBuf {
+    let mut text = String::from("user,item,price,click\n");
+    for i in 0..rows {
+        let (u, it) = ((i * 7919) % 211, (i * 104_729) % 997);
+        let price = ((i * 31) % 100) as f64 / 10.0;
+        let score = (u % 5) as f64 - 2.0 + (it % 3) as f64 - 1.0 + price / 5.0 - 1.0;
+        let click = u8::from(score + ((i * 13) % 7) as f64 / 3.5 - 1.0 > 0.0);
+        text.push_str(&format!("u{u},i{it},{price},{click}\n"));
+    }
+    std::fs::write(dir.join("clicks.csv"), text).unwrap();
+    let config = dir.join("clicks.toml");
+    std::fs::write(
+        &config,
+        r#"[data]
+source = "csv"
+data_dir = "."
+path = "clicks.csv"
+sparse = ["user", "item"]
+dense = ["price"]
+split = [0.8, 0.1, 0.1]
+
+[model]
+arch = "mmoe"
+experts = 2
+expert_units = [16]
+tower_units = [8]
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = { column = "click" }
+
+[train]
+epochs = 2
+patience = 0
+seed = 1
+lr = 0.02
+"#,
+    )
+    .unwrap();
+    config
+}
+
+fn report(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn ranks_reading_their_own_parts_match_one_process_with_as_many_shards() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = scratch("shards");
+    let config = write_csv_data(&dir, 3001);
+    for streaming in [false, true] {
+        let args = |out: &Path, batch: usize| {
+            mtrec_args(&[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--set",
+                "data.shards=2",
+                "--set",
+                &format!("data.streaming={streaming}"),
+                "--set",
+                &format!("train.batch_size={batch}"),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+        };
+        let tag = if streaming { "streamed" } else { "memory" };
+        let (one, two) = (dir.join(format!("one-{tag}")), dir.join(format!("two-{tag}")));
+        let (one_steps, two_steps) = (
+            dir.join(format!("one-{tag}.jsonl")),
+            dir.join(format!("two-{tag}.jsonl")),
+        );
+        let (o, _) = mpirun(
+            &[(1, args(&one, 64))],
+            &[("MTREC_STEP_LOSSES", one_steps.to_str().unwrap())],
+            LIMIT,
+        );
+        assert!(o.status.success(), "{tag}: {}", text(&o));
+        let (o, _) = mpirun(
+            &[(2, args(&two, 32))],
+            &[("MTREC_STEP_LOSSES", two_steps.to_str().unwrap())],
+            LIMIT,
+        );
+        assert!(o.status.success(), "{tag}: {}", text(&o));
+        let steps = step_losses(&one_steps);
+        assert!(steps.len() >= 2 * 36, "{tag}: {} steps", steps.len());
+        assert_close_steps(&steps, &step_losses(&two_steps));
+        let (a, b) = (report(&one), report(&two));
+        // The same rows counted (the ranks' parts summed) and the same
+        // metrics, the training rows' included (gathered from the ranks).
+        assert_eq!(a["rows"], b["rows"], "{tag}");
+        for part in ["train", "valid", "test"] {
+            let (x, y) = (&a[part]["tasks"][0], &b[part]["tasks"][0]);
+            assert_eq!(x["rows"], y["rows"], "{tag} {part}");
+            let (x, y) = (x["auc"].as_f64().unwrap(), y["auc"].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-4, "{tag} {part} AUC {x} vs {y}");
+            // A model that learned (equal constant outputs would tie).
+            assert!(x > 0.8, "{tag} {part} AUC {x}");
+        }
+        // Both ranks formed the preprocessing of all training rows: the
+        // saved one equals the one process's.
+        let pre = |r: &Path| std::fs::read_to_string(r.join("preprocess.json")).unwrap();
+        let (p, q): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&pre(&one)).unwrap(),
+            serde_json::from_str(&pre(&two)).unwrap(),
+        );
+        assert_eq!(p["sparse"], q["sparse"], "{tag}: vocabularies");
+        assert_eq!(p["train_rows"], q["train_rows"], "{tag}");
+        if streaming {
+            continue;
+        }
+        // Killed after epoch 1's checkpoint, resumed with 2 ranks: each
+        // reads its part again, and the run ends as the uninterrupted one.
+        let resumed = dir.join("resumed");
+        let kill = format!("1:{}", steps.len() / 2 + 2);
+        let (o, _) = mpirun(&[(2, args(&resumed, 32))], &[("MTREC_TEST_KILL_RANK", &kill)], LIMIT);
+        assert!(!o.status.success(), "{}", text(&o));
+        let (o, _) = mpirun(
+            &[(2, mtrec_args(&["run", "--resume", resumed.to_str().unwrap()]))],
+            &[],
+            LIMIT,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        for (a, b) in test_aucs(&two).iter().zip(test_aucs(&resumed)) {
+            assert!((a - b).abs() < 1e-6, "resumed test AUC {b} vs uninterrupted {a}");
+        }
+    }
+    // Another number of parts than ranks is refused, naming the key.
+    let (o, _) = mpirun(
+        &[(
+            2,
+            mtrec_args(&["run", "--config", config.to_str().unwrap(), "--set", "data.shards=3"]),
+        )],
+        &[],
+        LIMIT,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("shards") && text(&o).contains("give shards = 2"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

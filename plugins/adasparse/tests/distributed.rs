@@ -67,14 +67,7 @@ fn run(batch: usize, sparsity_weight: f64) -> Trace {
         on_batch: Some(&mut on_batch),
         ..TrainOptions::default()
     };
-    train_on(
-        &m,
-        &InMemory::new(&d, &split),
-        &cfg,
-        opts,
-        |_| {},
-    )
-    .unwrap();
+    train_on(&m, &InMemory::new(&d, &split), &cfg, opts, |_| {}).unwrap();
     let weights = m
         .params()
         .all()

@@ -132,12 +132,12 @@ impl FitCounts {
 
     /// The counts as bytes (JSON), to send to the other ranks.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| DataError::schema(format!("cannot encode fit counts: {e}")))
+        serde_json::to_vec(self).map_err(|e| DataError::Exchange(format!("cannot encode the counts: {e}")))
     }
 
     /// Counts sent by [`FitCounts::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| DataError::schema(format!("malformed fit counts: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| DataError::Exchange(format!("malformed counts: {e}")))
     }
 
     /// Rows counted.

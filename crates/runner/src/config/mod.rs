@@ -68,6 +68,14 @@ pub struct DataSection {
     /// task (`mtrec_core::loss::weighted_task_loss`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<String>,
+    /// The training rows in this many parts, each shuffled on its own,
+    /// global batch b made of every part's b-th batch (training row i in
+    /// part i mod shards). Under `mpirun -np N`, `shards = N` has each rank
+    /// read, encode and hold only its own part (the default, 1, has every
+    /// rank read all rows in the one-process order); in one process it
+    /// replays such a run's order. See README "Training on several machines".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
     #[serde(flatten)]
     pub params: toml::Table,
 }

@@ -60,7 +60,9 @@ fn only_task(prepared: &Prepared, k: usize) -> Result<Prepared> {
         },
         Rows::Streamed(data) => {
             let pre = data.preprocessor.only_task(k).ok_or_else(missing)?;
-            Rows::Streamed(StreamedData::new(pre, data.files.clone(), data.options)?)
+            let mut only = StreamedData::new(pre, data.files.clone(), data.options)?;
+            only.train_stripe = data.train_stripe;
+            Rows::Streamed(only)
         }
     };
     let mut resolved = prepared.resolved.clone();
@@ -77,6 +79,8 @@ fn only_task(prepared: &Prepared, k: usize) -> Result<Prepared> {
         generated: prepared.generated,
         preprocessor,
         base: prepared.base.clone(),
+        shards: prepared.shards,
+        parts: prepared.parts.clone(),
     })
 }
 

@@ -37,8 +37,8 @@ use mtrec_core::{registry, GraphEnv, GraphSpec, Model, TaskInfo, TaskKind};
 use mtrec_data::preprocess::Progress;
 use mtrec_data::{Dataset, Fitting, LabelCount, Part, Preprocessor};
 use mtrec_train::{
-    evaluate, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator, InMemory, Report, SplitRows,
-    Streamed, TrainOptions, TrainSource,
+    evaluate, evaluate_own_rows, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator, InMemory,
+    Report, SplitRows, Streamed, TrainOptions, TrainSource,
 };
 
 use crate::config::{self, LoadedConfig, RunConfig};
@@ -493,11 +493,17 @@ fn run_prepared(
     };
     let mut history_error: Option<RunError> = None;
     let streamed = match &prepared.rows {
-        Rows::Streamed(data) => Some(Streamed::new(data)),
+        Rows::Streamed(data) => Some(Streamed::new(data).with_parts(prepared.shards)),
         Rows::Memory { .. } => None,
     };
     let memory = match &prepared.rows {
-        Rows::Memory { data, split } => Some(InMemory { data, split }),
+        Rows::Memory { data, split } => {
+            let source = InMemory::new(data, split);
+            Some(match &prepared.parts {
+                Some(parts) => source.with_parts(parts),
+                None => source,
+            })
+        }
         Rows::Streamed(_) => None,
     };
     let source: &dyn TrainSource = match (&streamed, &memory) {
@@ -542,31 +548,59 @@ fn run_prepared(
         return Err(e);
     }
     let batch_size = train_cfg.eval_batch_size;
+    let own_part_only = prepared.holds_own_part_only();
     let (rows, train, valid, test) = match &prepared.rows {
         Rows::Memory { data, split } => {
             let eval = |rows: &[usize]| evaluate(&model, data, rows, batch_size);
+            // A rank holding only its part of the training rows evaluates
+            // them, and the ranks' rows are gathered.
+            let (train, train_rows) = match &prepared.parts {
+                Some(parts) if own_part_only => (
+                    evaluate_own_rows(&model, data, &split.train, batch_size)?,
+                    parts.sizes.iter().sum(),
+                ),
+                _ => (eval(&split.train)?, split.train.len()),
+            };
             let rows = SplitRows {
-                train: split.train.len(),
+                train: train_rows,
                 valid: split.valid.len(),
                 test: split.test.len(),
             };
-            (rows, eval(&split.train)?, eval(&split.valid)?, eval(&split.test)?)
+            (rows, train, eval(&split.valid)?, eval(&split.test)?)
         }
         Rows::Streamed(data) => {
             let names = prepared.domains.as_deref();
             let limit = cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS);
             let part = |p: Part| data.batches(p, batch_size, None);
-            let (train, _) = eval_part(&model, first_rows(part(Part::Train), limit), names)?;
+            let train = if own_part_only {
+                // Each rank its share of the first `limit` rows, from its
+                // own part, gathered.
+                let ranks = mtrec_distributed::current().size();
+                let mut ev = Evaluator::of_own_rows(&model, names);
+                for batch in first_rows(part(Part::Train), limit.div_ceil(ranks)) {
+                    ev.add(&batch?.to_batch(model.device())?)?;
+                }
+                ev.finish()?
+            } else {
+                eval_part(&model, first_rows(part(Part::Train), limit), names)?.0
+            };
             let (valid, valid_rows) = eval_part(&model, part(Part::Valid), names)?;
             let (test, test_rows) = eval_part(&model, part(Part::Test), names)?;
             // The train part's size: counted by the last epoch of this
             // session, else (nothing left to train after a resume) by a pass.
             let train_rows = match streamed.as_ref().and_then(Streamed::rows_read) {
                 Some(n) => n,
-                None => data
-                    .chunks(Part::Train)
-                    .map(|c| c.map(|c| c.rows()))
-                    .sum::<mtrec_data::Result<usize>>()?,
+                None => {
+                    let own = data
+                        .chunks(Part::Train)
+                        .map(|c| c.map(|c| c.rows()))
+                        .sum::<mtrec_data::Result<usize>>()?;
+                    if own_part_only {
+                        crate::distributed::sum_over_ranks(own)?
+                    } else {
+                        own
+                    }
+                }
             };
             let rows = SplitRows {
                 train: train_rows,
