@@ -65,7 +65,10 @@
 //!   (`fc_units` hidden layers, default `[8]`), shared by the bank's experts
 //!   and scenarios: it weighs a sample, not an expert. No extra loss on FC:
 //!   it is learned end to end through the task losses. `fairness_coefficient
-//!   = false` is the ablation `main_k(x) + bias_k(z)`.
+//!   = false` is the ablation `main_k(x) + bias_k(z)`. Another reading exists
+//!   in public code (FC a per-sample number given with the data, scaling a
+//!   per-scenario embedding fed to the bias network): see the results doc.
+//!   Neither is confirmed by the paper's text.
 //! - **Gate**: one gate per task (the paper is single-task CTR; for several
 //!   tasks this is MMoE's per-task gating), `softmax([x'; e_s] W + b)` over
 //!   `shared_experts + scenario_experts` experts, `e_s` the gate's own
