@@ -25,7 +25,14 @@ for config in configs/*.toml configs/examples/*.toml; do
     continue
   fi
   "$mtrec" run --config "$config" --set "train.epochs=$epochs" --out "$runs/$name" >/dev/null
-  cp "$runs/$name/graph.toml" "$out/$name.graph.toml"
+  # A single-task run of K tasks is K one-task runs: a graph per task.
+  if [ -f "$runs/$name/graph.toml" ]; then
+    cp "$runs/$name/graph.toml" "$out/$name.graph.toml"
+  else
+    for task in "$runs/$name"/tasks/*/; do
+      cp "$task/graph.toml" "$out/$name.$(basename "$task").graph.toml"
+    done
+  fi
   # Everything but the timings (seconds, rows per second).
   python3 - "$runs/$name/report.json" "$out/$name.report.json" <<'PY'
 import json, sys
