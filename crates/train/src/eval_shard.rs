@@ -140,9 +140,15 @@ fn add_sums(into: &mut Vec<GateUtilisation>, from: &[GateUtilisation]) {
 pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
     let mut order: Vec<(u32, usize, usize)> = Vec::new();
     for (r, p) in parts.iter().enumerate() {
-        if [p.outputs.len(), p.labels.len(), p.domains.len(), p.groups.len(), p.weights.len()]
-            .iter()
-            .any(|&n| n != tasks)
+        if [
+            p.outputs.len(),
+            p.labels.len(),
+            p.domains.len(),
+            p.groups.len(),
+            p.weights.len(),
+        ]
+        .iter()
+        .any(|&n| n != tasks)
         {
             return Err(bad(r, "task count"));
         }

@@ -766,7 +766,11 @@ mod tests {
         let ev = evaluate_with(&m, &data, &rows, 64, on).unwrap();
         assert!(ev.weighted);
         let out = predict(&m, &data, &rows, 7).unwrap();
-        let (k, w, ids) = (data.task_count(), data.weights.as_ref().unwrap(), &data.domains.as_ref().unwrap().ids);
+        let (k, w, ids) = (
+            data.task_count(),
+            data.weights.as_ref().unwrap(),
+            &data.domains.as_ref().unwrap().ids,
+        );
         let groups = data.groups.as_ref().unwrap();
         // Every cell is the weighted metrics of its rows, picked here by
         // hand from the model's outputs (all rows are labelled).
@@ -784,7 +788,11 @@ mod tests {
         for t in 0..k {
             assert_eq!(ev.tasks[t].metrics, by_hand(t, &|_| true), "task {t}");
             for (p, d) in ev.domains.iter().enumerate() {
-                assert_eq!(d.tasks[t].metrics, by_hand(t, &|r| ids[r] as usize == p), "domain {p} task {t}");
+                assert_eq!(
+                    d.tasks[t].metrics,
+                    by_hand(t, &|r| ids[r] as usize == p),
+                    "domain {p} task {t}"
+                );
             }
         }
         let unweighted = evaluate(&m, &data, &rows, 64).unwrap();
@@ -815,7 +823,10 @@ mod tests {
         let ones = data.clone().with_weights(vec![1.0; 600]).unwrap();
         let ev1 = evaluate_with(&m, &ones, &rows, 64, on).unwrap();
         let plain = evaluate(&m, &ones, &rows, 64).unwrap();
-        let strip = |r: &TaskResult| TaskMetrics { weight: None, ..r.metrics };
+        let strip = |r: &TaskResult| TaskMetrics {
+            weight: None,
+            ..r.metrics
+        };
         for (a, b) in ev1.tasks.iter().zip(&plain.tasks) {
             assert_eq!(strip(a), b.metrics);
             assert_eq!(a.metrics.weight, Some(600.0));

@@ -256,8 +256,13 @@ pub fn weighted_logloss(probs: &[f32], labels: &[f32], weights: &[f32]) -> Resul
     for (i, &p) in probs.iter().enumerate() {
         no_nan("weighted logloss", "probability", i, p)?;
     }
-    let rows = probs.iter().zip(labels).enumerate().map(|(i, (&p, &y))| (i, f64::from(p), y));
-    weighted_logloss_f64(rows, weights)?.ok_or_else(|| TrainError::Metric("weighted logloss: the weights sum to 0".into()))
+    let rows = probs
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (&p, &y))| (i, f64::from(p), y));
+    weighted_logloss_f64(rows, weights)?
+        .ok_or_else(|| TrainError::Metric("weighted logloss: the weights sum to 0".into()))
 }
 
 /// `sum w l / sum w` of (row, probability, label) rows with `weights[row]`;
@@ -296,7 +301,8 @@ fn weighted_mse_opt(preds: &[f32], labels: &[f32], weights: &[f32]) -> Result<Op
 /// Weighted mean squared error, `sum w (p - y)^2 / sum w`. An error when
 /// the weights sum to 0.
 pub fn weighted_mse(preds: &[f32], labels: &[f32], weights: &[f32]) -> Result<f64> {
-    weighted_mse_opt(preds, labels, weights)?.ok_or_else(|| TrainError::Metric("weighted mse: the weights sum to 0".into()))
+    weighted_mse_opt(preds, labels, weights)?
+        .ok_or_else(|| TrainError::Metric("weighted mse: the weights sum to 0".into()))
 }
 
 /// Mean binary cross-entropy of probabilities `probs` against labels in
@@ -428,7 +434,13 @@ impl TaskMetrics {
 
     /// These metrics with the weighted GAUC of the same rows
     /// ([`weighted_gauc`]: groups weighed by their weight sums).
-    pub fn with_weighted_gauc(mut self, scores: &[f32], labels: &[f32], groups: &[u64], weights: &[f32]) -> Result<Self> {
+    pub fn with_weighted_gauc(
+        mut self,
+        scores: &[f32],
+        labels: &[f32],
+        groups: &[u64],
+        weights: &[f32],
+    ) -> Result<Self> {
         if let Some((g, n)) = weighted_gauc(scores, labels, groups, weights)? {
             self.gauc = Some(g);
             self.gauc_groups = Some(n);
@@ -784,7 +796,11 @@ mod tests {
         let m = TaskMetrics::binary_from_logits_weighted(&s, &y, &w).unwrap();
         assert_eq!(m.auc, Some(got));
         let probs: Vec<f32> = s.iter().map(|&x| sigmoid(f64::from(x)) as f32).collect();
-        assert!(close(m.logloss.unwrap(), weighted_logloss(&probs, &y, &w).unwrap(), 1e-6));
+        assert!(close(
+            m.logloss.unwrap(),
+            weighted_logloss(&probs, &y, &w).unwrap(),
+            1e-6
+        ));
         assert_eq!((m.rows, m.weight), (n, Some(total)));
     }
 
@@ -808,7 +824,11 @@ mod tests {
             logloss(&rp, &ry, None).unwrap(),
             1e-12
         ));
-        assert!(close(weighted_mse(&p, &y, &w).unwrap(), mse(&rp, &ry, None).unwrap(), 1e-12));
+        assert!(close(
+            weighted_mse(&p, &y, &w).unwrap(),
+            mse(&rp, &ry, None).unwrap(),
+            1e-12
+        ));
     }
 
     /// Weights all 1 give the unweighted metrics exactly (the unweighted
@@ -820,7 +840,10 @@ mod tests {
         let y: Vec<f32> = (0..n).map(|i| f32::from((i * 13 + i / 7) % 5 < 2)).collect();
         let g: Vec<u64> = (0..n).map(|i| ((i * 11) % 31) as u64).collect();
         let ones = vec![1.0f32; n];
-        let plain = TaskMetrics::binary_from_logits(&s, &y, None).unwrap().with_gauc(&s, &y, &g).unwrap();
+        let plain = TaskMetrics::binary_from_logits(&s, &y, None)
+            .unwrap()
+            .with_gauc(&s, &y, &g)
+            .unwrap();
         let weighted = TaskMetrics::binary_from_logits_weighted(&s, &y, &ones)
             .unwrap()
             .with_weighted_gauc(&s, &y, &g, &ones)
