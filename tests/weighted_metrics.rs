@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use mtrec_runner::config::{parse, LoadedConfig};
-use mtrec_runner::run::{eval_file, load_trained, run_with, RunOptions};
-use mtrec_train::predict;
+use mtrec_runner::run::{eval_file, eval_file_with, load_trained, run_with, RunOptions};
+use mtrec_train::{predict, EvalConfig};
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mtrec-weighted-{name}-{}", std::process::id()));
@@ -167,6 +167,34 @@ fn weighted_run_reports_weighted_metrics_equal_to_their_definitions() {
     // `mtrec eval` of the run folder: streamed, weighted as the run was.
     let again = eval_file(&out, &dir.join("test.csv")).unwrap();
     assert_eq!(again, report.test);
+
+    // `mtrec eval --weighted false` of the weighted run: unweighted figures.
+    let off = eval_file_with(&out, &dir.join("test.csv"), Some(EvalConfig { weighted: false })).unwrap();
+    assert!(!off.weighted);
+    assert_eq!(
+        off.tasks[0].metrics.auc,
+        Some(mtrec_train::auc(&outputs[0], &labels(0), None).unwrap())
+    );
+
+    // A run without a weight column cannot be evaluated weighted.
+    let text = CONFIG
+        .replace("weight = \"w\"\n", "ignore = [\"w\"]\n")
+        .replace("[eval]\nweighted = true\n", "");
+    mtrec_runner::link_builtin_plugins();
+    let mut cfg = parse(&text, &dir.join("config.toml"), &[]).unwrap();
+    cfg.data_dir = Some(dir.clone());
+    let bare = dir.join("bare");
+    let options = RunOptions {
+        out: Some(bare.clone()),
+        ..RunOptions::default()
+    };
+    run_with(&cfg, options, |_| {}).unwrap();
+    let e = eval_file_with(&bare, &dir.join("test.csv"), Some(EvalConfig { weighted: true }));
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("without a weight column") && e.contains("--weighted false"),
+        "{e}"
+    );
 
     // The same run without `[eval] weighted`: the weights still shape the
     // training loss, but the figures are unweighted and say nothing.
