@@ -68,6 +68,11 @@ pub struct Comparison {
     /// Single-task was not asked for and was added as the reference.
     #[serde(default)]
     pub single_task_added: bool,
+    /// Every metric weighs the test rows by their sample weights (the
+    /// config's `[eval] weighted`); always written, so that no figure of
+    /// `compare.json` is ambiguous.
+    #[serde(default)]
+    pub weighted: bool,
 }
 
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -219,6 +224,7 @@ pub fn compare(
         seeds: seeds.to_vec(),
         archs: out,
         single_task_added: false,
+        weighted: base.config.eval.weighted,
     })
 }
 
@@ -310,7 +316,13 @@ impl Comparison {
         let single = self.archs.iter().find(|a| a.arch == SINGLE_TASK);
         let _ = write!(s, "| model | parameters |");
         for t in &first.tasks {
-            let _ = write!(s, " {} test {} |", t.task, t.metric);
+            let _ = write!(
+                s,
+                " {} test {}{} |",
+                t.task,
+                t.metric,
+                if self.weighted { " (weighted)" } else { "" }
+            );
             if single.is_some() {
                 let _ = write!(s, " {} gain |", t.task);
             }
@@ -332,15 +344,24 @@ impl Comparison {
         }
         let _ = writeln!(
             s,
-            "\n{} seeds ({}); mean ± sample standard deviation of the test metric; gain: how much better than single-task (higher AUC, lower MSE).",
+            "\n{} seeds ({}); mean ± sample standard deviation of the test metric{}; gain: how much better than single-task (higher AUC, lower MSE).",
             self.seeds.len(),
-            self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+            if self.weighted {
+                " (weighted: every row counts with its sample weight)"
+            } else {
+                ""
+            }
         );
         if self.single_task_added {
             s.push_str("single-task was added as the reference (not in the list asked for).\n");
         }
         if !first.gauc.is_empty() {
-            s.push_str("\nGAUC (test rows; impression-weighted mean of per-group AUC):\n\n| model |");
+            s.push_str(if self.weighted {
+                "\nGAUC (weighted; test rows; mean of per-group weighted AUC, groups weighed by their weight sums):\n\n| model |"
+            } else {
+                "\nGAUC (test rows; impression-weighted mean of per-group AUC):\n\n| model |"
+            });
             for t in &first.gauc {
                 let _ = write!(s, " {} test gauc |", t.task);
                 if single.is_some() {
@@ -363,7 +384,11 @@ impl Comparison {
             }
         }
         if !first.domains.is_empty() {
-            s.push_str("\nPer domain (test rows of each domain):\n\n| model |");
+            s.push_str(if self.weighted {
+                "\nPer domain (weighted; test rows of each domain):\n\n| model |"
+            } else {
+                "\nPer domain (test rows of each domain):\n\n| model |"
+            });
             let mut cols = 1;
             for d in &first.domains {
                 for t in &d.tasks {

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use mtrec_runner::progress::RunProgress;
 use mtrec_runner::run::{
-    default_run_dir, eval_file, graph_config_text, load_run_config, predict_file, run_with, RunOptions,
+    default_run_dir, eval_file_with, graph_config_text, load_run_config, predict_file, run_with, RunOptions,
 };
 use mtrec_runner::{link_builtin_plugins, Result, RunError};
 use mtrec_train::{domain_table, metrics_table};
@@ -125,6 +125,10 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         input: PathBuf,
+        /// Weigh every metric by the rows' sample weights (`true`) or not
+        /// (`false`); by default as the run's `[eval] weighted` says.
+        #[arg(long, value_name = "BOOL")]
+        weighted: Option<bool>,
     },
     /// Reproduce a paper's experiment; `mmoe-synthetic`: the MMoE paper's
     /// synthetic data at correlations 0.5/0.9/1.0, Shared-Bottom, OMoE, MMoE,
@@ -290,8 +294,9 @@ fn real_main() -> Result<()> {
             let rows = predict_file(&model, &input, &output)?;
             println!("{rows} rows scored: {}", output.display());
         }
-        Command::Eval { model, input } => {
-            let ev = eval_file(&model, &input)?;
+        Command::Eval { model, input, weighted } => {
+            let eval = weighted.map(|weighted| mtrec_train::EvalConfig { weighted });
+            let ev = eval_file_with(&model, &input, eval)?;
             print!("{}", metrics_table(&[("eval", &ev)]));
             if !ev.domains.is_empty() {
                 print!("\n{}", domain_table(&ev));

@@ -439,9 +439,15 @@ pub fn run_plots(dir: &Path, report: &Report) -> Result<Vec<PathBuf>> {
     } else {
         "validation AUC (binary) / MSE (regression)"
     };
+    // A weighted figure is never drawn without saying so.
+    let title = if report.valid.weighted {
+        "validation metric per task (weighted)"
+    } else {
+        "validation metric per task"
+    };
     written.extend(line_chart(
         &dir.join("valid-metric"),
-        "validation metric per task",
+        title,
         "epoch",
         y,
         &per_task(&metric),

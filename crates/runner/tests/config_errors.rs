@@ -93,6 +93,10 @@ fn cases() -> Vec<Case> {
         case("train lr type", format!("{MMOE}[train]\nlr = \"fast\"\n"), &[], &["line 8", "[train] lr", "expected f64"]),
         case("train epochs float", format!("{MMOE}[train]\nepochs = 1.5\n"), &[], &["line 8", "[train] epochs"]),
         case("train unknown key", format!("{MMOE}[train]\nlearning_rate = 0.1\n"), &[], &["line 8", "[train] learning_rate", "unknown field"]),
+        case("eval weighted without weights", format!("{MMOE}[eval]\nweighted = true\n"), &[], &["bad.toml", "line 8", "[eval] weighted", "names no weight column", "weight = \"<column>\"", "or remove `weighted = true`"]),
+        case("eval weighted without weights set", MMOE, &["eval.weighted=true"], &["--set `eval.weighted=true`", "[eval] weighted", "names no weight column"]),
+        case("eval weighted type", format!("{MMOE}[eval]\nweighted = \"yes\"\n"), &[], &["line 8", "[eval] weighted", "expected a boolean", "`weighted = false`"]),
+        case("eval unknown key", format!("{MMOE}[eval]\nweights = true\n"), &[], &["line 8", "[eval] weights", "unknown field"]),
         case("features type", format!("{STAR}[features]\ndomain_dim = \"4\"\n"), &[], &["line 8", "[features] domain_dim"]),
         // [[tasks]]
         case("task name", format!("{CSV}[[tasks]]\nname = \"my task\"\nkind = \"binary\"\nlabel = \"y\"\n"), &[], &["line 11", "[[tasks]] #1 name", "my_task"]),

@@ -1,7 +1,7 @@
 //! Evaluation split over the ranks of a distributed run: batch i of an
 //! evaluation goes to rank `i % ranks`, and at the end every rank receives
-//! every rank's kept scores, labels, domain and group ids and puts them
-//! back in batch order,
+//! every rank's kept scores, labels, domain and group ids and sample
+//! weights (weighted metrics) and puts them back in batch order,
 //! so that the metrics are computed over all rows exactly as one process
 //! would (exact AUC over all ranks' rows, not an average of the ranks' AUCs;
 //! logloss and MSE summed in the same order).
@@ -23,6 +23,9 @@ pub(crate) struct EvalPart {
     pub domains: Vec<Vec<u32>>,
     /// Per task the labelled rows' group ids (empty without a group column).
     pub groups: Vec<Vec<u64>>,
+    /// Per task the labelled rows' sample weights (empty unless the
+    /// metrics are weighted).
+    pub weights: Vec<Vec<f32>>,
     /// Gate weight sums (not yet divided by the rows).
     pub utilisation: Vec<GateUtilisation>,
     pub per_domain: Vec<(Vec<GateUtilisation>, usize)>,
@@ -36,8 +39,8 @@ struct Header {
     utilisation: Vec<GateUtilisation>,
     per_domain: Vec<(Vec<GateUtilisation>, usize)>,
     rows: usize,
-    /// Per task: outputs (= labels), domain ids and group ids.
-    lengths: Vec<(usize, usize, usize)>,
+    /// Per task: outputs (= labels), domain ids, group ids and weights.
+    lengths: Vec<(usize, usize, usize, usize)>,
 }
 
 fn bad(rank: usize, what: &str) -> TrainError {
@@ -56,23 +59,26 @@ impl EvalPart {
                 .iter()
                 .zip(&self.domains)
                 .zip(&self.groups)
-                .map(|((o, d), g)| (o.len(), d.len(), g.len()))
+                .zip(&self.weights)
+                .map(|(((o, d), g), w)| (o.len(), d.len(), g.len(), w.len()))
                 .collect(),
         };
         let json = serde_json::to_vec(&header).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let mut out = (json.len() as u64).to_le_bytes().to_vec();
         out.extend(json);
-        for (((o, l), d), g) in self
+        for ((((o, l), d), g), w) in self
             .outputs
             .iter()
             .zip(&self.labels)
             .zip(&self.domains)
             .zip(&self.groups)
+            .zip(&self.weights)
         {
             out.extend(o.iter().flat_map(|x| x.to_le_bytes()));
             out.extend(l.iter().flat_map(|x| x.to_le_bytes()));
             out.extend(d.iter().flat_map(|x| x.to_le_bytes()));
             out.extend(g.iter().flat_map(|x| x.to_le_bytes()));
+            out.extend(w.iter().flat_map(|x| x.to_le_bytes()));
         }
         Ok(out)
     }
@@ -105,11 +111,12 @@ impl EvalPart {
             rows: h.rows,
             ..EvalPart::default()
         };
-        for (o, d, g) in h.lengths {
+        for (o, d, g, w) in h.lengths {
             part.outputs.push(words(take(o, 4)?).map(f32::from_le_bytes).collect());
             part.labels.push(words(take(o, 4)?).map(f32::from_le_bytes).collect());
             part.domains.push(words(take(d, 4)?).map(u32::from_le_bytes).collect());
             part.groups.push(words(take(g, 8)?).map(u64::from_le_bytes).collect());
+            part.weights.push(words(take(w, 4)?).map(f32::from_le_bytes).collect());
         }
         Ok(part)
     }
@@ -133,7 +140,16 @@ fn add_sums(into: &mut Vec<GateUtilisation>, from: &[GateUtilisation]) {
 pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
     let mut order: Vec<(u32, usize, usize)> = Vec::new();
     for (r, p) in parts.iter().enumerate() {
-        if p.outputs.len() != tasks || p.labels.len() != tasks || p.domains.len() != tasks || p.groups.len() != tasks {
+        if [
+            p.outputs.len(),
+            p.labels.len(),
+            p.domains.len(),
+            p.groups.len(),
+            p.weights.len(),
+        ]
+        .iter()
+        .any(|&n| n != tasks)
+        {
             return Err(bad(r, "task count"));
         }
         order.extend((0..p.segments.len()).map(|s| (p.segments[s].0, r, s)));
@@ -144,6 +160,7 @@ pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
         labels: vec![Vec::new(); tasks],
         domains: vec![Vec::new(); tasks],
         groups: vec![Vec::new(); tasks],
+        weights: vec![Vec::new(); tasks],
         ..EvalPart::default()
     };
     let mut cursor = vec![vec![0usize; tasks]; parts.len()];
@@ -162,6 +179,9 @@ pub(crate) fn merge(parts: &[EvalPart], tasks: usize) -> Result<EvalPart> {
             }
             if !p.groups[t].is_empty() {
                 out.groups[t].extend(p.groups[t].get(a..b).ok_or_else(|| bad(r, "groups"))?);
+            }
+            if !p.weights[t].is_empty() {
+                out.weights[t].extend(p.weights[t].get(a..b).ok_or_else(|| bad(r, "weights"))?);
             }
             cursor[r][t] = b;
         }
@@ -205,6 +225,7 @@ mod tests {
             labels: vec![vec![1.0, 0.0, 1.0], vec![0.0]],
             domains: vec![vec![0, 1, 0], vec![1]],
             groups: vec![vec![u64::MAX, 5, 7], vec![1 << 40]],
+            weights: vec![vec![0.5, 0.0, 3.25], vec![1e-3]],
             utilisation: gate(&[1.0, 2.0]),
             per_domain: vec![(gate(&[0.5, 1.0]), 2), (gate(&[0.5, 1.0]), 1)],
             rows: 3,
@@ -215,6 +236,7 @@ mod tests {
             labels: vec![vec![0.0], vec![1.0, 1.0]],
             domains: vec![vec![1], vec![0, 1]],
             groups: vec![vec![9], vec![2, 3]],
+            weights: vec![vec![7.0], vec![2.0, f32::MAX]],
             utilisation: gate(&[0.5, 0.5]),
             per_domain: vec![(gate(&[0.25, 0.25]), 1), (gate(&[0.25, 0.25]), 0)],
             rows: 1,
@@ -230,10 +252,25 @@ mod tests {
         assert_eq!(m.labels, vec![vec![1.0, 0.0, 0.0, 1.0], vec![0.0, 1.0, 1.0]]);
         assert_eq!(m.domains, vec![vec![0, 1, 1, 0], vec![1, 0, 1]]);
         assert_eq!(m.groups, vec![vec![u64::MAX, 5, 9, 7], vec![1 << 40, 2, 3]]);
+        // Weights travel with their rows, bit for bit.
+        assert_eq!(m.weights, vec![vec![0.5, 0.0, 7.0, 3.25], vec![1e-3, 2.0, f32::MAX]]);
         assert_eq!(m.utilisation[0].mean_weight, vec![1.5, 2.5]);
         assert_eq!(m.per_domain[0].1, 3);
         assert_eq!(m.per_domain[1].0[0].mean_weight, vec![0.75, 1.25]);
         assert_eq!(m.rows, 4);
+        // A message cut inside its last array (the weights) is refused.
+        let bytes = r1.to_bytes().unwrap();
+        assert!(EvalPart::from_bytes(&bytes[..bytes.len() - 4], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("arrays"));
+        // Unweighted parts (no weights kept) merge without weights.
+        let plain = |p: &EvalPart| EvalPart {
+            weights: vec![Vec::new(); 2],
+            ..p.clone()
+        };
+        let m = merge(&[plain(&r0), plain(&r1)], 2).unwrap();
+        assert_eq!(m.weights, vec![Vec::<f32>::new(); 2]);
         assert!(EvalPart::from_bytes(&r0.to_bytes().unwrap()[..20], 1)
             .unwrap_err()
             .to_string()

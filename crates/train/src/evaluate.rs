@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use mtrec_distributed::Collective;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::eval_shard::{merge, EvalPart};
 use crate::metrics::TaskMetrics;
 use crate::sync::dist_error;
@@ -49,8 +49,26 @@ pub struct DomainResult {
     pub utilisation: Vec<GateUtilisation>,
 }
 
+/// The `[eval]` section of a config: how the evaluation metrics are
+/// computed, for validation (early stopping) and for the report alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Every metric weighs each row by its sample weight (the data's
+    /// weight column, `[data] weight`): [`crate::metrics::weighted_auc`],
+    /// `sum w l / sum w` for logloss and MSE, GAUC over groups weighed by
+    /// their weight sums, per domain alike. Off by default: the weights
+    /// then scale only the training loss.
+    pub weighted: bool,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
+    /// Whether every metric below is weighted by the rows' sample weights
+    /// ([`EvalConfig::weighted`]); always written, so that no figure of a
+    /// report is ambiguous (older reports without it read as `false`).
+    #[serde(default)]
+    pub weighted: bool,
     pub tasks: Vec<TaskResult>,
     pub utilisation: Vec<GateUtilisation>,
     /// For data with domains: one entry per domain of the data, in domain id
@@ -80,8 +98,9 @@ pub fn batch_outputs(model: &Model, batch: &Batch) -> Result<Vec<Vec<f32>>> {
 /// Evaluation fed batch by batch, so that the evaluated rows need not be in
 /// memory at once (streamed files): per task it keeps only the output and
 /// label of each labelled row (8 bytes per row and task, +4 with domains,
-/// +8 with a group column: the row's group id for GAUC), which exact AUC
-/// and GAUC need; gate weights are summed as they come.
+/// +8 with a group column: the row's group id for GAUC, +4 for weighted
+/// metrics: the row's weight), which exact AUC and GAUC need; gate weights
+/// are summed as they come.
 /// [`evaluate`] is this over a dataset's rows, so the same rows in the same
 /// batches give identical metrics either way.
 ///
@@ -100,6 +119,9 @@ pub struct Evaluator<'m> {
     domains: Vec<Vec<u32>>,
     /// Per task, the labelled rows' group ids (batches with groups).
     groups: Vec<Vec<u64>>,
+    /// Weighted metrics: per task, the labelled rows' sample weights.
+    weighted: bool,
+    weights: Vec<Vec<f32>>,
     utilisation: Vec<GateUtilisation>,
     /// Per domain: gate weight sums like `utilisation`, and rows summed.
     per_domain: Vec<(Vec<GateUtilisation>, usize)>,
@@ -123,8 +145,15 @@ impl std::fmt::Debug for Evaluator<'_> {
 }
 
 impl<'m> Evaluator<'m> {
-    /// An evaluator of `model` on data with these domains (`None`: none).
+    /// An evaluator of `model` on data with these domains (`None`: none),
+    /// unweighted metrics.
     pub fn new(model: &'m Model, domain_names: Option<&[String]>) -> Self {
+        Self::with_config(model, domain_names, EvalConfig::default())
+    }
+
+    /// [`Evaluator::new`] with these options: with `weighted`, every batch
+    /// added must carry row weights ([`Batch::weights`]).
+    pub fn with_config(model: &'m Model, domain_names: Option<&[String]>, eval: EvalConfig) -> Self {
         let k = model.tasks().len();
         Self {
             model,
@@ -133,6 +162,8 @@ impl<'m> Evaluator<'m> {
             labels: vec![Vec::new(); k],
             domains: vec![Vec::new(); k],
             groups: vec![Vec::new(); k],
+            weighted: eval.weighted,
+            weights: vec![Vec::new(); k],
             utilisation: Vec::new(),
             per_domain: Vec::new(),
             rows_run: 0,
@@ -148,10 +179,10 @@ impl<'m> Evaluator<'m> {
     /// training rows, `[data] shards`): each rank runs every batch it is
     /// given, and [`Evaluator::finish`] gathers all ranks' rows (rank r's
     /// batch j counted as the evaluation's batch `j * ranks + r`).
-    pub fn of_own_rows(model: &'m Model, domain_names: Option<&[String]>) -> Self {
+    pub fn of_own_rows(model: &'m Model, domain_names: Option<&[String]>, eval: EvalConfig) -> Self {
         Self {
             own_rows: true,
-            ..Self::new(model, domain_names)
+            ..Self::with_config(model, domain_names, eval)
         }
     }
 
@@ -192,6 +223,18 @@ impl<'m> Evaluator<'m> {
         let labels: Vec<f32> = batch.labels.flatten_all()?.to_vec1()?;
         let masks: Vec<f32> = batch.masks.flatten_all()?.to_vec1()?;
         let ids: Option<&[u32]> = batch.inputs.domains.as_ref().map(|d| d.ids());
+        let weights: Option<Vec<f32>> = match (&batch.weights, self.weighted) {
+            (Some(w), true) => Some(w.to_vec1()?),
+            (None, true) => {
+                // The runner refuses `[eval] weighted` without `[data]
+                // weight`; this guards other callers of the library.
+                return Err(TrainError::Invalid(
+                    "weighted evaluation needs the rows' weights, and a batch has none (a weight column: `[data] weight`)"
+                        .into(),
+                ));
+            }
+            (_, false) => None,
+        };
         let k = self.outputs.len();
         for (t, o) in out.outputs.iter().enumerate() {
             let o: Vec<f32> = o.to_vec1()?;
@@ -204,6 +247,9 @@ impl<'m> Evaluator<'m> {
                     }
                     if let Some(g) = &batch.groups {
                         self.groups[t].push(g[r]);
+                    }
+                    if let Some(w) = &weights {
+                        self.weights[t].push(w[r]);
                     }
                 }
             }
@@ -265,6 +311,7 @@ impl<'m> Evaluator<'m> {
             labels: std::mem::take(&mut self.labels),
             domains: std::mem::take(&mut self.domains),
             groups: std::mem::take(&mut self.groups),
+            weights: std::mem::take(&mut self.weights),
             utilisation: std::mem::take(&mut self.utilisation),
             per_domain: std::mem::take(&mut self.per_domain),
             rows: self.rows_run,
@@ -281,6 +328,7 @@ impl<'m> Evaluator<'m> {
         self.labels = all.labels;
         self.domains = all.domains;
         self.groups = all.groups;
+        self.weights = all.weights;
         self.utilisation = all.utilisation;
         self.per_domain = all.per_domain;
         self.rows_run = all.rows;
@@ -295,6 +343,12 @@ impl<'m> Evaluator<'m> {
     fn task_groups(&self, t: usize) -> Option<&[u64]> {
         let g = &self.groups[t];
         (!g.is_empty() && g.len() == self.outputs[t].len()).then_some(g.as_slice())
+    }
+
+    /// Task `t`'s kept weights, for weighted metrics (every kept row has
+    /// one: [`Evaluator::add`] refuses a batch without weights).
+    fn task_weights(&self, t: usize) -> Option<&[f32]> {
+        self.weighted.then_some(self.weights[t].as_slice())
     }
 
     /// The metrics of every task over the rows added (each task over its
@@ -314,7 +368,15 @@ impl<'m> Evaluator<'m> {
             .tasks()
             .iter()
             .enumerate()
-            .map(|(t, task)| task_metrics(task, &self.outputs[t], &self.labels[t], self.task_groups(t)))
+            .map(|(t, task)| {
+                task_metrics(
+                    task,
+                    &self.outputs[t],
+                    &self.labels[t],
+                    self.task_groups(t),
+                    self.task_weights(t),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut domains = Vec::new();
         if !self.domain_names.is_empty() {
@@ -343,7 +405,10 @@ impl<'m> Evaluator<'m> {
                         let groups = self
                             .task_groups(t)
                             .map(|g| here.iter().map(|&i| g[i]).collect::<Vec<u64>>());
-                        task_metrics(task, &out, &labels, groups.as_deref())
+                        let weights = self
+                            .task_weights(t)
+                            .map(|w| here.iter().map(|&i| w[i]).collect::<Vec<f32>>());
+                        task_metrics(task, &out, &labels, groups.as_deref(), weights.as_deref())
                     })
                     .collect::<Result<Vec<_>>>()?;
                 domains.push(DomainResult {
@@ -355,6 +420,7 @@ impl<'m> Evaluator<'m> {
             }
         }
         Ok(Evaluation {
+            weighted: self.weighted,
             tasks,
             utilisation: self.utilisation,
             domains,
@@ -363,12 +429,31 @@ impl<'m> Evaluator<'m> {
 }
 
 /// The metrics of a task from its labelled rows' outputs and labels (and
-/// group ids: GAUC for a binary task).
-fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32], groups: Option<&[u64]>) -> Result<TaskResult> {
-    let metrics = match (task.kind, groups) {
-        (TaskKind::Binary, Some(g)) => TaskMetrics::binary_from_logits(out, labels, None)?.with_gauc(out, labels, g)?,
-        (TaskKind::Binary, None) => TaskMetrics::binary_from_logits(out, labels, None)?,
-        (TaskKind::Regression, _) => TaskMetrics::regression(out, labels, None)?,
+/// group ids: GAUC for a binary task; weights: weighted metrics).
+fn task_metrics(
+    task: &TaskInfo,
+    out: &[f32],
+    labels: &[f32],
+    groups: Option<&[u64]>,
+    weights: Option<&[f32]>,
+) -> Result<TaskResult> {
+    let metrics = match (task.kind, weights) {
+        (TaskKind::Binary, None) => {
+            let m = TaskMetrics::binary_from_logits(out, labels, None)?;
+            match groups {
+                Some(g) => m.with_gauc(out, labels, g)?,
+                None => m,
+            }
+        }
+        (TaskKind::Binary, Some(w)) => {
+            let m = TaskMetrics::binary_from_logits_weighted(out, labels, w)?;
+            match groups {
+                Some(g) => m.with_weighted_gauc(out, labels, g, w)?,
+                None => m,
+            }
+        }
+        (TaskKind::Regression, None) => TaskMetrics::regression(out, labels, None)?,
+        (TaskKind::Regression, Some(w)) => TaskMetrics::regression_weighted(out, labels, w)?,
     };
     Ok(TaskResult {
         task: task.name.clone(),
@@ -380,8 +465,20 @@ fn task_metrics(task: &TaskInfo, out: &[f32], labels: &[f32], groups: Option<&[u
 /// For data with domains, also the domain x task grid: every task's metrics
 /// on each domain's rows, and the expert utilisation per domain.
 pub fn evaluate(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Evaluation> {
+    evaluate_with(model, data, rows, batch_size, EvalConfig::default())
+}
+
+/// [`evaluate`] with these options (weighted metrics: `data` must have
+/// weights).
+pub fn evaluate_with(
+    model: &Model,
+    data: &Dataset,
+    rows: &[usize],
+    batch_size: usize,
+    eval: EvalConfig,
+) -> Result<Evaluation> {
     let names = data.domains.as_ref().map(|d| d.names.as_slice());
-    let mut ev = Evaluator::new(model, names);
+    let mut ev = Evaluator::with_config(model, names, eval);
     for chunk in rows.chunks(batch_size.max(1)) {
         if ev.takes_next() {
             ev.add(&data.batch(chunk, model.device())?)?;
@@ -395,9 +492,15 @@ pub fn evaluate(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize
 
 /// [`evaluate`] where every rank passes its own `rows` (its part of the
 /// training rows, `[data] shards`): the metrics of all ranks' rows.
-pub fn evaluate_own_rows(model: &Model, data: &Dataset, rows: &[usize], batch_size: usize) -> Result<Evaluation> {
+pub fn evaluate_own_rows(
+    model: &Model,
+    data: &Dataset,
+    rows: &[usize],
+    batch_size: usize,
+    eval: EvalConfig,
+) -> Result<Evaluation> {
     let names = data.domains.as_ref().map(|d| d.names.as_slice());
-    let mut ev = Evaluator::of_own_rows(model, names);
+    let mut ev = Evaluator::of_own_rows(model, names, eval);
     for chunk in rows.chunks(batch_size.max(1)) {
         ev.add(&data.batch(chunk, model.device())?)?;
     }
@@ -412,7 +515,17 @@ pub fn evaluate_batches(
     batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
     domain_names: Option<&[String]>,
 ) -> Result<Evaluation> {
-    let mut ev = Evaluator::new(model, domain_names);
+    evaluate_batches_with(model, batches, domain_names, EvalConfig::default())
+}
+
+/// [`evaluate_batches`] with these options.
+pub fn evaluate_batches_with(
+    model: &Model,
+    batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
+    domain_names: Option<&[String]>,
+    eval: EvalConfig,
+) -> Result<Evaluation> {
+    let mut ev = Evaluator::with_config(model, domain_names, eval);
     for batch in batches {
         let batch = batch?;
         if ev.takes_next() {
@@ -434,13 +547,15 @@ impl Evaluation {
         let mut parts = parts.into_iter();
         let Some(mut all) = parts.next() else {
             return Ok(Evaluation {
+                weighted: false,
                 tasks: Vec::new(),
                 utilisation: Vec::new(),
                 domains: Vec::new(),
             });
         };
         for part in parts {
-            let same = part.domains.len() == all.domains.len()
+            let same = part.weighted == all.weighted
+                && part.domains.len() == all.domains.len()
                 && part
                     .domains
                     .iter()
@@ -448,7 +563,7 @@ impl Evaluation {
                     .all(|(a, b)| a.domain == b.domain && a.rows == b.rows);
             if !same {
                 return Err(crate::TrainError::Invalid(
-                    "evaluations joined task by task must cover the same domains and rows".into(),
+                    "evaluations joined task by task must cover the same domains and rows, weighted alike".into(),
                 ));
             }
             all.tasks.extend(part.tasks);
@@ -500,6 +615,7 @@ mod tests {
         let data = multi_domain(300);
         let whole = evaluate(&model(&data), &data, &(0..300).collect::<Vec<_>>(), 64).unwrap();
         let part = |k: usize| Evaluation {
+            weighted: false,
             tasks: vec![whole.tasks[k].clone()],
             utilisation: if k == 0 { whole.utilisation.clone() } else { vec![] },
             domains: whole
@@ -672,6 +788,94 @@ mod tests {
         let ev = evaluate(&m, &plain, &rows, 64).unwrap();
         assert!(ev.tasks.iter().all(|t| t.metrics.gauc.is_none()));
         assert!(!serde_json::to_string(&ev).unwrap().contains("gauc"));
+    }
+
+    /// Weights 0, 0.5, ..., 3.5 by row (integers and halves, zeros too).
+    fn weighted(data: Dataset) -> Dataset {
+        let w = (0..data.rows()).map(|r| ((r * 5) % 8) as f32 * 0.5).collect();
+        data.with_weights(w).unwrap()
+    }
+
+    #[test]
+    fn weighted_metrics_per_task_and_domain_in_memory_streamed_and_on_two_ranks() {
+        let data = weighted(multi_domain(600).with_groups_from_field("user_id").unwrap());
+        let m = model(&data);
+        let rows: Vec<usize> = (0..600).rev().collect();
+        let on = EvalConfig { weighted: true };
+        let ev = evaluate_with(&m, &data, &rows, 64, on).unwrap();
+        assert!(ev.weighted);
+        let out = predict(&m, &data, &rows, 7).unwrap();
+        let (k, w, ids) = (
+            data.task_count(),
+            data.weights.as_ref().unwrap(),
+            &data.domains.as_ref().unwrap().ids,
+        );
+        let groups = data.groups.as_ref().unwrap();
+        // Every cell is the weighted metrics of its rows, picked here by
+        // hand from the model's outputs (all rows are labelled).
+        let by_hand = |t: usize, keep: &dyn Fn(usize) -> bool| {
+            let kept: Vec<usize> = (0..rows.len()).filter(|&i| keep(rows[i])).collect();
+            let s: Vec<f32> = kept.iter().map(|&i| out[t][i]).collect();
+            let y: Vec<f32> = kept.iter().map(|&i| data.labels[rows[i] * k + t]).collect();
+            let ws: Vec<f32> = kept.iter().map(|&i| w[rows[i]]).collect();
+            let g: Vec<u64> = kept.iter().map(|&i| groups[rows[i]]).collect();
+            TaskMetrics::binary_from_logits_weighted(&s, &y, &ws)
+                .unwrap()
+                .with_weighted_gauc(&s, &y, &g, &ws)
+                .unwrap()
+        };
+        for t in 0..k {
+            assert_eq!(ev.tasks[t].metrics, by_hand(t, &|_| true), "task {t}");
+            for (p, d) in ev.domains.iter().enumerate() {
+                assert_eq!(
+                    d.tasks[t].metrics,
+                    by_hand(t, &|r| ids[r] as usize == p),
+                    "domain {p} task {t}"
+                );
+            }
+        }
+        let unweighted = evaluate(&m, &data, &rows, 64).unwrap();
+        assert!(!unweighted.weighted);
+        assert_ne!(ev.tasks[0].metrics.auc, unweighted.tasks[0].metrics.auc);
+        // The early-stopping score is the weighted one.
+        let mean_auc = (ev.tasks[0].metrics.auc.unwrap() + ev.tasks[1].metrics.auc.unwrap()) / 2.0;
+        assert_eq!(ev.score(), mean_auc);
+        // Streamed: the same rows as datasets of 64 rows, weights with them.
+        let names = data.domains.as_ref().map(|d| d.names.as_slice());
+        let parts = rows.chunks(64).map(|c| Ok(data.subset(c)));
+        assert_eq!(evaluate_batches_with(&m, parts, names, on).unwrap(), ev);
+        // Two ranks (threads): the weights travel with the kept rows.
+        let evs = mtrec_distributed::ThreadRank::run(2, |c| {
+            let _g = mtrec_distributed::install(Rc::new(c));
+            let data = weighted(multi_domain(600).with_groups_from_field("user_id").unwrap());
+            let rows: Vec<usize> = (0..600).rev().collect();
+            evaluate_with(&model(&data), &data, &rows, 64, EvalConfig { weighted: true }).unwrap()
+        });
+        for e in evs {
+            assert!(e.weighted);
+            assert_eq!(e.tasks, ev.tasks);
+            for (a, b) in e.domains.iter().zip(&ev.domains) {
+                assert_eq!(a.tasks, b.tasks);
+            }
+        }
+        // Weights all 1: the unweighted metrics exactly (plus the weight sum).
+        let ones = data.clone().with_weights(vec![1.0; 600]).unwrap();
+        let ev1 = evaluate_with(&m, &ones, &rows, 64, on).unwrap();
+        let plain = evaluate(&m, &ones, &rows, 64).unwrap();
+        let strip = |r: &TaskResult| TaskMetrics {
+            weight: None,
+            ..r.metrics
+        };
+        for (a, b) in ev1.tasks.iter().zip(&plain.tasks) {
+            assert_eq!(strip(a), b.metrics);
+            assert_eq!(a.metrics.weight, Some(600.0));
+        }
+        // report.json says so; weighted evaluation of data without weights
+        // is an error, not unweighted figures.
+        assert!(serde_json::to_string(&ev).unwrap().contains("\"weighted\":true"));
+        let plain_data = multi_domain(100);
+        let e = evaluate_with(&m, &plain_data, &[0, 1, 2], 64, on).unwrap_err();
+        assert!(e.to_string().contains("weight"), "{e}");
     }
 
     #[test]

@@ -21,10 +21,10 @@ pub use checkpoint::{Checkpointer, TrainState};
 pub use clip::{clip_grad_norm, grad_global_norm};
 pub use error::{Result, TrainError};
 pub use evaluate::{
-    batch_outputs, evaluate, evaluate_batches, evaluate_own_rows, predict, DomainResult, Evaluation, Evaluator,
-    GateUtilisation, TaskResult,
+    batch_outputs, evaluate, evaluate_batches, evaluate_batches_with, evaluate_own_rows, evaluate_with, predict,
+    DomainResult, EvalConfig, Evaluation, Evaluator, GateUtilisation, TaskResult,
 };
-pub use metrics::{auc, logloss, mse, Headline, TaskMetrics};
+pub use metrics::{auc, logloss, mse, weighted_auc, weighted_logloss, weighted_mse, Headline, TaskMetrics};
 pub use optim::{Adam, AdamConfig, Optimizer, TableOptimizer, TableOptimizerConfig};
 pub use parts::{part_seed, TrainParts};
 pub use report::{domain_table, metrics_table, Report, SplitRows, TaskOutcome};

@@ -143,6 +143,168 @@ pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u64]) -> Result<Option<(f6
     Ok((counted > 0).then(|| (sum / n as f64, counted)))
 }
 
+/// Checks `weights`: one per row, each finite and `>= 0` (the data's
+/// reader enforces the same, so a failure here is a caller's bug).
+fn check_weights(metric: &str, rows: usize, weights: &[f32]) -> Result<()> {
+    if weights.len() != rows {
+        return err(format!("{metric}: {} weights for {rows} rows", weights.len()));
+    }
+    if let Some(i) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+        return err(format!(
+            "{metric}: weight at row {i} is {}, expected finite and >= 0",
+            weights[i]
+        ));
+    }
+    Ok(())
+}
+
+/// (score with `-0.0` folded into `+0.0`, is positive, weight) of every
+/// row, sorted by score: the input of [`sorted_weighted_auc`].
+fn weighted_pairs(metric: &str, scores: &[f32], labels: &[f32], weights: &[f32]) -> Result<Vec<(f32, bool, f64)>> {
+    check_lengths(metric, scores, labels, None)?;
+    check_weights(metric, scores.len(), weights)?;
+    let mut pairs = Vec::with_capacity(scores.len());
+    for (i, ((&s, &y), &w)) in scores.iter().zip(labels).zip(weights).enumerate() {
+        no_nan(metric, "score", i, s)?;
+        pairs.push((s + 0.0, binary_label(metric, i, y)?, f64::from(w)));
+    }
+    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(pairs)
+}
+
+/// Weighted ROC AUC: `sum_{i pos, j neg} w_i w_j ([s_i > s_j] + [s_i = s_j] / 2)
+/// / (W+ W-)`, where `W+` / `W-` are the positives' / negatives' weight
+/// sums: the AUC of the data with each row repeated `w` times (exactly so
+/// for integer weights). O(n log n) by one walk over the tie groups.
+/// Undefined (an error, as for [`auc`]) when either class weighs 0, which
+/// includes a class without rows. Weights must be finite and `>= 0`.
+pub fn weighted_auc(scores: &[f32], labels: &[f32], weights: &[f32]) -> Result<f64> {
+    let pairs = weighted_pairs("weighted auc", scores, labels, weights)?;
+    if pairs.is_empty() {
+        return err("weighted auc: no rows".into());
+    }
+    sorted_weighted_auc(&pairs).ok_or_else(|| {
+        TrainError::Metric(format!(
+            "weighted auc: undefined, one class has weight 0 among the {} rows",
+            pairs.len()
+        ))
+    })
+}
+
+/// [`sorted_auc`] with weights: the same walk over groups of equal scores,
+/// counting weight instead of rows (sums in f64; with all weights 1 every
+/// partial sum is an integer below 2^53, so the result equals [`auc`]'s).
+fn sorted_weighted_auc(pairs: &[(f32, bool, f64)]) -> Option<f64> {
+    let (mut negatives_below, mut positives, mut twice) = (0.0f64, 0.0f64, 0.0f64);
+    for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+        let (mut pos, mut neg) = (0.0f64, 0.0f64);
+        for &(_, y, w) in group {
+            if y {
+                pos += w;
+            } else {
+                neg += w;
+            }
+        }
+        twice += 2.0 * pos * negatives_below + pos * neg;
+        negatives_below += neg;
+        positives += pos;
+    }
+    let negatives = negatives_below;
+    (positives > 0.0 && negatives > 0.0).then(|| twice / (2.0 * positives * negatives))
+}
+
+/// Weighted GAUC: `sum_u W_u AUC_u / sum_u W_u` with `AUC_u` the group's
+/// [`weighted_auc`] and `W_u` the weight sum of the group's rows (both
+/// classes): [`gauc`] with groups weighed by their weight instead of their
+/// row count, i.e. the GAUC of the data with each row repeated `w` times.
+/// Groups whose weighted AUC is undefined (one class, or one class of
+/// weight 0) are left out. Returns the GAUC and the groups counted; `None`
+/// when no group counts.
+pub fn weighted_gauc(scores: &[f32], labels: &[f32], groups: &[u64], weights: &[f32]) -> Result<Option<(f64, usize)>> {
+    const NAME: &str = "weighted gauc";
+    check_lengths(NAME, scores, labels, None)?;
+    check_weights(NAME, scores.len(), weights)?;
+    if groups.len() != scores.len() {
+        return err(format!("{NAME}: {} group ids for {} rows", groups.len(), scores.len()));
+    }
+    let mut rows = Vec::with_capacity(scores.len());
+    for (i, (((&s, &y), &g), &w)) in scores.iter().zip(labels).zip(groups).zip(weights).enumerate() {
+        no_nan(NAME, "score", i, s)?;
+        rows.push((g, (s + 0.0, binary_label(NAME, i, y)?, f64::from(w))));
+    }
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1 .0.total_cmp(&b.1 .0)));
+    let (mut sum, mut total, mut counted) = (0.0f64, 0.0f64, 0usize);
+    let mut pairs = Vec::new();
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        pairs.clear();
+        pairs.extend(group.iter().map(|r| r.1));
+        if let Some(a) = sorted_weighted_auc(&pairs) {
+            let w: f64 = pairs.iter().map(|p| p.2).sum();
+            sum += w * a;
+            total += w;
+            counted += 1;
+        }
+    }
+    Ok((counted > 0).then(|| (sum / total, counted)))
+}
+
+/// Weighted mean binary cross-entropy, `sum w l / sum w`, probabilities
+/// clamped as in [`logloss`]. An error when the weights sum to 0.
+pub fn weighted_logloss(probs: &[f32], labels: &[f32], weights: &[f32]) -> Result<f64> {
+    check_lengths("weighted logloss", probs, labels, None)?;
+    check_weights("weighted logloss", probs.len(), weights)?;
+    for (i, &p) in probs.iter().enumerate() {
+        no_nan("weighted logloss", "probability", i, p)?;
+    }
+    let rows = probs
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (&p, &y))| (i, f64::from(p), y));
+    weighted_logloss_f64(rows, weights)?
+        .ok_or_else(|| TrainError::Metric("weighted logloss: the weights sum to 0".into()))
+}
+
+/// `sum w l / sum w` of (row, probability, label) rows with `weights[row]`;
+/// `None` when the weights sum to 0.
+fn weighted_logloss_f64(rows: impl Iterator<Item = (usize, f64, f32)>, weights: &[f32]) -> Result<Option<f64>> {
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (i, p, y) in rows {
+        if !(0.0..=1.0).contains(&y) {
+            return err(format!("weighted logloss: label at row {i} is {y}, expected [0, 1]"));
+        }
+        let w = f64::from(weights.get(i).copied().unwrap_or(0.0));
+        let p = p.clamp(PROB_EPS, 1.0 - PROB_EPS);
+        let y = f64::from(y);
+        sum -= w * (y * p.ln() + (1.0 - y) * (1.0 - p).ln());
+        total += w;
+    }
+    Ok((total > 0.0).then(|| sum / total))
+}
+
+/// Weighted mean squared error, `sum w (p - y)^2 / sum w`; `None` when the
+/// weights sum to 0.
+fn weighted_mse_opt(preds: &[f32], labels: &[f32], weights: &[f32]) -> Result<Option<f64>> {
+    check_lengths("weighted mse", preds, labels, None)?;
+    check_weights("weighted mse", preds.len(), weights)?;
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (i, ((&p, &y), &w)) in preds.iter().zip(labels).zip(weights).enumerate() {
+        no_nan("weighted mse", "prediction", i, p)?;
+        no_nan("weighted mse", "label", i, y)?;
+        let d = f64::from(p) - f64::from(y);
+        sum += f64::from(w) * d * d;
+        total += f64::from(w);
+    }
+    Ok((total > 0.0).then(|| sum / total))
+}
+
+/// Weighted mean squared error, `sum w (p - y)^2 / sum w`. An error when
+/// the weights sum to 0.
+pub fn weighted_mse(preds: &[f32], labels: &[f32], weights: &[f32]) -> Result<f64> {
+    weighted_mse_opt(preds, labels, weights)?
+        .ok_or_else(|| TrainError::Metric("weighted mse: the weights sum to 0".into()))
+}
+
 /// Mean binary cross-entropy of probabilities `probs` against labels in
 /// `[0, 1]` (soft labels allowed), with probabilities clamped to
 /// `[1e-7, 1 - 1e-7]` so that the result is finite.
@@ -215,6 +377,10 @@ pub struct TaskMetrics {
     pub gauc: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gauc_groups: Option<usize>,
+    /// Weighted metrics only (`[eval] weighted = true`): the rows' weight
+    /// sum, the denominator of the weighted logloss and MSE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
 }
 
 /// A task's headline metric: the one reports, comparisons, plots and early
@@ -262,7 +428,62 @@ impl TaskMetrics {
             mse: None,
             gauc: None,
             gauc_groups: None,
+            weight: None,
         }
+    }
+
+    /// These metrics with the weighted GAUC of the same rows
+    /// ([`weighted_gauc`]: groups weighed by their weight sums).
+    pub fn with_weighted_gauc(
+        mut self,
+        scores: &[f32],
+        labels: &[f32],
+        groups: &[u64],
+        weights: &[f32],
+    ) -> Result<Self> {
+        if let Some((g, n)) = weighted_gauc(scores, labels, groups, weights)? {
+            self.gauc = Some(g);
+            self.gauc_groups = Some(n);
+        }
+        Ok(self)
+    }
+
+    /// [`TaskMetrics::binary_from_logits`] with one weight per row:
+    /// [`weighted_auc`] on the logits and the weighted logloss
+    /// `sum w l / sum w`; `weight` is the weight sum. `rows` still counts
+    /// the rows (zero-weight ones included). No rows give `rows: 0` and no
+    /// metrics; a class of weight 0 gives `auc: None`, a weight sum of 0
+    /// `logloss: None` too.
+    pub fn binary_from_logits_weighted(logits: &[f32], labels: &[f32], weights: &[f32]) -> Result<Self> {
+        const NAME: &str = "weighted binary metrics";
+        let pairs = weighted_pairs(NAME, logits, labels, weights)?;
+        if pairs.is_empty() {
+            return Ok(Self::empty(0));
+        }
+        let probabilities = logits
+            .iter()
+            .zip(labels)
+            .enumerate()
+            .map(|(i, (&s, &y))| (i, sigmoid(f64::from(s)), y));
+        Ok(TaskMetrics {
+            auc: sorted_weighted_auc(&pairs),
+            logloss: weighted_logloss_f64(probabilities, weights)?,
+            weight: Some(weights.iter().map(|&w| f64::from(w)).sum()),
+            ..Self::empty(pairs.len())
+        })
+    }
+
+    /// [`TaskMetrics::regression`] with one weight per row: the weighted
+    /// MSE `sum w (p - y)^2 / sum w` (`None` when the weights sum to 0).
+    pub fn regression_weighted(preds: &[f32], labels: &[f32], weights: &[f32]) -> Result<Self> {
+        if preds.is_empty() && labels.is_empty() && weights.is_empty() {
+            return Ok(Self::empty(0));
+        }
+        Ok(TaskMetrics {
+            mse: weighted_mse_opt(preds, labels, weights)?,
+            weight: Some(weights.iter().map(|&w| f64::from(w)).sum()),
+            ..Self::empty(preds.len())
+        })
     }
 
     /// These metrics with the GAUC of the same rows (a binary task's
@@ -450,6 +671,195 @@ mod tests {
             auc(&[f32::NAN, 0.1, 0.2], &[1.0, 0.0, 1.0], Some(&[0.0, 1.0, 1.0])).unwrap(),
             1.0
         );
+    }
+
+    /// Weighted AUC by its definition, O(n^2): every (positive, negative)
+    /// pair counts `w_i w_j` (a tie half that); `None` when a class weighs 0.
+    fn brute_weighted_auc(s: &[f32], y: &[f32], w: &[f32]) -> Option<f64> {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for i in 0..s.len() {
+            for j in 0..s.len() {
+                if y[i] == 1.0 && y[j] == 0.0 {
+                    let ww = f64::from(w[i]) * f64::from(w[j]);
+                    den += ww;
+                    if s[i] > s[j] {
+                        num += ww;
+                    } else if s[i] == s[j] {
+                        num += ww / 2.0;
+                    }
+                }
+            }
+        }
+        (den > 0.0).then(|| num / den)
+    }
+
+    /// Weighted GAUC by its definition: each group's brute-force weighted
+    /// AUC, weighed by the group's weight sum, over the groups that have one.
+    fn brute_weighted_gauc(s: &[f32], y: &[f32], g: &[u64], w: &[f32]) -> Option<f64> {
+        let mut ids: Vec<u64> = g.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut num, mut den) = (0.0, 0.0);
+        for id in ids {
+            let rows: Vec<usize> = (0..s.len()).filter(|&i| g[i] == id).collect();
+            let pick = |v: &[f32]| rows.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            if let Some(a) = brute_weighted_auc(&pick(s), &pick(y), &pick(w)) {
+                let wu: f64 = rows.iter().map(|&i| f64::from(w[i])).sum();
+                num += wu * a;
+                den += wu;
+            }
+        }
+        (den > 0.0).then(|| num / den)
+    }
+
+    /// Rows repeated `w` times (integer weights).
+    fn repeated<T: Copy>(v: &[T], w: &[f32]) -> Vec<T> {
+        v.iter()
+            .zip(w)
+            .flat_map(|(&x, &k)| std::iter::repeat_n(x, k as usize))
+            .collect()
+    }
+
+    #[test]
+    fn weighted_auc_hand_case_with_ties_and_zero_weights() {
+        // positives 0.35 (w 1), 0.8 (w 3), 0.4 (w 1.5);
+        // negatives 0.1 (w 2), 0.4 (w 0.5), 0.4 (w 0), 0.9 (w 0.25).
+        // pos 0.35: beats 0.1 -> 1 * 2 = 2
+        // pos 0.8 : beats 0.1, 0.4, 0.4 -> 3 * (2 + 0.5 + 0) = 7.5
+        // pos 0.4 : beats 0.1 -> 3, ties 0.4 (w 0.5) -> 1.5 * 0.5 / 2 = 0.375
+        // 12.875 of W+ W- = 5.5 * 2.75 = 15.125.
+        let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.9];
+        let y = [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0];
+        let w = [2.0, 0.5, 1.0, 3.0, 1.5, 0.0, 0.25];
+        let got = weighted_auc(&s, &y, &w).unwrap();
+        assert!(close(got, 12.875 / 15.125, 1e-15), "{got}");
+        assert!(close(got, brute_weighted_auc(&s, &y, &w).unwrap(), 1e-15));
+        // A zero-weight row changes nothing: the 0.9 negative weighed 0
+        // is as if absent.
+        let mut w0 = w;
+        w0[6] = 0.0;
+        let (s6, y6, w6) = (&s[..6], &y[..6], &w[..6]);
+        assert_eq!(weighted_auc(&s, &y, &w0).unwrap(), weighted_auc(s6, y6, w6).unwrap());
+        // -0.0 and +0.0 tie.
+        assert_eq!(weighted_auc(&[-0.0, 0.0], &[1.0, 0.0], &[2.0, 3.0]).unwrap(), 0.5);
+        // One class missing, or weighing 0: undefined, as without weights.
+        assert!(weighted_auc(&[0.1, 0.2], &[1.0, 1.0], &[1.0, 1.0]).is_err());
+        let e = weighted_auc(&[0.1, 0.2], &[1.0, 0.0], &[0.0, 1.0]).unwrap_err();
+        assert!(e.to_string().contains("weight 0"), "{e}");
+        let m = TaskMetrics::binary_from_logits_weighted(&[0.1, 0.2], &[1.0, 0.0], &[0.0, 1.0]).unwrap();
+        assert_eq!((m.rows, m.auc, m.weight), (2, None, Some(1.0)));
+        assert!(m.logloss.is_some());
+        // All weights 0: no metric at all, but the rows are still counted.
+        let m = TaskMetrics::binary_from_logits_weighted(&[0.1, 0.2], &[1.0, 0.0], &[0.0, 0.0]).unwrap();
+        assert_eq!((m.rows, m.auc, m.logloss, m.weight), (2, None, None, Some(0.0)));
+        // Bad weights and lengths are errors.
+        assert!(weighted_auc(&[0.1, 0.2], &[1.0, 0.0], &[1.0]).is_err());
+        assert!(weighted_auc(&[0.1, 0.2], &[1.0, 0.0], &[1.0, -1.0]).is_err());
+        assert!(weighted_auc(&[0.1, 0.2], &[1.0, 0.0], &[1.0, f32::NAN]).is_err());
+        assert!(weighted_auc(&[0.1, 0.2], &[1.0, 0.0], &[1.0, f32::INFINITY]).is_err());
+    }
+
+    /// Irregular scores from a small set (many ties), labels, weights (some
+    /// 0, fractional) and groups: every weighted metric equals its O(n^2)
+    /// or textbook definition.
+    #[test]
+    fn weighted_metrics_match_brute_force() {
+        let n = 300;
+        let s: Vec<f32> = (0..n).map(|i| ((i * 37) % 13) as f32 / 10.0).collect();
+        let y: Vec<f32> = (0..n).map(|i| f32::from((i * 13 + i / 7) % 5 < 2)).collect();
+        let w: Vec<f32> = (0..n).map(|i| ((i * 7) % 9) as f32 * 0.375).collect();
+        let g: Vec<u64> = (0..n).map(|i| ((i * 11) % 17) as u64).collect();
+        let got = weighted_auc(&s, &y, &w).unwrap();
+        let want = brute_weighted_auc(&s, &y, &w).unwrap();
+        assert!(close(got, want, 1e-12), "{got} vs {want}");
+        assert!(close(got, weighted_auc(&s, &y, &w).unwrap(), 0.0));
+        let (gg, groups) = weighted_gauc(&s, &y, &g, &w).unwrap().unwrap();
+        assert!(close(gg, brute_weighted_gauc(&s, &y, &g, &w).unwrap(), 1e-12));
+        assert_eq!(groups, 17);
+        // logloss and MSE: sum w l / sum w.
+        let p: Vec<f32> = s.iter().map(|x| (x + 0.05) / 1.5).collect();
+        let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+        let ll: f64 = (0..n)
+            .map(|i| {
+                let (pi, yi) = (f64::from(p[i]), f64::from(y[i]));
+                -f64::from(w[i]) * (yi * pi.ln() + (1.0 - yi) * (1.0 - pi).ln())
+            })
+            .sum::<f64>()
+            / total;
+        assert!(close(weighted_logloss(&p, &y, &w).unwrap(), ll, 1e-12));
+        let se: f64 = (0..n)
+            .map(|i| f64::from(w[i]) * (f64::from(p[i]) - f64::from(y[i])).powi(2))
+            .sum::<f64>()
+            / total;
+        assert!(close(weighted_mse(&p, &y, &w).unwrap(), se, 1e-12));
+        // From logits: the AUC is on the logits, the logloss on sigmoid.
+        let m = TaskMetrics::binary_from_logits_weighted(&s, &y, &w).unwrap();
+        assert_eq!(m.auc, Some(got));
+        let probs: Vec<f32> = s.iter().map(|&x| sigmoid(f64::from(x)) as f32).collect();
+        assert!(close(
+            m.logloss.unwrap(),
+            weighted_logloss(&probs, &y, &w).unwrap(),
+            1e-6
+        ));
+        assert_eq!((m.rows, m.weight), (n, Some(total)));
+    }
+
+    /// Integer weights are repeated rows: AUC and GAUC bit for bit (every
+    /// sum is an exact integer), logloss and MSE to rounding.
+    #[test]
+    fn integer_weights_equal_repeated_rows() {
+        let s = [0.1f32, 0.4, 0.35, 0.8, 0.4, 0.4, 0.9, 0.2, 0.2];
+        let y = [0.0f32, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0];
+        let w = [2.0f32, 1.0, 3.0, 0.0, 1.0, 4.0, 1.0, 2.0, 5.0];
+        let g = [1u64, 2, 1, 2, 1, 2, 3, 3, 1];
+        let (rs, ry, rg) = (repeated(&s, &w), repeated(&y, &w), repeated(&g, &w));
+        assert_eq!(weighted_auc(&s, &y, &w).unwrap(), auc(&rs, &ry, None).unwrap());
+        let wg = weighted_gauc(&s, &y, &g, &w).unwrap();
+        assert_eq!(wg, gauc(&rs, &ry, &rg).unwrap());
+        assert!(wg.is_some());
+        let p: Vec<f32> = s.iter().map(|x| x + 0.05).collect();
+        let rp = repeated(&p, &w);
+        assert!(close(
+            weighted_logloss(&p, &y, &w).unwrap(),
+            logloss(&rp, &ry, None).unwrap(),
+            1e-12
+        ));
+        assert!(close(
+            weighted_mse(&p, &y, &w).unwrap(),
+            mse(&rp, &ry, None).unwrap(),
+            1e-12
+        ));
+    }
+
+    /// Weights all 1 give the unweighted metrics exactly (the unweighted
+    /// code path is untouched; the weighted one agrees bit for bit).
+    #[test]
+    fn unit_weights_equal_unweighted_exactly() {
+        let n = 500;
+        let s: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5).collect();
+        let y: Vec<f32> = (0..n).map(|i| f32::from((i * 13 + i / 7) % 5 < 2)).collect();
+        let g: Vec<u64> = (0..n).map(|i| ((i * 11) % 31) as u64).collect();
+        let ones = vec![1.0f32; n];
+        let plain = TaskMetrics::binary_from_logits(&s, &y, None)
+            .unwrap()
+            .with_gauc(&s, &y, &g)
+            .unwrap();
+        let weighted = TaskMetrics::binary_from_logits_weighted(&s, &y, &ones)
+            .unwrap()
+            .with_weighted_gauc(&s, &y, &g, &ones)
+            .unwrap();
+        assert_eq!(weighted.weight, Some(n as f64));
+        assert_eq!(
+            TaskMetrics {
+                weight: None,
+                ..weighted
+            },
+            plain
+        );
+        let r = TaskMetrics::regression(&s, &y, None).unwrap();
+        let rw = TaskMetrics::regression_weighted(&s, &y, &ones).unwrap();
+        assert_eq!(TaskMetrics { weight: None, ..rw }, r);
+        assert_eq!(weighted_auc(&s, &y, &ones).unwrap(), auc(&s, &y, None).unwrap());
     }
 
     #[test]

@@ -72,6 +72,20 @@ fn metric_cells(m: &TaskMetrics, gauc: bool) -> String {
     s
 }
 
+/// What the header says of weighting: ` (weighted)` when every split's
+/// metrics are weighted by the rows' sample weights, the weighted splits'
+/// names when only some are, nothing when none is.
+fn weighting_note(splits: &[(&str, &Evaluation)]) -> String {
+    let weighted: Vec<&str> = splits.iter().filter(|(_, ev)| ev.weighted).map(|(n, _)| *n).collect();
+    if weighted.is_empty() {
+        String::new()
+    } else if weighted.len() == splits.len() {
+        " (weighted)".into()
+    } else {
+        format!(" (weighted: {})", weighted.join(", "))
+    }
+}
+
 fn has_gauc<'a>(mut metrics: impl Iterator<Item = &'a TaskMetrics>) -> bool {
     metrics.any(|m| m.gauc.is_some())
 }
@@ -167,7 +181,8 @@ impl Report {
 }
 
 /// One row per split and task: rows, AUC, logloss, MSE (`-` where
-/// undefined), and GAUC when the data has a group column.
+/// undefined), and GAUC when the data has a group column; the header ends
+/// in `(weighted)` when the metrics weigh rows by their sample weights.
 pub fn metrics_table(splits: &[(&str, &Evaluation)]) -> String {
     let mut s = String::new();
     let width = splits
@@ -177,7 +192,14 @@ pub fn metrics_table(splits: &[(&str, &Evaluation)]) -> String {
         .unwrap_or(4)
         .max(4);
     let gauc = has_gauc(splits.iter().flat_map(|(_, ev)| ev.tasks.iter().map(|t| &t.metrics)));
-    let _ = writeln!(s, "{:<6} {:<width$} {}", "split", "task", metric_header(gauc));
+    let _ = writeln!(
+        s,
+        "{:<6} {:<width$} {}{}",
+        "split",
+        "task",
+        metric_header(gauc),
+        weighting_note(splits)
+    );
     for (split, ev) in splits {
         for t in &ev.tasks {
             let _ = writeln!(s, "{:<6} {:<width$} {}", split, t.task, metric_cells(&t.metrics, gauc));
@@ -201,7 +223,14 @@ pub fn domain_table(ev: &Evaluation) -> String {
         .unwrap_or(4)
         .max(4);
     let gauc = has_gauc(ev.domains.iter().flat_map(|d| d.tasks.iter().map(|t| &t.metrics)));
-    let _ = writeln!(s, "{:<dw$} {:<tw$} {}", "domain", "task", metric_header(gauc));
+    let _ = writeln!(
+        s,
+        "{:<dw$} {:<tw$} {}{}",
+        "domain",
+        "task",
+        metric_header(gauc),
+        weighting_note(&[("", ev)])
+    );
     for d in &ev.domains {
         for t in &d.tasks {
             let _ = writeln!(

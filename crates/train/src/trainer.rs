@@ -16,7 +16,7 @@ use crate::balance::{task_losses, weighted_backward, Balancer, BalancerConfig, P
 use crate::checkpoint::{Checkpointer, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::error::{Result, TrainError};
-use crate::evaluate::{evaluate, evaluate_batches, Evaluation};
+use crate::evaluate::{evaluate_batches_with, evaluate_with, EvalConfig, Evaluation};
 use crate::optim::{AdamConfig, Optimizer, TableOptimizerConfig};
 use crate::parts::{memory_shards, streamed_shards, TrainParts};
 use crate::sync::{dist_error, Exchange, GradSync};
@@ -60,6 +60,10 @@ pub struct TrainConfig {
     /// `features.sequence.<name>`, `features.domain`): another optimizer.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub table_optimizers: BTreeMap<String, TableOptimizerConfig>,
+    /// How validation metrics are computed (weighted or not): the config's
+    /// `[eval]` section, set by the runner; not a `[train]` key.
+    #[serde(skip)]
+    pub eval: EvalConfig,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +83,7 @@ impl Default for TrainConfig {
             conflict_every: 50,
             embedding_optimizer: TableOptimizerConfig::default(),
             table_optimizers: BTreeMap::new(),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -382,7 +387,7 @@ impl TrainSource for InMemory<'_> {
     }
 
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
-        evaluate(model, self.data, &self.split.valid, cfg.eval_batch_size)
+        evaluate_with(model, self.data, &self.split.valid, cfg.eval_batch_size, cfg.eval)
     }
 }
 
@@ -487,7 +492,7 @@ impl TrainSource for Streamed<'_> {
     fn validate(&self, model: &Model, cfg: &TrainConfig) -> Result<Evaluation> {
         let batches = self.data.batches(Part::Valid, cfg.eval_batch_size, None);
         let names = self.data.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
-        evaluate_batches(model, batches, names)
+        evaluate_batches_with(model, batches, names, cfg.eval)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The run config: `[data]`, `[model]`, `[features]`, `[train]`,
+//! The run config: `[data]`, `[model]`, `[features]`, `[train]`, `[eval]`,
 //! `[[tasks]]`, read once: the text is parsed with every key's position
 //! ([`spans`]), `--set key=value` overrides applied, then every section
 //! parsed into its typed form, the architecture's parameters included
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use mtrec_core::protocol::{inline, parse_value, to_table, ArchParams, KeyPath, KeySegment, ParamError};
 use mtrec_core::registry;
 use mtrec_data::TaskSpec;
-use mtrec_train::TrainConfig;
+use mtrec_train::{EvalConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result, RunError};
@@ -65,7 +65,8 @@ pub struct DataSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Tabular sources: a numeric column weighing each row's loss in every
-    /// task (`mtrec_core::loss::weighted_task_loss`).
+    /// task (`mtrec_core::loss::weighted_task_loss`), and every metric too
+    /// with `[eval] weighted = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<String>,
     /// The training rows in this many parts, each shuffled on its own,
@@ -132,6 +133,10 @@ pub struct RunConfig {
     pub features: FeaturesSection,
     #[serde(default)]
     pub train: TrainConfig,
+    /// How the metrics are computed (`weighted`): validation (early
+    /// stopping), the report, `mtrec eval` of the run folder.
+    #[serde(default)]
+    pub eval: EvalConfig,
     /// Tasks of tabular sources (`[[tasks]]`); generated sources define theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskSpec>,
@@ -393,6 +398,7 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
         "features".into(),
         toml::Value::Table(to_table(&FeaturesSection::default())),
     );
+    examples.insert("eval".into(), toml::Value::Table(to_table(&EvalConfig::default())));
     let config: RunConfig = parse_value(toml::Value::Table(table), Some(&examples))
         .map_err(|e| places.param_error(&KeyPath::default(), &e))?;
     for (i, t) in config.tasks.iter().enumerate() {
@@ -402,6 +408,7 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
             return Err(places.error_at(&key_path(&["tasks"]).index(i).key("name"), e));
         }
     }
+    check_eval(&config, &places)?;
     let arch_params = places.model_params(&config.model)?;
     Ok(LoadedConfig {
         config,
@@ -409,6 +416,21 @@ pub fn parse(text: &str, file: &Path, sets: &[String]) -> Result<LoadedConfig> {
         places,
         data_dir: None,
     })
+}
+
+/// Weighted metrics need the rows' weights: `[eval] weighted = true`
+/// without `[data] weight` is refused where it was written.
+fn check_eval(config: &RunConfig, places: &Places) -> Result<()> {
+    if config.eval.weighted && config.data.weight.is_none() {
+        return Err(places.error(
+            "eval",
+            Some("weighted"),
+            "weighted = true weighs every metric by the rows' sample weights, but [data] names no weight \
+             column: add `weight = \"<column>\"` to [data] (a numeric column of the CSV/Parquet file, finite \
+             and >= 0), or remove `weighted = true`",
+        ));
+    }
+    Ok(())
 }
 
 /// The `[model]` section of `file` (`compare --models`): a whole config or

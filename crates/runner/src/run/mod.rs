@@ -37,8 +37,8 @@ use mtrec_core::{registry, GraphEnv, GraphSpec, Model, TaskInfo, TaskKind};
 use mtrec_data::preprocess::Progress;
 use mtrec_data::{Dataset, Fitting, LabelCount, Part, Preprocessor};
 use mtrec_train::{
-    evaluate, evaluate_own_rows, train_on, BatchProgress, Checkpointer, EpochLog, Evaluation, Evaluator, InMemory,
-    Report, SplitRows, Streamed, TrainOptions, TrainSource,
+    evaluate_own_rows, evaluate_with, train_on, BatchProgress, Checkpointer, EpochLog, EvalConfig, Evaluation,
+    Evaluator, InMemory, Report, SplitRows, Streamed, TrainOptions, TrainSource,
 };
 
 use crate::config::{self, LoadedConfig, RunConfig};
@@ -55,7 +55,7 @@ pub use layout::{
     default_run_dir, has_checkpoint, load_run_config, load_trained, Trained, CHECKPOINT_DIR, CONFIG_FILE, GRAPH_FILE,
     HISTORY_FILE, PREPROCESS_FILE, REPORT_FILE, WEIGHTS_FILE,
 };
-pub use predict::{eval_file, predict_file};
+pub use predict::{eval_file, eval_file_with, predict_file};
 
 /// What a finished run hands back.
 #[derive(Debug)]
@@ -416,6 +416,8 @@ fn run_prepared(
     let (graph, model_params) = expand(cfg, &prepared)?;
     check_batch_statistics(cfg, &graph, cfg.config.train.batch_size)?;
     let mut train_cfg = cfg.config.train.clone();
+    // Validation (early stopping) weighs rows as the report will.
+    train_cfg.eval = cfg.config.eval;
     for t in &cfg.config.tasks {
         if t.weight != 1.0 && !train_cfg.task_weights.contains_key(&t.name) {
             train_cfg.task_weights.insert(t.name.clone(), t.weight);
@@ -517,11 +519,18 @@ fn run_prepared(
     let eval_batch_size = train_cfg.eval_batch_size;
     let test_metrics = |model: &Model| -> Result<Evaluation> {
         match &prepared.rows {
-            Rows::Memory { data, split } => Ok(evaluate(model, data, &split.test, eval_batch_size)?),
+            Rows::Memory { data, split } => Ok(evaluate_with(
+                model,
+                data,
+                &split.test,
+                eval_batch_size,
+                train_cfg.eval,
+            )?),
             Rows::Streamed(data) => Ok(eval_part(
                 model,
                 data.batches(Part::Test, eval_batch_size, None),
                 prepared.domains.as_deref(),
+                train_cfg.eval,
             )?
             .0),
         }
@@ -551,12 +560,12 @@ fn run_prepared(
     let own_part_only = prepared.holds_own_part_only();
     let (rows, train, valid, test) = match &prepared.rows {
         Rows::Memory { data, split } => {
-            let eval = |rows: &[usize]| evaluate(&model, data, rows, batch_size);
+            let eval = |rows: &[usize]| evaluate_with(&model, data, rows, batch_size, train_cfg.eval);
             // A rank holding only its part of the training rows evaluates
             // them, and the ranks' rows are gathered.
             let (train, train_rows) = match &prepared.parts {
                 Some(parts) if own_part_only => (
-                    evaluate_own_rows(&model, data, &split.train, batch_size)?,
+                    evaluate_own_rows(&model, data, &split.train, batch_size, train_cfg.eval)?,
                     parts.sizes.iter().sum(),
                 ),
                 _ => (eval(&split.train)?, split.train.len()),
@@ -572,20 +581,21 @@ fn run_prepared(
             let names = prepared.domains.as_deref();
             let limit = cfg.config.data.train_eval_rows.unwrap_or(DEFAULT_TRAIN_EVAL_ROWS);
             let part = |p: Part| data.batches(p, batch_size, None);
+            let ev = train_cfg.eval;
             let train = if own_part_only {
                 // Each rank its share of the first `limit` rows, from its
                 // own part, gathered.
                 let ranks = mtrec_distributed::current().size();
-                let mut ev = Evaluator::of_own_rows(&model, names);
+                let mut own = Evaluator::of_own_rows(&model, names, ev);
                 for batch in first_rows(part(Part::Train), limit.div_ceil(ranks)) {
-                    ev.add(&batch?.to_batch(model.device())?)?;
+                    own.add(&batch?.to_batch(model.device())?)?;
                 }
-                ev.finish()?
+                own.finish()?
             } else {
-                eval_part(&model, first_rows(part(Part::Train), limit), names)?.0
+                eval_part(&model, first_rows(part(Part::Train), limit), names, ev)?.0
             };
-            let (valid, valid_rows) = eval_part(&model, part(Part::Valid), names)?;
-            let (test, test_rows) = eval_part(&model, part(Part::Test), names)?;
+            let (valid, valid_rows) = eval_part(&model, part(Part::Valid), names, ev)?;
+            let (test, test_rows) = eval_part(&model, part(Part::Test), names, ev)?;
             // The train part's size: counted by the last epoch of this
             // session, else (nothing left to train after a resume) by a pass.
             let train_rows = match streamed.as_ref().and_then(Streamed::rows_read) {
@@ -645,8 +655,9 @@ fn eval_part(
     model: &Model,
     batches: impl Iterator<Item = mtrec_data::Result<Dataset>>,
     domains: Option<&[String]>,
+    eval: EvalConfig,
 ) -> Result<(Evaluation, usize)> {
-    let mut ev = Evaluator::new(model, domains);
+    let mut ev = Evaluator::with_config(model, domains, eval);
     for batch in batches {
         ev.add(&batch?.to_batch(model.device())?)?;
     }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mtrec_data::{Batches, Labels, StreamOptions};
-use mtrec_train::{Evaluation, Evaluator};
+use mtrec_train::{EvalConfig, Evaluation, Evaluator};
 
 use super::layout::load_trained;
 use crate::config::RunConfig;
@@ -81,17 +81,38 @@ fn chunk_rows(config: &RunConfig) -> usize {
 /// in chunks (the file is never held whole: per task 8 bytes per labelled
 /// row are kept for AUC). The rows go through the model in batches of
 /// `eval_batch_size` in file order, as the run's own evaluation does, so the
-/// metrics equal those of the file loaded whole. A single-task run's K
+/// metrics equal those of the file loaded whole. Weighted as the run's
+/// `[eval] weighted` says (+4 bytes per labelled row for the weight). A single-task run's K
 /// models each see their own task's labels; their metrics are joined task
 /// by task.
 pub fn eval_file(model_dir: &Path, input: &Path) -> Result<Evaluation> {
+    eval_file_with(model_dir, input, None)
+}
+
+/// [`eval_file`] with `eval` in place of the run's own `[eval]` (`mtrec
+/// eval --weighted true|false`). Weighted metrics need a run whose
+/// preprocessing reads a weight column (`[data] weight`).
+pub fn eval_file_with(model_dir: &Path, input: &Path, eval: Option<EvalConfig>) -> Result<Evaluation> {
     let trained = load_trained(model_dir)?;
+    let eval = eval.unwrap_or(trained.config.eval);
+    if eval.weighted && trained.preprocessor.weight.is_none() {
+        return Err(RunError::RunFolder {
+            dir: model_dir.to_path_buf(),
+            problem: "weighted metrics need the rows' weights, and this run was trained without a weight column \
+                      (`[data] weight`); evaluate it unweighted (`--weighted false`)"
+                .into(),
+        });
+    }
     let chunks = trained
         .preprocessor
         .encode_chunks(input, chunk_rows(&trained.config), Labels::Required);
     let batches = Batches::new(chunks, trained.config.train.eval_batch_size, None);
     let names = trained.preprocessor.domain.as_ref().map(|d| d.names.as_slice());
-    let mut evaluators: Vec<Evaluator<'_>> = trained.models.iter().map(|m| Evaluator::new(m, names)).collect();
+    let mut evaluators: Vec<Evaluator<'_>> = trained
+        .models
+        .iter()
+        .map(|m| Evaluator::with_config(m, names, eval))
+        .collect();
     for batch in batches {
         let batch = batch?;
         let mut column = 0;
