@@ -206,3 +206,54 @@ fn weighted_run_reports_weighted_metrics_equal_to_their_definitions() {
     assert!(plain.report.test.tasks[0].metrics.weight.is_none());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn validation_whose_positives_all_weigh_zero_is_refused_before_training_when_weighted() {
+    let dir = temp("zero-positives");
+    write_csv(&dir.join("train.csv"), 300, 1);
+    write_csv(&dir.join("test.csv"), 100, 3);
+    // The validation file's clicked rows all weigh 0: its weighted AUC is
+    // undefined, its unweighted AUC is not.
+    write_csv(&dir.join("valid.csv"), 200, 2);
+    let text = std::fs::read_to_string(dir.join("valid.csv")).unwrap();
+    let mut lines = text.lines();
+    let mut zeroed = format!("{}\n", lines.next().unwrap());
+    for line in lines {
+        let mut f: Vec<&str> = line.split(',').collect();
+        if f[4] == "1" {
+            f[3] = "0";
+        }
+        zeroed.push_str(&f.join(","));
+        zeroed.push('\n');
+    }
+    std::fs::write(dir.join("valid.csv"), zeroed).unwrap();
+    // Click alone: with no task left to early-stop on, the run is refused.
+    let click_only = CONFIG
+        .split("[[tasks]]\nname = \"spend\"")
+        .next()
+        .unwrap()
+        .replace("weight = \"w\"\n", "weight = \"w\"\nignore = [\"spend\"]\n");
+    let click_only = click_only.as_str();
+    let cfg = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let mut cfg = parse(click_only, &dir.join("config.toml"), &sets).unwrap();
+        cfg.data_dir = Some(dir.clone());
+        cfg
+    };
+    mtrec_runner::link_builtin_plugins();
+    let e = run_with(&cfg(&[]), RunOptions::default(), |_| panic!("trained an epoch"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("labelled validation rows of weight > 0 are all of class 0"),
+        "{e}"
+    );
+    // Unweighted, the same files train.
+    run_with(
+        &cfg(&["eval.weighted=false", "train.epochs=1"]),
+        RunOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

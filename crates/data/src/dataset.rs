@@ -621,9 +621,24 @@ impl Dataset {
     /// positives; meaningless for regression). Whether a metric can exist
     /// follows from it: AUC needs both classes, any metric a labelled row.
     pub fn label_counts(&self, rows: Option<&[usize]>) -> Result<Vec<LabelCount>> {
+        self.counts_of(rows, false)
+    }
+
+    /// [`Dataset::label_counts`] of the rows that weigh something: rows of
+    /// weight 0 are left out (they count in no weighted metric). Without
+    /// weights, the same as [`Dataset::label_counts`].
+    pub fn weighted_label_counts(&self, rows: Option<&[usize]>) -> Result<Vec<LabelCount>> {
+        self.counts_of(rows, true)
+    }
+
+    fn counts_of(&self, rows: Option<&[usize]>, weighted: bool) -> Result<Vec<LabelCount>> {
         let k = self.task_count();
         let mut counts = vec![LabelCount::default(); k];
+        let weights = self.weights.as_deref().filter(|_| weighted);
         let mut add = |r: usize| {
+            if weights.is_some_and(|w| w[r] <= 0.0) {
+                return;
+            }
             for (t, c) in counts.iter_mut().enumerate() {
                 if self.masks[r * k + t] > 0.0 {
                     c.labelled += 1;

@@ -1229,6 +1229,12 @@ fn group_and_weight_columns_are_read_with_the_labels() {
         .encode_file(&dir.0.join("predict.csv"), Labels::Optional, None)
         .expect("unlabelled");
     assert_eq!((p.groups.clone(), p.weights.clone()), (None, None));
+    // Nor do they refuse a file that has them (a labelled file scored
+    // again): the weight column is known to the schema, not unused.
+    let again = pre
+        .encode_file(&dir.0.join("new.csv"), Labels::Optional, None)
+        .expect("a file with the weight column");
+    assert_eq!((again.rows(), again.weights.clone()), (2, None));
     // A batch hands the weights over as a tensor, the groups as they are.
     let b = d.batch(&[2, 0], &candle_core::Device::Cpu).expect("batch");
     let w: Vec<f32> = b.weights.as_ref().expect("weights").to_vec1().expect("f32");

@@ -372,7 +372,7 @@ fn own_rows_evaluated_on_each_rank_give_the_metrics_of_all_rows() {
         let _g = install(Rc::new(c));
         let d = data();
         let m = small_mmoe(&d, 4, 3).unwrap();
-        mtrec_train::evaluate_own_rows(&m, &d, &parts.rows[rank], 64).unwrap()
+        mtrec_train::evaluate_own_rows(&m, &d, &parts.rows[rank], 64, mtrec_train::EvalConfig::default()).unwrap()
     });
     for ev in two {
         for (a, b) in one.tasks.iter().zip(&ev.tasks) {

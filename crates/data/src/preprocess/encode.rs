@@ -243,9 +243,11 @@ impl Preprocessor {
             None => None,
         };
         let required = labels == Labels::Required;
+        // Read with the labels only; without them (prediction) a file may
+        // still have the column, which is then known, not unused.
         let mut extra = |column: &Option<String>, role: &str| match column {
-            Some(c) if required => find(c, role, true),
-            _ => Ok(None),
+            Some(c) => find(c, role, required).map(|at| at.filter(|_| required)),
+            None => Ok(None),
         };
         let group = extra(&self.group, "group")?;
         let weight = extra(&self.weight, "weight")?;

@@ -268,14 +268,20 @@ pub fn check_batch_statistics(cfg: &LoadedConfig, graph: &GraphSpec, batch_size:
 }
 
 /// Why task `task` has no validation metric on rows with `count`, if it has none.
-fn undefined_metric(task: &TaskInfo, count: LabelCount) -> Option<String> {
+fn undefined_metric(task: &TaskInfo, count: LabelCount, weighted: bool) -> Option<String> {
     let n = count.labelled;
+    // Weighted metrics see only the rows that weigh something.
+    let rows = if weighted {
+        "labelled validation rows of weight > 0"
+    } else {
+        "labelled validation rows"
+    };
     match task.kind {
-        _ if n == 0 => Some(format!("task `{}` has no labelled validation rows", task.name)),
+        _ if n == 0 => Some(format!("task `{}` has no {rows}", task.name)),
         TaskKind::Binary if !count.both_classes() => {
             let class = if count.positives == 0 { 0 } else { 1 };
             Some(format!(
-                "task `{}`'s {n} labelled validation rows are all of class {class} (AUC needs both classes)",
+                "task `{}`'s {n} {rows} are all of class {class} (AUC needs both classes)",
                 task.name
             ))
         }
@@ -285,18 +291,26 @@ fn undefined_metric(task: &TaskInfo, count: LabelCount) -> Option<String> {
 
 /// The validation rows' label counts per task, in task order (streamed
 /// data: one pass over the validation file, labels only matter).
-fn validation_label_counts(prepared: &Prepared, eval_batch_size: usize) -> Result<Vec<LabelCount>> {
+fn validation_label_counts(prepared: &Prepared, eval_batch_size: usize, weighted: bool) -> Result<Vec<LabelCount>> {
     let mut total = vec![LabelCount::default(); prepared.tasks.len()];
     let mut add = |counts: Vec<LabelCount>| {
         for (t, c) in total.iter_mut().zip(counts) {
             t.add(c);
         }
     };
+    // Weighted metrics leave rows of weight 0 out.
+    let count = |d: &Dataset, rows: Option<&[usize]>| {
+        if weighted {
+            d.weighted_label_counts(rows)
+        } else {
+            d.label_counts(rows)
+        }
+    };
     match &prepared.rows {
-        Rows::Memory { data, split } => add(data.label_counts(Some(&split.valid))?),
+        Rows::Memory { data, split } => add(count(data, Some(&split.valid))?),
         Rows::Streamed(data) => {
             for batch in data.batches(Part::Valid, eval_batch_size, None) {
-                add(batch?.label_counts(None)?);
+                add(count(&batch?, None)?);
             }
         }
     }
@@ -308,12 +322,12 @@ fn validation_label_counts(prepared: &Prepared, eval_batch_size: usize) -> Resul
 /// stopped after `patience` epochs, silently); warns when only some tasks
 /// have none (early stopping then follows the others).
 pub fn check_validation_metrics(cfg: &LoadedConfig, prepared: &Prepared, eval_batch_size: usize) -> Result<()> {
-    let counts = validation_label_counts(prepared, eval_batch_size)?;
+    let counts = validation_label_counts(prepared, eval_batch_size, cfg.config.eval.weighted)?;
     let undefined: Vec<String> = prepared
         .tasks
         .iter()
         .zip(counts)
-        .filter_map(|(t, c)| undefined_metric(t, c))
+        .filter_map(|(t, c)| undefined_metric(t, c, cfg.config.eval.weighted))
         .collect();
     if undefined.is_empty() {
         return Ok(());
