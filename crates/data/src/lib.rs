@@ -47,6 +47,6 @@ pub use stream::{
 };
 pub use synthetic::{MmoeSynthetic, MmoeSyntheticWeights};
 pub use tabular::{
-    count_rows, load_single, load_split, load_split_fitted, load_split_sharded, load_tabular, load_tabular_fitted,
-    Loaded, LoadedSingle, ShardRead,
+    count_rows, load_single, load_split, load_split_sharded, load_tabular, load_tabular_fitted, Loaded, LoadedSingle,
+    ShardRead,
 };

@@ -451,28 +451,23 @@ impl StreamedData {
         options: StreamOptions,
         progress: ProgressFn<'_>,
     ) -> Result<Self> {
-        Self::open_fitted(schema, tasks, base, fractions, seed, options, Fitting::Fresh, progress)
+        Self::open_sharded(
+            schema,
+            tasks,
+            base,
+            fractions,
+            seed,
+            options,
+            Fitting::Fresh,
+            None,
+            progress,
+        )
     }
 
     /// [`StreamedData::open`] with the preprocessing obtained as `fitting`
-    /// says (a trained run's, kept or grown: warm start).
-    #[allow(clippy::too_many_arguments)]
-    pub fn open_fitted(
-        schema: &TabularSchema,
-        tasks: &[TaskSpec],
-        base: Option<&Path>,
-        fractions: [f64; 3],
-        seed: u64,
-        options: StreamOptions,
-        fitting: Fitting<'_>,
-        progress: ProgressFn<'_>,
-    ) -> Result<Self> {
-        Self::open_sharded(schema, tasks, base, fractions, seed, options, fitting, None, progress)
-    }
-
-    /// [`StreamedData::open_fitted`] by one reader of several
-    /// ([`ShardRead`]: a rank of a data-parallel run) when `shard` is
-    /// given: the preprocessing is fitted on every reader's training rows
+    /// says (a trained run's, kept or grown: warm start), and read by one
+    /// reader of several ([`ShardRead`]: a rank of a data-parallel run)
+    /// when `shard` is given: the preprocessing is fitted on every reader's training rows
     /// (this reader counts its stripe, `merge` adds the others'), and the
     /// training passes read only this reader's stripe of the training rows
     /// (file row i, counted in the train file or in the one `path`, is in

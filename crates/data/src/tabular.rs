@@ -295,25 +295,13 @@ pub fn load_split(
     seed: u64,
     progress: ProgressFn<'_>,
 ) -> Result<LoadedSingle> {
-    load_split_fitted(schema, tasks, base, fractions, seed, Fitting::Fresh, progress)
+    load_split_sharded(schema, tasks, base, fractions, seed, Fitting::Fresh, None, progress)
 }
 
 /// [`load_split`] with the preprocessing obtained as `fitting` says (a
-/// trained run's, kept or grown: warm start).
-pub fn load_split_fitted(
-    schema: &TabularSchema,
-    tasks: &[TaskSpec],
-    base: Option<&Path>,
-    fractions: [f64; 3],
-    seed: u64,
-    fitting: Fitting<'_>,
-    progress: ProgressFn<'_>,
-) -> Result<LoadedSingle> {
-    load_split_sharded(schema, tasks, base, fractions, seed, fitting, None, progress)
-}
-
-/// [`load_split_fitted`] by one reader of several ([`ShardRead`]: a rank of
-/// a data-parallel run) when `shard` is given: only its stripe of the
+/// trained run's, kept or grown: warm start), and read by one reader of
+/// several ([`ShardRead`]: a rank of a data-parallel run) when `shard` is
+/// given: only its stripe of the
 /// training rows is encoded and kept (the stripe of the train file's rows,
 /// or of the one `path`'s training rows: file row i goes to part i mod
 /// parts), validation and test rows whole; the preprocessing is fitted on

@@ -11,8 +11,8 @@ use std::sync::{Barrier, Mutex};
 
 use mtrec_data::preprocess::Encoding;
 use mtrec_data::{
-    load_split_fitted, load_split_sharded, FitCounts, Fitting, LoadedSingle, Part, Preprocessor, ShardRead,
-    StreamOptions, StreamedData, Stripe, TabularSchema, TaskSpec,
+    load_split, load_split_sharded, FitCounts, Fitting, LoadedSingle, Part, Preprocessor, ShardRead, StreamOptions,
+    StreamedData, Stripe, TabularSchema, TaskSpec,
 };
 use serde::Deserialize;
 
@@ -170,16 +170,7 @@ fn three_files_each_rank_keeps_its_stripe_of_the_train_file() {
 valid = "valid.csv"
 test = "test.csv""#,
     );
-    let whole = load_split_fitted(
-        &cfg.data,
-        &cfg.tasks,
-        Some(&dir),
-        [0.7, 0.15, 0.15],
-        5,
-        Fitting::Fresh,
-        None,
-    )
-    .unwrap();
+    let whole = load_split(&cfg.data, &cfg.tasks, Some(&dir), [0.7, 0.15, 0.15], 5, None).unwrap();
     for ranks in [1, 2, 3] {
         let parts = sharded(&cfg, &dir, ranks);
         same_fit(
@@ -206,16 +197,7 @@ fn one_path_each_rank_keeps_its_stripe_of_the_split_train_rows() {
     let dir = temp_dir();
     std::fs::write(dir.join("all.csv"), rows(157, 3)).unwrap();
     let cfg = config(r#"path = "all.csv""#);
-    let whole = load_split_fitted(
-        &cfg.data,
-        &cfg.tasks,
-        Some(&dir),
-        [0.7, 0.15, 0.15],
-        5,
-        Fitting::Fresh,
-        None,
-    )
-    .unwrap();
+    let whole = load_split(&cfg.data, &cfg.tasks, Some(&dir), [0.7, 0.15, 0.15], 5, None).unwrap();
     let whole_train = ids(&whole, &whole.split.train);
     for ranks in [2, 3] {
         let parts = sharded(&cfg, &dir, ranks);
@@ -339,16 +321,7 @@ fn fit_counts_travel_as_bytes() {
         )
         .unwrap()
     });
-    let whole = load_split_fitted(
-        &cfg.data,
-        &cfg.tasks,
-        Some(&dir),
-        [0.7, 0.15, 0.15],
-        5,
-        Fitting::Fresh,
-        None,
-    )
-    .unwrap();
+    let whole = load_split(&cfg.data, &cfg.tasks, Some(&dir), [0.7, 0.15, 0.15], 5, None).unwrap();
     same_fit(&[&parts[0].preprocessor, &parts[1].preprocessor], &whole.preprocessor);
     assert!(FitCounts::from_bytes(b"{not json").is_err());
     std::fs::remove_dir_all(dir).ok();
